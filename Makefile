@@ -1,0 +1,20 @@
+# The few commands people run. `make demo` and `make test` each install what they need first.
+PY ?= .venv/bin/python
+PIP = $(PY) -m pip
+
+.PHONY: install demo test lint bench
+.venv/bin/python:
+	python3 -m venv .venv
+
+install: .venv/bin/python
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+lint:
+	$(PY) -m ruff check src tests scripts benchmarks

@@ -1,0 +1,104 @@
+"""Configuration of GPT-2 written from scratch.
+
+This file travels with the weights (``trust_remote_code``): it imports only the standard library and
+transformers.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+# Architecture presets: OpenAI's four released sizes, plus a tiny one for tests.
+PRESETS: dict[str, dict] = {
+    "gpt2": dict(n_embd=768, n_layer=12, n_head=12),
+    "gpt2-medium": dict(n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-xl": dict(n_embd=1600, n_layer=48, n_head=25),
+    "tiny": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128),
+}
+# OpenAI's folder names for the same sizes.
+OPENAI_SIZES = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M": "gpt2-xl"}
+
+
+class GPT2ScratchConfig(PreTrainedConfig):
+    """GPT-2's hyper-parameters, under GPT-2's own field names and defaults (124M)."""
+
+    model_type = "gpt2scratch"
+    keys_to_ignore_at_inference = ["cache"]
+    attribute_map = {
+        "hidden_size": "n_embd",
+        "max_position_embeddings": "n_positions",
+        "num_attention_heads": "n_head",
+        "num_hidden_layers": "n_layer",
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = 50257,
+        n_positions: int = 1024,
+        n_embd: int = 768,
+        n_layer: int = 12,
+        n_head: int = 12,
+        n_inner: int | None = None,
+        activation_function: str = "gelu_new",
+        resid_pdrop: float = 0.1,
+        embd_pdrop: float = 0.1,
+        attn_pdrop: float = 0.1,
+        layer_norm_epsilon: float = 1e-5,
+        initializer_range: float = 0.02,
+        qkv_bias: bool = True,
+        bias: bool = True,
+        pad_vocab_size_multiple: int = 1,
+        summary_first_dropout: float = 0.1,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        bos_token_id: int = 50256,
+        eos_token_id: int = 50256,
+        pad_token_id: int | None = None,
+        **kwargs,
+    ):
+        if n_embd % n_head != 0:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}).")
+        if pad_vocab_size_multiple < 1:
+            raise ValueError(f"pad_vocab_size_multiple must be >= 1, got {pad_vocab_size_multiple}.")
+        self.vocab_size = vocab_size
+        self.n_positions = n_positions
+        self.n_embd = n_embd
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.n_inner = n_inner
+        self.activation_function = activation_function
+        self.resid_pdrop = resid_pdrop
+        self.embd_pdrop = embd_pdrop
+        self.attn_pdrop = attn_pdrop
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        self.qkv_bias = qkv_bias
+        self.bias = bias
+        self.pad_vocab_size_multiple = pad_vocab_size_multiple
+        self.summary_first_dropout = summary_first_dropout
+        self.use_cache = use_cache
+        self.tie_word_embeddings = tie_word_embeddings
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        super().__init__(**kwargs)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding matrix: vocab_size rounded up to ``pad_vocab_size_multiple``."""
+        m = self.pad_vocab_size_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> GPT2ScratchConfig:
+        """A config for a named size (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``tiny``;
+        OpenAI's folder names ``124M`` … ``1558M`` too), with any field overridden."""
+        key = OPENAI_SIZES.get(name, name)
+        if key not in PRESETS:
+            choices = ", ".join([*PRESETS, *OPENAI_SIZES])
+            raise ValueError(f"Unknown preset {name!r}; choose one of: {choices}.")
+        return cls(**{**PRESETS[key], **overrides})
+
+
+__all__ = ["GPT2ScratchConfig", "PRESETS", "OPENAI_SIZES"]

@@ -1,0 +1,439 @@
+"""GPT-2 written from scratch as Hugging Face ``PreTrainedModel`` classes.
+
+This file travels with the weights (``trust_remote_code``): it imports only the standard library, torch,
+transformers and its sibling ``configuration_gpt2scratch``. Parameter names follow GPT-2's own (``wte``,
+``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in),
+the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_gpt2scratch import GPT2ScratchConfig
+
+
+def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention; ``attention_mask`` is additive (B, 1, Tq, Tk) or None (then causal)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, Tq, Tk)
+    if attention_mask is None:
+        q_len, k_len = query.shape[-2], key.shape[-2]
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+    elif attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    else:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1).to(value.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(weights, value).transpose(1, 2)  # (B, Tq, nh, hs)
+    return out, weights
+
+
+class GPT2ScratchAttention(nn.Module):
+    """Causal multi-head self-attention with one fused q/k/v projection."""
+
+    def __init__(self, config: GPT2ScratchConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x, attention_mask=None, cache: Cache | None = None, output_attentions=False, **kwargs):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        impl = "eager" if output_attentions else self.config._attn_implementation
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention)
+        y, weights = attend(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.attn_dropout if self.training else 0.0,
+            **kwargs,
+        )
+        y = y.reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), weights
+
+
+class GPT2ScratchMLP(nn.Module):
+    def __init__(self, config: GPT2ScratchConfig):
+        super().__init__()
+        inner = config.n_inner or 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, inner, bias=config.bias)
+        self.act = ACT2FN[config.activation_function]
+        self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class GPT2ScratchBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPT2ScratchConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = GPT2ScratchAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = GPT2ScratchMLP(config)
+
+    def forward(self, x, attention_mask=None, cache=None, output_attentions=False, **kwargs):
+        a, weights = self.attn(self.ln_1(x), attention_mask, cache=cache, output_attentions=output_attentions, **kwargs)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, weights
+
+
+class GPT2ScratchPreTrainedModel(PreTrainedModel):
+    config_class = GPT2ScratchConfig
+    config: GPT2ScratchConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GPT2ScratchBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        """GPT-2's initialisation: N(0, 0.02), zero biases, unit LayerNorm, and the residual projections
+        scaled by 1/sqrt(2 * n_layer)."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        if isinstance(module, (GPT2ScratchAttention, GPT2ScratchMLP)):
+            init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+
+    @contextmanager
+    def _inputs_checked(self):
+        """Within this context ``forward`` skips the checks that need a device sync (done once up front)."""
+        self._skip_input_checks = True
+        try:
+            yield
+        finally:
+            self._skip_input_checks = False
+
+
+def _check_inputs(config, input_ids, attention_mask, position_ids, past_length: int, sync_checks: bool) -> None:
+    """Raise a ValueError a user can act on for out-of-range ids, over-long inputs and misshaped masks."""
+    if input_ids is not None and input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (batch, sequence), got {tuple(input_ids.shape)}.")
+    shape = input_ids.shape if input_ids is not None else None
+    if shape is not None and past_length + shape[1] > config.n_positions:
+        raise ValueError(
+            f"The input is {past_length + shape[1]} tokens long (including {past_length} cached), but this model "
+            f"has n_positions={config.n_positions}. Truncate the input (e.g. tokenizer(..., truncation=True, "
+            f"max_length={config.n_positions})) or use a sliding window."
+        )
+    if attention_mask is not None and shape is not None and attention_mask.dim() == 2:
+        expected = (shape[0], past_length + shape[1])
+        if tuple(attention_mask.shape) != expected:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but must be (batch, cached + new tokens) "
+                f"= {expected}: one entry per token, 1 for real tokens and 0 for padding."
+            )
+    elif attention_mask is not None and attention_mask.dim() not in (2, 4):
+        raise ValueError(
+            f"attention_mask must be 2-D (batch, sequence) or a prepared 4-D mask, got shape "
+            f"{tuple(attention_mask.shape)}."
+        )
+    if not sync_checks:
+        return
+    if input_ids is not None and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+        bad = input_ids[(input_ids < 0) | (input_ids >= config.vocab_size)][0].item()
+        raise ValueError(
+            f"input_ids contains token id {bad}, outside this model's vocabulary [0, {config.vocab_size}). "
+            "Use the tokenizer saved with this model, or resize the embeddings."
+        )
+    if position_ids is not None and position_ids.numel() and position_ids.max() >= config.n_positions:
+        raise ValueError(
+            f"position_ids reaches {position_ids.max().item()}, but n_positions is {config.n_positions}."
+        )
+
+
+def positions_from_mask(attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
+    """Positions that count real tokens only (cumsum of the mask - 1; 0 on padding), for the last
+    ``query_length`` columns of a 2-D mask: a left-padded row gets the same positions as when alone."""
+    mask = attention_mask.long()
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return positions[:, -query_length:]
+
+
+class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
+    """The bare transformer: embeddings, blocks, final LayerNorm."""
+
+    def __init__(self, config: GPT2ScratchConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([GPT2ScratchBlock(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.gradient_checkpointing = False
+        self._skip_input_checks = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, value):
+        self.wte = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if not use_cache:
+            cache = None
+
+        past_length = cache.get_seq_length() if cache is not None and not isinstance(cache.get_seq_length(), torch.Tensor) else 0
+        sync_checks = not (self._skip_input_checks or torch.compiler.is_compiling())
+        _check_inputs(self.config, input_ids, attention_mask, position_ids, past_length, sync_checks)
+
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+        B, T = inputs_embeds.shape[:2]
+        mask_positions = position_ids
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 2:
+                position_ids = positions_from_mask(attention_mask, T)
+            else:
+                past = cache.get_seq_length() if cache is not None else 0
+                position_ids = (torch.arange(T, device=inputs_embeds.device) + past).unsqueeze(0)
+        x = self.drop(inputs_embeds + self.wpe(position_ids))
+
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=mask_positions,
+        )
+        hidden_states = (x,) if output_hidden_states else None
+        attentions = () if output_attentions else None
+        for block in self.h:
+            x, weights = block(x, attention_mask=mask, cache=cache, output_attentions=output_attentions, **kwargs)
+            if output_attentions:
+                attentions += (weights,)
+            if output_hidden_states and block is not self.h[-1]:
+                hidden_states += (x,)
+        x = self.ln_f(x)
+        if output_hidden_states:
+            hidden_states += (x,)
+        out = BaseModelOutputWithPast(
+            last_hidden_state=x, cache=cache, hidden_states=hidden_states, attentions=attentions
+        )
+        return out if return_dict is not False else out.to_tuple()
+
+
+class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
+    """GPT-2 with its language-model head, tied to the token embeddings."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: GPT2ScratchConfig):
+        super().__init__(config)
+        self.transformer = GPT2ScratchModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple:
+        out = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        h = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(h[:, keep, :])  # (B, T_keep, V)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        result = CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states, attentions=out.attentions
+        )
+        return result if return_dict is not False else result.to_tuple()
+
+    @torch.no_grad()
+    def generate(self, inputs=None, *args, **kwargs):
+        """transformers' ``generate`` with the inputs checked once up front (not at every decode step)."""
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(input_ids, torch.Tensor) and input_ids.dtype in (torch.long, torch.int):
+            _check_inputs(self.config, input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"), 0, True)
+            new = kwargs.get("max_new_tokens")
+            if new is not None and input_ids.shape[1] + new > self.config.n_positions:
+                raise ValueError(
+                    f"The prompt ({input_ids.shape[1]} tokens) plus max_new_tokens={new} exceeds this model's "
+                    f"n_positions={self.config.n_positions}. Shorten the prompt or lower max_new_tokens."
+                )
+        with self.transformer._inputs_checked():
+            return super().generate(inputs, *args, **kwargs)
+
+
+class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
+    """GPT-2 with a linear ``score`` head on the last real token of each row.
+
+    The pooled token is the last position where ``attention_mask`` is 1, so left and right padding both
+    work, even when the pad id equals a token inside the text (such as ``<|endoftext|>``). Without an
+    attention_mask the last position is pooled.
+    """
+
+    def __init__(self, config: GPT2ScratchConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = GPT2ScratchModel(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast | tuple:
+        out = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        h = out.last_hidden_state  # (B, T, C)
+        last = last_token_index(attention_mask, h.shape[1])
+        pooled = h[torch.arange(h.shape[0], device=h.device), last.to(h.device)]  # (B, C)
+        logits = self.score(pooled)  # (B, num_labels)
+        loss = self._loss(logits, labels) if labels is not None else None
+        result = SequenceClassifierOutputWithPast(
+            loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states, attentions=out.attentions
+        )
+        return result if return_dict is not False else result.to_tuple()
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Regression, single-label or multi-label loss, chosen as transformers does."""
+        labels = labels.to(logits.device)
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def last_token_index(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor:
+    """Index of the last real token of each row: the last 1 in a 2-D mask (any padding side)."""
+    if attention_mask is None:
+        return torch.tensor([seq_len - 1])
+    mask = attention_mask[:, -seq_len:].long()
+    idx = torch.arange(seq_len, device=mask.device)
+    return (mask * (idx + 1)).argmax(-1)
+
+
+__all__ = [
+    "GPT2ScratchPreTrainedModel",
+    "GPT2ScratchModel",
+    "GPT2ScratchForCausalLM",
+    "GPT2ScratchForSequenceClassification",
+]

@@ -1,0 +1,95 @@
+"""GPT-2's byte-level BPE: a tiktoken ``Encoding`` and a Hugging Face tokenizer, both from local files.
+
+The vocabulary is two files, found in a folder under either naming: OpenAI's ``encoder.json`` +
+``vocab.bpe`` or transformers' ``vocab.json`` + ``merges.txt`` (same contents). Nothing is downloaded.
+A literal ``<|endoftext|>`` in text is encoded as the special token 50256 on both paths, as transformers
+and the reference implementations do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+ENDOFTEXT = "<|endoftext|>"
+ENDOFTEXT_ID = 50256
+# GPT-2's pre-tokenisation pattern (tiktoken's r50k/gpt2 pattern).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+VOCAB_NAMES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
+
+
+def default_vocab_dir() -> Path | None:
+    """``$GPT2SCRATCH_VOCAB_DIR``, else ``../shared/data/gpt2_vocab`` beside the working directory."""
+    env = os.environ.get("GPT2SCRATCH_VOCAB_DIR")
+    candidates = [Path(env)] if env else []
+    repo_root = Path(__file__).resolve().parents[2]
+    candidates += [Path.cwd().parent / "shared/data/gpt2_vocab", repo_root.parent / "shared/data/gpt2_vocab"]
+    return next((p.resolve() for p in candidates if p.is_dir()), None)
+
+
+def find_vocab_files(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """The (encoder/vocab json, merges) pair in ``folder``; a clear error when neither naming is there."""
+    folder = Path(folder)
+    for enc_name, bpe_name in VOCAB_NAMES:
+        enc, bpe = folder / enc_name, folder / bpe_name
+        if enc.is_file() and bpe.is_file():
+            return enc, bpe
+    raise FileNotFoundError(
+        f"No GPT-2 vocabulary in {folder}: expected encoder.json + vocab.bpe (OpenAI) or vocab.json + "
+        "merges.txt (transformers). Pass --tokenizer-dir pointing at a folder with those files."
+    )
+
+
+@lru_cache(maxsize=8)
+def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json)
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: ENDOFTEXT_ID},
+        explicit_n_vocab=ENDOFTEXT_ID + 1,
+    )
+
+
+def load_encoding(folder: str | os.PathLike) -> tiktoken.Encoding:
+    """tiktoken's ``gpt2`` encoding built from the vocabulary files in ``folder`` (no network)."""
+    enc, bpe = find_vocab_files(folder)
+    return _encoding(str(enc.resolve()), str(bpe.resolve()))
+
+
+def encode(encoding: tiktoken.Encoding, text: str) -> list[int]:
+    """Token ids of ``text``; a literal ``<|endoftext|>`` becomes id 50256."""
+    return encoding.encode(text, allowed_special={ENDOFTEXT})
+
+
+def encode_batch(encoding: tiktoken.Encoding, texts: list[str]) -> list[list[int]]:
+    return encoding.encode_batch(texts, allowed_special={ENDOFTEXT})
+
+
+def hf_tokenizer(folder: str | os.PathLike, model_max_length: int = 1024):
+    """A transformers ``GPT2Tokenizer`` from the vocabulary files in ``folder``, ids equal to tiktoken's."""
+    from transformers import GPT2Tokenizer
+
+    enc, bpe = find_vocab_files(folder)
+    vocab = json.loads(enc.read_text(encoding="utf-8"))
+    lines = bpe.read_text(encoding="utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
+    return GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def save_tokenizer(folder: str | os.PathLike, out: str | os.PathLike, model_max_length: int = 1024) -> None:
+    """Write the tokenizer files to ``out``: ``tokenizer.json`` + ``tokenizer_config.json`` for
+    ``AutoTokenizer``, and ``vocab.json`` + ``merges.txt`` so tiktoken can be built from the folder too."""
+    enc, bpe = find_vocab_files(folder)
+    hf_tokenizer(folder, model_max_length).save_pretrained(out)
+    out = Path(out)
+    if enc.resolve() != (out / "vocab.json").resolve():
+        shutil.copyfile(enc, out / "vocab.json")
+        shutil.copyfile(bpe, out / "merges.txt")
