@@ -11,9 +11,12 @@ import importlib
 import sys
 
 COMMAND_MODULES = (
-    "gpt2scratch.model_commands",
-    "gpt2scratch.conversion.cli",
-    "gpt2scratch.training.cli",
+    "gpt2scratch.model_commands",  # init, generate, info, convert-hf, export-hf
+    "gpt2scratch.conversion.openai",  # convert-openai
+    "gpt2scratch.conversion.download",  # download-openai
+    "gpt2scratch.conversion.torch_checkpoints",  # convert-torch
+    "gpt2scratch.training.cli",  # finetune
+    "gpt2scratch.training.commands",  # classify, evaluate
 )
 # Errors a user can act on: printed as one line, exit code 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, KeyError)

@@ -1,0 +1,1 @@
+"""Fine-tuning and training: custom loops on datasets, PEFT and Accelerate."""

@@ -1,0 +1,68 @@
+"""Shared test fixtures: the real data in ../shared/data, tiny configs, isolated subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing, and CI always has ../shared/data")
+        pytest.skip(f"{path} not found: the real data folder ../shared/data is not on this machine")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``: skips where it is missing, fails under CI=true."""
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def vocab_dir(shared_data) -> Path:
+    """The official GPT-2 vocabulary files (encoder.json, vocab.bpe)."""
+    return _need(shared_data / "gpt2_vocab")
+
+
+@pytest.fixture
+def tiny_config():
+    from gpt2scratch import GPT2ScratchConfig
+
+    return GPT2ScratchConfig.from_preset("tiny", vocab_size=50257)
+
+
+def run_isolated(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that cannot import gpt2scratch (as on a user's machine
+    where the package is not installed)."""
+    prelude = (
+        "import sys\n"
+        f"sys.path = [p for p in sys.path if p not in ('', {str(REPO / 'src')!r})]\n"
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('gpt2scratch') is None, 'gpt2scratch is importable'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``gpt2scratch ARGS...`` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2scratch.cli", *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
