@@ -1,0 +1,153 @@
+"""Open whatever a user points at as a model of this package.
+
+One resolver serves every command that takes a MODEL (``generate``, ``classify``, ``evaluate``,
+``finetune --model``): a model folder of this package, a PEFT adapter folder, a training checkpoint
+folder or a run's output folder, a transformers GPT-2 folder (converted on the fly), an OpenAI
+checkpoint folder, or ``init:PRESET`` for a randomly initialised model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .configuration_gpt2scratch import GPT2ScratchConfig
+from .modeling_gpt2scratch import GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
+from .tokenizer import default_vocab_dir, find_vocab_files
+
+TASK_CLASSES = {"causal-lm": GPT2ScratchForCausalLM, "classification": GPT2ScratchForSequenceClassification}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer_dir: Path  # a folder holding the vocabulary files
+    kind: str  # what the spec pointed at: folder, adapter, checkpoint, hf-gpt2, openai, init
+
+
+def _task_class(task: str):
+    if task not in TASK_CLASSES:
+        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASK_CLASSES)}.")
+    return TASK_CLASSES[task]
+
+
+def _tokenizer_dir(candidates: list[Path | None]) -> Path:
+    for folder in candidates:
+        if folder is None:
+            continue
+        try:
+            find_vocab_files(folder)
+            return Path(folder)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(
+        "No GPT-2 vocabulary found next to the model; pass --tokenizer-dir with encoder.json + vocab.bpe "
+        "(or vocab.json + merges.txt)."
+    )
+
+
+def resolve_folder(spec: str | os.PathLike) -> tuple[Path, str]:
+    """The folder that holds the weights for ``spec``, and what kind it is."""
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"Model {spec} does not exist: give a model folder, a checkpoint, or init:PRESET.")
+    if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        if (path / "model").is_dir():  # a training checkpoint-<step>/ folder
+            return resolve_folder(path / "model")[0], "checkpoint"
+        checkpoints = sorted(path.glob("checkpoint-*/model"), key=lambda p: int(p.parent.name.split("-")[-1]))
+        if checkpoints:  # a run still in progress: its latest checkpoint
+            return resolve_folder(checkpoints[-1])[0], "checkpoint"
+        if (path / "hparams.json").exists():
+            return path, "openai"
+        raise FileNotFoundError(f"{path} holds no model: expected config.json, adapter_config.json or hparams.json.")
+    if (path / "adapter_config.json").exists():
+        return path, "adapter"
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type == "gpt2":
+        return path, "hf-gpt2"
+    if model_type != "gpt2scratch":
+        raise ValueError(f"{path}/config.json has model_type {model_type!r}; expected gpt2scratch or gpt2.")
+    return path, "folder"
+
+
+def load_model(
+    spec: str | os.PathLike,
+    task: str = "causal-lm",
+    tokenizer_dir: str | os.PathLike | None = None,
+    num_labels: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> LoadedModel:
+    """Load ``spec`` as a model for ``task`` ("causal-lm" or "classification"), in eval mode."""
+    cls = _task_class(task)
+    extra = {} if num_labels is None else {"num_labels": num_labels}
+    given_vocab = Path(tokenizer_dir) if tokenizer_dir else None
+    if str(spec).startswith("init:"):
+        config = GPT2ScratchConfig.from_preset(str(spec)[5:], **extra)
+        model = cls(config)
+        return LoadedModel(model.eval(), _tokenizer_dir([given_vocab, default_vocab_dir()]), "init")
+    folder, kind = resolve_folder(spec)
+    if kind == "adapter":
+        model = _load_adapter(folder, task, extra)
+    elif kind == "hf-gpt2":
+        model = _load_hf_gpt2(folder, cls, extra)
+    elif kind == "openai":
+        model = _load_openai(folder, cls, extra)
+    else:
+        model = cls.from_pretrained(folder, **extra)
+    if dtype is not None:
+        model = model.to(dtype)
+    vocab = _tokenizer_dir([given_vocab, folder, _adapter_base(folder) if kind == "adapter" else None])
+    return LoadedModel(model.eval(), vocab, kind)
+
+
+def _adapter_base(folder: Path) -> Path | None:
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if base and not Path(base).is_absolute():
+        base = folder / base
+    return Path(base) if base else None
+
+
+def _load_adapter(folder: Path, task: str, extra: dict):
+    """A PEFT adapter on its base model, merged so callers get a plain model of this package."""
+    from peft import PeftModel
+
+    base_dir = _adapter_base(folder)
+    if base_dir is None or not base_dir.exists():
+        raise FileNotFoundError(f"The base model of adapter {folder} ({base_dir}) is missing.")
+    base = _task_class(task).from_pretrained(base_dir, **extra)
+    return PeftModel.from_pretrained(base, folder).merge_and_unload()
+
+
+def _from_lm_weights(cls, config: GPT2ScratchConfig, state: dict, extra: dict, source: Path):
+    """A ``cls`` model holding a causal-LM state dict (the classifier keeps its fresh ``score`` head)."""
+    model = cls(GPT2ScratchConfig(**{**config.to_dict(), **extra}))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("score.")]
+    unexpected = [k for k in unexpected if not k.startswith("lm_head.")]
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not match GPT-2 (missing {missing}, unexpected {unexpected}).")
+    return model
+
+
+def _load_hf_gpt2(folder: Path, cls, extra: dict):
+    """A transformers GPT-2 folder, converted on the fly."""
+    from transformers import GPT2LMHeadModel
+
+    from .conversion.hf_gpt2 import config_from_hf, state_dict_from_hf
+
+    hf = GPT2LMHeadModel.from_pretrained(folder)
+    return _from_lm_weights(cls, config_from_hf(hf.config), state_dict_from_hf(hf.state_dict()), extra, folder)
+
+
+def _load_openai(folder: Path, cls, extra: dict):
+    """An OpenAI TensorFlow checkpoint folder, read without TensorFlow."""
+    from .conversion.openai import from_openai_checkpoint
+
+    lm = from_openai_checkpoint(folder)
+    if cls is GPT2ScratchForCausalLM and not extra:
+        return lm
+    return _from_lm_weights(cls, lm.config, lm.state_dict(), extra, folder)
