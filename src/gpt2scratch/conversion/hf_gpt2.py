@@ -6,11 +6,20 @@ transformers' GPT-2 stores its linear layers as ``Conv1D`` (in × out); this pac
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
+
 import torch
 
 from ..configuration_gpt2scratch import GPT2ScratchConfig
+from ..io import atomic_folder, save_model_folder
+from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
+from ..tokenizer import save_tokenizer
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+VOCAB_KEYS = ("transformer.wte.weight", "lm_head.weight")
 CONFIG_FIELDS = (
     "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
     "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
@@ -53,3 +62,69 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 def state_dict_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our ``ForCausalLM`` state dict → transformers ``GPT2LMHeadModel`` keys and layout."""
     return _transpose_conv1d(dict(state))
+
+
+def from_hf_model(hf_model) -> GPT2ScratchForCausalLM:
+    """A transformers ``GPT2LMHeadModel`` (or ``GPT2Model``) → this package's causal LM, same numbers."""
+    model = GPT2ScratchForCausalLM(config_from_hf(hf_model.config))
+    model.load_state_dict(state_dict_from_hf(hf_model.state_dict()), strict=True)
+    return model
+
+
+def to_hf_model(model: GPT2ScratchForCausalLM):
+    """This package's causal LM → a plain transformers ``GPT2LMHeadModel`` (no remote code needed)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = model.config
+    if not (config.bias and config.qkv_bias) or not config.tie_word_embeddings:
+        raise ValueError(
+            "transformers' GPT-2 always has biases and a tied head; this model has "
+            f"bias={config.bias}, qkv_bias={config.qkv_bias}, tie_word_embeddings={config.tie_word_embeddings}, "
+            "so it cannot be exported as GPT2LMHeadModel."
+        )
+    hf = GPT2LMHeadModel(GPT2Config(**{f: getattr(config, f) for f in CONFIG_FIELDS}))
+    state = {k: v[: config.vocab_size] if k in VOCAB_KEYS else v for k, v in model.state_dict().items()}
+    hf.load_state_dict(state_dict_to_hf(state), strict=True)
+    return hf
+
+
+def hf_vocab_dir(src: Path, workdir: Path) -> Path | None:
+    """A folder with vocab.json + merges.txt for the tokenizer of transformers folder ``src``
+    (``vocab.json`` + ``merges.txt`` directly, else extracted from ``tokenizer.json``), or None."""
+    if (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
+        return src
+    if not (src / "tokenizer.json").is_file():
+        return None
+    bpe = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
+    (workdir / "vocab.json").write_text(json.dumps(bpe["vocab"], ensure_ascii=False), encoding="utf-8")
+    (workdir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return workdir
+
+
+def convert_hf(src: str | os.PathLike, out: str | os.PathLike, tokenizer_dir=None, force: bool = False) -> Path:
+    """A transformers GPT-2 folder → a model folder of this package (tokenizer from ``src``, else
+    ``tokenizer_dir``)."""
+    from transformers import GPT2LMHeadModel
+
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src} is not a transformers model folder (no config.json).")
+    model = from_hf_model(GPT2LMHeadModel.from_pretrained(src))
+    with tempfile.TemporaryDirectory() as work:
+        vocab = hf_vocab_dir(src, Path(work)) or tokenizer_dir
+        if vocab is None:
+            raise FileNotFoundError(
+                f"{src} has no tokenizer (tokenizer.json or vocab.json + merges.txt); pass --tokenizer-dir."
+            )
+        return save_model_folder(model, out, vocab, force=force)
+
+
+def export_hf(src: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
+    """A model folder of this package → a folder plain ``GPT2LMHeadModel.from_pretrained`` loads."""
+    model = GPT2ScratchForCausalLM.from_pretrained(src)
+    hf = to_hf_model(model)
+    with atomic_folder(out, force=force) as tmp:
+        hf.save_pretrained(tmp)
+        save_tokenizer(src, tmp, model_max_length=model.config.n_positions)
+    return Path(out)

@@ -1,0 +1,140 @@
+"""``gpt2scratch`` subcommands for models: init, generate, info, convert-hf, export-hf."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["n_layer=4", "attn_pdrop=0.0"]`` → ``{"n_layer": 4, "attn_pdrop": 0.0}`` (JSON values, else strings)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE pairs, got {pair!r}.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_init(args) -> None:
+    import torch
+
+    from .configuration_gpt2scratch import GPT2ScratchConfig
+    from .io import save_model_folder
+    from .modeling_gpt2scratch import GPT2ScratchForCausalLM
+    from .tokenizer import default_vocab_dir
+
+    overrides = parse_overrides(args.set or [])
+    unknown = sorted(set(overrides) - set(GPT2ScratchConfig().to_dict()))
+    if unknown:
+        raise ValueError(f"Unknown config field(s) {unknown}; see `gpt2scratch info` for the field names.")
+    vocab = args.tokenizer_dir or default_vocab_dir()
+    if vocab is None:
+        raise FileNotFoundError("No GPT-2 vocabulary found; pass --tokenizer-dir with encoder.json + vocab.bpe.")
+    torch.manual_seed(args.seed)
+    model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset(args.preset, **overrides))
+    save_model_folder(model, args.out, vocab, force=args.force)
+    print(f"Wrote {args.out}: {args.preset}, {model.num_parameters():,} parameters.")
+
+
+def cmd_generate(args) -> None:
+    import torch
+    from transformers import TextStreamer
+
+    from .loading import load_model
+    from .tokenizer import encode, hf_tokenizer, load_encoding
+
+    loaded = load_model(args.model, tokenizer_dir=args.tokenizer_dir)
+    model = loaded.model
+    ids = torch.tensor([encode(load_encoding(loaded.tokenizer_dir), args.prompt)])
+    if ids.shape[1] == 0:
+        raise ValueError("The prompt is empty; give some text with --prompt.")
+    streamer = TextStreamer(hf_tokenizer(loaded.tokenizer_dir), skip_prompt=False)
+    sample = args.temperature > 0
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=args.max_new_tokens,
+        do_sample=sample,
+        temperature=args.temperature if sample else None,
+        top_k=args.top_k if sample else None,
+        top_p=args.top_p if sample else None,
+        pad_token_id=model.config.eos_token_id,
+        streamer=streamer,
+    )
+
+
+def cmd_info(args) -> None:
+    from .loading import load_model
+
+    loaded = load_model(args.model, tokenizer_dir=args.tokenizer_dir)
+    model = loaded.model
+    info = {
+        "model": str(args.model),
+        "kind": loaded.kind,
+        "class": type(model).__name__,
+        "parameters": model.num_parameters(),
+        "dtype": str(next(model.parameters()).dtype),
+        "tokenizer_dir": str(loaded.tokenizer_dir),
+        "config": model.config.to_diff_dict(),
+    }
+    print(json.dumps(info, indent=2, default=str))
+
+
+def cmd_convert_hf(args) -> None:
+    from .conversion.hf_gpt2 import convert_hf
+
+    print(f"Wrote {convert_hf(args.src, args.out, tokenizer_dir=args.tokenizer_dir, force=args.force)}")
+
+
+def cmd_export_hf(args) -> None:
+    from .conversion.hf_gpt2 import export_hf
+
+    print(f"Wrote {export_hf(args.src, args.out, force=args.force)}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init", help="write a randomly initialised model folder")
+    p.add_argument("preset", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or tiny (or 124M ... 1558M)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--tokenizer-dir", type=Path, help="folder with encoder.json + vocab.bpe")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config fields")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("generate", help="generate text, printing tokens as they come")
+    p.add_argument("model", help="model folder, checkpoint, OpenAI folder, transformers GPT-2 folder or init:PRESET")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--tokenizer-dir", type=Path)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="describe a model")
+    p.add_argument("model")
+    p.add_argument("--tokenizer-dir", type=Path)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert-hf", help="transformers GPT-2 folder → a folder of this package")
+    p.add_argument("src", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--tokenizer-dir", type=Path, help="used when SRC has no tokenizer files")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_convert_hf)
+
+    p = sub.add_parser("export-hf", help="a folder of this package → a plain transformers GPT-2 folder")
+    p.add_argument("src", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_export_hf)
