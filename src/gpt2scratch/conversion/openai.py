@@ -1,0 +1,305 @@
+"""OpenAI's original GPT-2 release (TensorFlow checkpoint + ``hparams.json`` + vocabulary) → this package.
+
+OpenAI's folder (``124M`` … ``1558M``) holds ``checkpoint``, ``hparams.json``, ``encoder.json``,
+``vocab.bpe`` and ``model.ckpt.{index,data-00000-of-00001,meta}``. The checkpoint is read by
+:mod:`.tf_bundle` (no TensorFlow); its variables map one to one onto this package's weights:
+
+=====================================  ==========================================================
+OpenAI variable                         this package (``GPT2ScratchForCausalLM``)
+=====================================  ==========================================================
+``model/wte`` [V, E]                    ``transformer.wte.weight`` (and the tied ``lm_head.weight``)
+``model/wpe`` [P, E]                    ``transformer.wpe.weight``
+``model/h{i}/ln_{1,2}/{g,b}``           ``transformer.h.{i}.ln_{1,2}.{weight,bias}``
+``model/h{i}/attn/c_attn/w`` [1,E,3E]   ``transformer.h.{i}.attn.c_attn.weight`` [3E, E] (transposed)
+``model/h{i}/{attn,mlp}/c_*/{w,b}``     ``transformer.h.{i}.{attn,mlp}.c_*.{weight,bias}`` (w transposed)
+``model/ln_f/{g,b}``                    ``transformer.ln_f.{weight,bias}``
+=====================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..configuration_gpt2scratch import GPT2ScratchConfig
+from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
+from .tf_bundle import CheckpointError, TFCheckpoint, checkpoint_prefix
+
+HPARAM_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
+TOKENIZER_FILES = ("encoder.json", "vocab.bpe")
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LAYER_NAMES = {  # OpenAI's name inside block h{i} → ours inside transformer.h.{i}
+    "ln_1/g": "ln_1.weight",
+    "ln_1/b": "ln_1.bias",
+    "attn/c_attn/w": "attn.c_attn.weight",
+    "attn/c_attn/b": "attn.c_attn.bias",
+    "attn/c_proj/w": "attn.c_proj.weight",
+    "attn/c_proj/b": "attn.c_proj.bias",
+    "ln_2/g": "ln_2.weight",
+    "ln_2/b": "ln_2.bias",
+    "mlp/c_fc/w": "mlp.c_fc.weight",
+    "mlp/c_fc/b": "mlp.c_fc.bias",
+    "mlp/c_proj/w": "mlp.c_proj.weight",
+    "mlp/c_proj/b": "mlp.c_proj.bias",
+}
+GLOBAL_NAMES = {
+    "model/wte": "transformer.wte.weight",
+    "model/wpe": "transformer.wpe.weight",
+    "model/ln_f/g": "transformer.ln_f.weight",
+    "model/ln_f/b": "transformer.ln_f.bias",
+}
+
+
+# --- finding the files -------------------------------------------------------------------------------
+
+
+def find_checkpoint(ckpt_dir: str | os.PathLike) -> Path:
+    """The checkpoint prefix inside ``ckpt_dir``: the file name of the ``checkpoint`` file's
+    ``model_checkpoint_path`` (it holds whatever absolute path the writing machine had), else the
+    folder's single ``*.index``."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder} is not a folder: give the folder holding OpenAI's checkpoint files."
+        )
+    state = folder / "checkpoint"
+    if state.is_file():
+        match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', state.read_text(errors="replace"), re.M)
+        if match:
+            name = match.group(1).replace("\\", "/").rstrip("/").split("/")[-1]
+            return folder / name
+    indexes = sorted(folder.glob("*.index"))
+    if len(indexes) != 1:
+        found = ", ".join(p.name for p in indexes) or "none"
+        raise CheckpointError(
+            f"{folder}: cannot tell which checkpoint to read (no usable 'checkpoint' file; .index files: "
+            f"{found}); keep exactly one model.ckpt.index there or a 'checkpoint' file naming it."
+        )
+    return checkpoint_prefix(indexes[0])
+
+
+def read_hparams(ckpt_dir: str | os.PathLike) -> dict:
+    """``hparams.json`` of the folder, checked to hold GPT-2's five integer hyper-parameters."""
+    path = Path(ckpt_dir) / "hparams.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: OpenAI's release has it beside the checkpoint.")
+    try:
+        hparams = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    bad = [k for k in HPARAM_KEYS if not isinstance(hparams.get(k), int) or hparams[k] <= 0]
+    if bad:
+        raise ValueError(f"{path}: {bad} must be positive integers (expected keys {list(HPARAM_KEYS)}).")
+    return hparams
+
+
+def check_tokenizer_files(ckpt_dir: str | os.PathLike) -> None:
+    for name in TOKENIZER_FILES:
+        if not (Path(ckpt_dir) / name).is_file():
+            raise FileNotFoundError(
+                f"{Path(ckpt_dir) / name} is missing: the model folder's tokenizer is built from the "
+                f"checkpoint folder's own {' and '.join(TOKENIZER_FILES)}; copy them there from OpenAI's release."
+            )
+
+
+# --- mapping -----------------------------------------------------------------------------------------
+
+
+def config_from_hparams(hparams: dict) -> GPT2ScratchConfig:
+    """This package's config for OpenAI's ``hparams.json`` (the end-of-text id only if it is in the vocab)."""
+    eos = 50256 if hparams["n_vocab"] > 50256 else None
+    if hparams["n_embd"] % hparams["n_head"]:
+        raise ValueError(
+            f"hparams.json: n_embd ({hparams['n_embd']}) is not divisible by n_head ({hparams['n_head']})."
+        )
+    return GPT2ScratchConfig(
+        vocab_size=hparams["n_vocab"],
+        n_positions=hparams["n_ctx"],
+        n_embd=hparams["n_embd"],
+        n_head=hparams["n_head"],
+        n_layer=hparams["n_layer"],
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+
+
+def variable_map(hparams: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """OpenAI variable name → (our weight name, the shape ``hparams`` implies for the variable)."""
+    E, V, P = hparams["n_embd"], hparams["n_vocab"], hparams["n_ctx"]
+    layer_shapes = {
+        "ln_1/g": (E,), "ln_1/b": (E,), "ln_2/g": (E,), "ln_2/b": (E,),
+        "attn/c_attn/w": (1, E, 3 * E), "attn/c_attn/b": (3 * E,),
+        "attn/c_proj/w": (1, E, E), "attn/c_proj/b": (E,),
+        "mlp/c_fc/w": (1, E, 4 * E), "mlp/c_fc/b": (4 * E,),
+        "mlp/c_proj/w": (1, 4 * E, E), "mlp/c_proj/b": (E,),
+    }  # fmt: skip
+    shapes = {"model/wte": (V, E), "model/wpe": (P, E), "model/ln_f/g": (E,), "model/ln_f/b": (E,)}
+    mapping = {name: (ours, shapes[name]) for name, ours in GLOBAL_NAMES.items()}
+    for i in range(hparams["n_layer"]):
+        for theirs, ours in LAYER_NAMES.items():
+            mapping[f"model/h{i}/{theirs}"] = (f"transformer.h.{i}.{ours}", layer_shapes[theirs])
+    return mapping
+
+
+def check_variables(ckpt: TFCheckpoint, mapping: dict, hparams_path: Path) -> None:
+    """Every expected variable present with the shape hparams.json implies, and nothing left over."""
+    missing = [name for name in mapping if name not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{ckpt.index_path}: missing GPT-2 variable(s) {missing[:5]} ({len(missing)} in all)."
+        )
+    unused = [name for name in ckpt.names() if name not in mapping]
+    if unused:
+        raise CheckpointError(
+            f"{ckpt.index_path}: variable(s) {unused[:5]} ({len(unused)} in all) are not part of GPT-2 as "
+            f"{hparams_path} describes it (n_layer too small?)."
+        )
+    for name, (_, shape) in mapping.items():
+        info = ckpt.info(name)
+        if info.shape != shape:
+            raise CheckpointError(
+                f"{hparams_path} disagrees with the checkpoint: tensor {name!r} in {ckpt.index_path} has shape "
+                f"{list(info.shape)}, but the hparams imply {list(shape)}; fix hparams.json or use the "
+                "checkpoint it belongs to."
+            )
+        if info.dtype not in ("float32", "float16", "bfloat16", "float64"):
+            raise CheckpointError(
+                f"{ckpt.index_path}: tensor {name!r} has dtype {info.dtype}, not a float type."
+            )
+
+
+def to_torch(array: np.ndarray, tf_dtype: str) -> torch.Tensor:
+    """A torch view of a (read-only, memory-mapped) array; bfloat16 bits become ``torch.bfloat16``."""
+    with warnings.catch_warnings():  # the view is only ever read
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if tf_dtype == "bfloat16" else tensor
+
+
+def load_weight(ckpt: TFCheckpoint, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """One variable as a contiguous tensor of ``dtype``, Conv1D matrices [1, in, out] → Linear [out, in].
+
+    The result is a fresh copy: the memory-mapped source pages are released when this returns."""
+    source = to_torch(ckpt.read(name), ckpt.info(name).dtype)
+    if source.dim() == 3:
+        source = source[0].t()  # (out, in)
+    out = torch.empty(source.shape, dtype=dtype)
+    out.copy_(source)
+    return out
+
+
+def state_dict_from_checkpoint(
+    ckpt: TFCheckpoint, hparams: dict, hparams_path: Path, dtype: torch.dtype
+) -> dict:
+    """Our ``ForCausalLM`` state dict (``lm_head.weight`` tied to ``wte``) from an OpenAI checkpoint."""
+    mapping = variable_map(hparams)
+    check_variables(ckpt, mapping, hparams_path)
+    state = {ours: load_weight(ckpt, name, dtype) for name, (ours, _) in mapping.items()}
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    return state
+
+
+def build_model(config: GPT2ScratchConfig, state: dict) -> GPT2ScratchForCausalLM:
+    """The model holding exactly ``state`` (built on the meta device: no time spent on random init)."""
+    with torch.device("meta"):
+        model = GPT2ScratchForCausalLM(config)
+    expected = set(model.state_dict())
+    if set(state) != expected:
+        raise ValueError(f"converted weights do not match the model: missing {sorted(expected - set(state))}, "
+                         f"unexpected {sorted(set(state) - expected)}")  # fmt: skip
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    unset = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if unset:
+        raise ValueError(f"model weights left unset by the conversion: {unset}")
+    return model.eval()
+
+
+def from_openai_checkpoint(
+    path: str | os.PathLike, dtype: torch.dtype = torch.float32
+) -> GPT2ScratchForCausalLM:
+    """A ``GPT2ScratchForCausalLM`` holding OpenAI's checkpoint in folder ``path`` (or its ``model.ckpt``
+    prefix / ``.index`` file, with ``hparams.json`` beside it), in memory, weights cast to ``dtype``."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    prefix = find_checkpoint(folder) if path.is_dir() else checkpoint_prefix(path)
+    hparams = read_hparams(folder)
+    ckpt = TFCheckpoint(prefix)
+    state = state_dict_from_checkpoint(ckpt, hparams, folder / "hparams.json", dtype)
+    return build_model(config_from_hparams(hparams), state)
+
+
+# --- the model folder --------------------------------------------------------------------------------
+
+
+def model_card(ckpt_dir: Path, model: GPT2ScratchForCausalLM, dtype: str) -> str:
+    """README.md of the converted folder: what it is, where it came from, how to load it."""
+    c = model.config
+    return f"""---
+library_name: transformers
+tags: [gpt2, gpt2scratch, text-generation]
+---
+# GPT-2 ({model.num_parameters():,} parameters), converted from OpenAI's TensorFlow checkpoint
+
+Converted by `gpt2scratch convert-openai` from `{ckpt_dir.name}/` (OpenAI's original release layout:
+`hparams.json`, `model.ckpt.*`, `encoder.json`, `vocab.bpe`), read without TensorFlow. Every checkpoint
+variable was mapped and every weight set; weights are stored as {dtype}.
+
+- layers {c.n_layer}, heads {c.n_head}, embedding {c.n_embd}, context {c.n_positions}, vocabulary {c.vocab_size}
+- tokenizer: the checkpoint's own `encoder.json` / `vocab.bpe` (also saved as `vocab.json` / `merges.txt`)
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("PATH", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("PATH")
+```
+
+OpenAI released the GPT-2 weights under a modified MIT license; see https://github.com/openai/gpt-2.
+The model card for the original model: https://github.com/openai/gpt-2/blob/master/model_card.md
+"""
+
+
+def convert_openai(
+    ckpt_dir: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32", force: bool = False
+) -> Path:
+    """Convert OpenAI's checkpoint folder ``ckpt_dir`` into a complete model folder ``out`` (atomic: a
+    failure leaves no ``out``, an existing ``out`` is replaced only with ``force``)."""
+    from ..io import save_model_folder
+
+    ckpt_dir, out = Path(ckpt_dir), Path(out)
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not one of {list(TORCH_DTYPES)}.")
+    if out.exists() and not force:
+        raise FileExistsError(
+            f"{out} already exists; choose another output folder or pass --force to replace it."
+        )
+    find_checkpoint(ckpt_dir)
+    check_tokenizer_files(ckpt_dir)
+    model = from_openai_checkpoint(ckpt_dir, TORCH_DTYPES[dtype])
+    return save_model_folder(model, out, ckpt_dir, model_card=model_card(ckpt_dir, model, dtype), force=force)
+
+
+def _run(args: argparse.Namespace) -> None:
+    out = convert_openai(args.ckpt_dir, args.out, dtype=args.dtype, force=args.force)
+    print(f"Wrote {out}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "convert-openai",
+        help="OpenAI's TensorFlow GPT-2 checkpoint folder → a model folder (no TensorFlow needed)",
+        description="Convert OpenAI's original GPT-2 release (hparams.json, model.ckpt.*, encoder.json, "
+        "vocab.bpe) into a complete model folder of this package.",
+    )
+    p.add_argument("ckpt_dir", type=Path, help="folder with OpenAI's checkpoint files (e.g. models/124M)")
+    p.add_argument("out", type=Path, help="model folder to write (created atomically)")
+    p.add_argument("--dtype", choices=list(TORCH_DTYPES), default="float32", help="weight dtype to store")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_run)
