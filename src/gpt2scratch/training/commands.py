@@ -1,0 +1,435 @@
+"""``gpt2scratch classify`` and ``gpt2scratch evaluate``: use and score a trained model from the shell.
+
+``classify MODEL TEXT...`` prints the predicted label and its probability for each text;
+``--input-file`` streams a CSV/TSV in batches (constant memory) into ``--output-file``.
+``evaluate MODEL --task classification`` scores a labelled CSV/TSV (accuracy, precision, recall, F1);
+``evaluate MODEL --task lm`` gives the loss and perplexity of a text file. MODEL is anything
+:func:`gpt2scratch.loading.load_model` opens (model folder, adapter, checkpoint, run folder, ...).
+
+Tokenisation rule for classification: a text longer than ``--max-length`` tokens (default: the
+model's ``n_positions``) keeps its FIRST ``--max-length`` tokens; the number of truncated texts is
+reported on stderr. Batches are padded on the right with ``<|endoftext|>`` (50256) and carry an
+``attention_mask``, so each text is classified exactly as it would be alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+PAD_ID = 50256  # <|endoftext|>
+
+
+def register(subparsers) -> None:
+    """Add the ``classify`` and ``evaluate`` subcommands."""
+    _add_classify(subparsers)
+    _add_evaluate(subparsers)
+
+
+def _add_common(p: argparse.ArgumentParser, batch_help: str) -> None:
+    p.add_argument(
+        "model", metavar="MODEL", help="model folder, adapter, checkpoint, run folder or init:PRESET"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help=batch_help)
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per text (classification: longer texts keep their first N tokens) or per block (lm); "
+        "default: the model's n_positions",
+    )
+    p.add_argument(
+        "--tokenizer-dir", default=None, help="folder with the GPT-2 vocabulary, if not beside the model"
+    )
+
+
+def _add_classify(subparsers) -> None:
+    p = subparsers.add_parser(
+        "classify",
+        help="classify texts with a sequence-classification model",
+        description="Print the predicted label and its probability for each TEXT, or stream a CSV/TSV "
+        "(--input-file) into --output-file with two columns added: label and score (predicted_label and "
+        "predicted_score when the input already has a label or score column).",
+    )
+    _add_common(p, "texts per forward pass (default 32)")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    p.add_argument("--input-file", default=None, help="CSV (or .tsv) with a header row; streamed in batches")
+    p.add_argument("--output-file", default=None, help="where to write the input rows plus label and score")
+    p.add_argument(
+        "--text-column", default="text", help="column of --input-file holding the text (default: text)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --output-file")
+    p.set_defaults(func=classify_command)
+
+
+def _add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a model on labelled data (classification) or text (lm); prints JSON",
+        description="classification: accuracy, precision, recall and F1 (binary: of label id 1; more "
+        "classes: macro average) on a CSV/TSV whose labels are names or ids known to the model's "
+        "label2id. lm: loss and perplexity of a UTF-8 text file, tokenised whole and cut into "
+        "consecutive blocks of --max-length tokens.",
+    )
+    _add_common(p, "texts (classification, default 32) or blocks (lm, default 2) per forward pass")
+    p.add_argument("--task", choices=("classification", "lm"), required=True)
+    p.add_argument("--data", required=True, help="CSV/TSV (classification) or text file (lm)")
+    p.add_argument("--text-column", default="text", help="classification: the text column (default: text)")
+    p.add_argument(
+        "--label-column", default="label", help="classification: the label column (default: label)"
+    )
+    p.set_defaults(func=evaluate_command)
+
+
+# ----------------------------------------------------------------------------- reading input files
+
+
+def _delimiter(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def _decoded_lines(raw_lines, path: Path) -> Iterator[str]:
+    """Lines of a binary file decoded as UTF-8; a bad byte is an error naming the line."""
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path}, line {number}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8. "
+                "Re-save the file as UTF-8."
+            ) from None
+        yield line.removeprefix("\ufeff") if number == 1 else line
+
+
+@dataclass
+class Table:
+    """A CSV/TSV being streamed: its header and an iterator of (line number, row)."""
+
+    path: Path
+    header: list[str]
+    rows: Iterator[tuple[int, list[str]]]
+
+    def column(self, name: str, option: str) -> int:
+        """Index of column ``name``; a clear error naming the file and its columns when absent."""
+        if name not in self.header:
+            raise ValueError(
+                f"{self.path} has no column {name!r} (its columns: {', '.join(self.header) or 'none'}); "
+                f"pass {option} with one of them."
+            )
+        return self.header.index(name)
+
+
+@contextmanager
+def open_table(path: str | os.PathLike) -> Iterator[Table]:
+    """Open a CSV (``.tsv``: tab-separated) with a header row, streamed row by row."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Input file {path} does not exist (or is not a file).")
+    with path.open("rb") as fh:
+        reader = csv.reader(_decoded_lines(fh, path), delimiter=_delimiter(path))
+        header = next(reader, None)
+        if not header:
+            raise ValueError(
+                f"{path} is empty: expected a header row naming the columns, then one row per text."
+            )
+        yield Table(path, header, ((reader.line_num, row) for row in reader if row))
+
+
+def _cell(table: Table, line: int, row: list[str], index: int) -> str:
+    if index >= len(row):
+        raise ValueError(
+            f"{table.path}, line {line}: the row has {len(row)} fields, no {table.header[index]!r} value."
+        )
+    return row[index]
+
+
+def _batches(table: Table, size: int) -> Iterator[list[tuple[int, list[str]]]]:
+    batch = []
+    for item in table.rows:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ----------------------------------------------------------------------------- model side
+
+
+@dataclass
+class Classifier:
+    """A loaded classification model with its tokenizer and truncation length."""
+
+    model: object
+    encoding: object
+    max_length: int
+    truncated: int = 0
+    seen: int = 0
+
+    def probabilities(self, texts: list[str], where: list[str] | None = None):
+        """Softmax class probabilities (B, num_labels) of ``texts``; ``where`` names each text in errors."""
+        import torch
+
+        input_ids, mask = self.encode(texts, where)
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits  # (B, num_labels)
+        return torch.softmax(logits.float(), dim=-1)
+
+    def encode(self, texts: list[str], where: list[str] | None = None):
+        """Right-padded ids and attention mask; texts keep their first ``max_length`` tokens."""
+        import torch
+
+        from gpt2scratch.tokenizer import encode_batch
+
+        ids = encode_batch(self.encoding, texts)
+        for i, row in enumerate(ids):
+            if not row:
+                name = where[i] if where else f"text {i + 1}"
+                raise ValueError(f"{name}: the text is empty; there is nothing to classify.")
+        self.seen += len(ids)
+        self.truncated += sum(len(row) > self.max_length for row in ids)
+        ids = [row[: self.max_length] for row in ids]
+        width = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), width), PAD_ID, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return input_ids, mask
+
+    def label(self, class_id: int) -> str:
+        return str(self.model.config.id2label.get(class_id, class_id))
+
+    def report_truncation(self, command: str) -> None:
+        if self.truncated:
+            print(
+                f"gpt2scratch {command}: {self.truncated} of {self.seen} texts were longer than "
+                f"{self.max_length} tokens and kept their first {self.max_length} tokens.",
+                file=sys.stderr,
+            )
+
+
+def _max_length(config, requested: int | None) -> int:
+    if requested is None:
+        return config.n_positions
+    if not 1 <= requested <= config.n_positions:
+        raise ValueError(
+            f"--max-length {requested} must be between 1 and the model's n_positions={config.n_positions}."
+        )
+    return requested
+
+
+def _batch_size(requested: int | None, default: int) -> int:
+    if requested is None:
+        return default
+    if requested < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {requested}.")
+    return requested
+
+
+def load_classifier(args) -> Classifier:
+    """The model named by ``args.model`` as a classifier, with its tokenizer."""
+    from gpt2scratch.loading import load_model
+    from gpt2scratch.tokenizer import load_encoding
+
+    loaded = load_model(args.model, task="classification", tokenizer_dir=args.tokenizer_dir)
+    config = loaded.model.config
+    return Classifier(loaded.model, load_encoding(loaded.tokenizer_dir), _max_length(config, args.max_length))
+
+
+# ----------------------------------------------------------------------------- classify
+
+
+def classify_command(args) -> int:
+    """Classify the TEXT arguments (printed) or stream --input-file into --output-file."""
+    batch_size = _batch_size(args.batch_size, 32)
+    if args.input_file and args.texts:
+        raise ValueError("Give either TEXT arguments or --input-file, not both.")
+    if args.input_file:
+        if not args.output_file:
+            raise ValueError("--input-file needs --output-file (the CSV to write the predictions to).")
+        return _classify_file(args, batch_size)
+    if not args.texts:
+        raise ValueError("Nothing to classify: give one or more TEXT arguments or --input-file.")
+    classifier = load_classifier(args)
+    for start in range(0, len(args.texts), batch_size):
+        texts = args.texts[start : start + batch_size]
+        probs = classifier.probabilities(texts, [f"TEXT {start + i + 1}" for i in range(len(texts))])
+        for text, row in zip(texts, probs, strict=True):
+            score, class_id = row.max(dim=-1)
+            print(f"{classifier.label(int(class_id))}\t{float(score):.6f}\t{text}")
+    classifier.report_truncation("classify")
+    return 0
+
+
+def _output_columns(header: list[str]) -> list[str]:
+    taken = set(header)
+    return ["predicted_label", "predicted_score"] if {"label", "score"} & taken else ["label", "score"]
+
+
+def _classify_file(args, batch_size: int) -> int:
+    out = Path(args.output_file)
+    if out.exists() and not args.force:
+        raise FileExistsError(
+            f"{out} already exists; choose another --output-file or pass --force to replace it."
+        )
+    with open_table(args.input_file) as table:
+        text_index = table.column(args.text_column, "--text-column")
+        classifier = load_classifier(args)
+        with _atomic_file(out) as fh:
+            writer = csv.writer(fh, delimiter=_delimiter(out))
+            writer.writerow(table.header + _output_columns(table.header))
+            for batch in _batches(table, batch_size):
+                texts = [_cell(table, line, row, text_index) for line, row in batch]
+                probs = classifier.probabilities(texts, [f"{table.path}, line {line}" for line, _ in batch])
+                for (_, row), p in zip(batch, probs, strict=True):
+                    score, class_id = p.max(dim=-1)
+                    writer.writerow(row + [classifier.label(int(class_id)), f"{float(score):.6f}"])
+    classifier.report_truncation("classify")
+    print(f"gpt2scratch classify: wrote {classifier.seen} rows to {out}", file=sys.stderr)
+    return 0
+
+
+@contextmanager
+def _atomic_file(path: Path):
+    """A text file written under a temporary name beside ``path``, renamed onto it only on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def evaluate_command(args) -> int:
+    """Print the model's scores on ``--data`` as JSON."""
+    if args.task == "classification":
+        result = evaluate_classification(args)
+    else:
+        result = evaluate_lm(args)
+    print(
+        json.dumps({"model": str(args.model), "task": args.task, "data": str(args.data), **result}, indent=2)
+    )
+    return 0
+
+
+def label_mapper(config, table: Table):
+    """A function mapping a label cell (a name in ``label2id``, or a class id) to its class id."""
+    label2id = {str(k): int(v) for k, v in (config.label2id or {}).items()}
+    ids = {str(i) for i in range(config.num_labels)}
+
+    def to_id(value: str, line: int) -> int:
+        if value in label2id:
+            return label2id[value]
+        if value.strip() in ids:
+            return int(value.strip())
+        raise ValueError(
+            f"{table.path}, line {line}: label {value!r} was never seen in training; this model knows "
+            f"{', '.join(label2id) or 'no label names'} (ids 0..{config.num_labels - 1})."
+        )
+
+    return to_id
+
+
+def evaluate_classification(args) -> dict:
+    """Accuracy, precision, recall and F1 of the model on a labelled CSV/TSV, streamed in batches."""
+    from gpt2scratch.training.metrics import classification_metrics
+
+    batch_size = _batch_size(args.batch_size, 32)
+    predictions: list[int] = []
+    references: list[int] = []
+    with open_table(args.data) as table:
+        text_index = table.column(args.text_column, "--text-column")
+        label_index = table.column(args.label_column, "--label-column")
+        classifier = load_classifier(args)
+        to_id = label_mapper(classifier.model.config, table)
+        for batch in _batches(table, batch_size):
+            references += [to_id(_cell(table, line, row, label_index), line) for line, row in batch]
+            texts = [_cell(table, line, row, text_index) for line, row in batch]
+            probs = classifier.probabilities(texts, [f"{table.path}, line {line}" for line, _ in batch])
+            predictions += probs.argmax(dim=-1).tolist()
+    if not references:
+        raise ValueError(f"{args.data} has a header but no rows to evaluate.")
+    classifier.report_truncation("evaluate")
+    metrics = classification_metrics(predictions, references, num_labels=classifier.model.config.num_labels)
+    return {"examples": len(references), "truncated": classifier.truncated, **metrics}
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file; a bad byte is an error naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Data file {path} does not exist (or is not a file).")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}, line {line}: byte {data[e.start]:#04x} is not UTF-8. Re-save the file as UTF-8."
+        ) from None
+
+
+def evaluate_lm(args) -> dict:
+    """Token-weighted mean next-token loss and perplexity over consecutive blocks of the text."""
+    from gpt2scratch.loading import load_model
+    from gpt2scratch.tokenizer import encode, load_encoding
+
+    text = read_text(args.data)
+    loaded = load_model(args.model, task="causal-lm", tokenizer_dir=args.tokenizer_dir)
+    block = _max_length(loaded.model.config, args.max_length)
+    ids = encode(load_encoding(loaded.tokenizer_dir), text)
+    blocks = [ids[i : i + block] for i in range(0, len(ids), block)]
+    blocks = [b for b in blocks if len(b) >= 2]
+    if not blocks:
+        raise ValueError(f"{args.data} has {len(ids)} tokens; at least 2 are needed to measure a loss.")
+    total, count = 0.0, 0
+    batch_size = _batch_size(args.batch_size, 2)
+    for start in range(0, len(blocks), batch_size):
+        batch_total, batch_count = _lm_loss_sum(loaded.model, blocks[start : start + batch_size])
+        total, count = total + batch_total, count + batch_count
+    loss = total / count
+    return {
+        "tokens": len(ids),
+        "blocks": len(blocks),
+        "block_length": block,
+        "loss": loss,
+        "perplexity": math.exp(loss),
+    }
+
+
+def _lm_loss_sum(model, blocks: list[list[int]]) -> tuple[float, int]:
+    """Summed next-token cross-entropy over ``blocks`` (right-padded) and the number of predicted tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(len(b) for b in blocks)
+    input_ids = torch.full((len(blocks), width), PAD_ID, dtype=torch.long)
+    targets = torch.full((len(blocks), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(blocks), width), dtype=torch.long)
+    for i, b in enumerate(blocks):
+        input_ids[i, : len(b)] = torch.tensor(b)
+        targets[i, : len(b)] = torch.tensor(b)
+        mask[i, : len(b)] = 1
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=mask).logits  # (B, T, V)
+    shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    labels = targets[:, 1:].reshape(-1)
+    loss = F.cross_entropy(shifted, labels, ignore_index=-100, reduction="sum")
+    return float(loss), int((labels != -100).sum())

@@ -1,0 +1,1 @@
+"""The local ``evaluate`` metric module for precision: load it with ``evaluate.load(<this folder>)``."""

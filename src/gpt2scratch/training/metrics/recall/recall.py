@@ -1,0 +1,28 @@
+"""Recall, the fraction of a class's references that were found: TP / (TP + FN), as a local ``evaluate`` metric.
+
+Loaded with ``evaluate.load(path_to_this_folder)``: nothing is fetched from the Hub. Arguments as in
+the Hub's ``recall`` metric: ``average`` ("binary" (default, class ``pos_label``), "macro", "micro",
+"weighted"), ``labels`` (the classes to average over; default: those seen), ``pos_label`` (default 1).
+A class never predicted (or never present) scores 0, as in scikit-learn.
+"""
+
+import datasets
+import evaluate
+
+from gpt2scratch.training.metrics._counting import score
+
+
+class Recall(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=__doc__,
+            citation="",
+            inputs_description="predictions and references: lists of integer class ids of equal length.",
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
+        )
+
+    def _compute(self, predictions, references, average="binary", labels=None, pos_label=1):
+        value = score("recall", predictions, references, average=average, labels=labels, pos_label=pos_label)
+        return {"recall": float(value)}
