@@ -1,0 +1,203 @@
+"""Options of ``finetune``: one dataclass, filled from defaults, then ``--config FILE.yaml``, then the CLI.
+
+Every step count (``max_steps``, ``eval_every``, ``save_every``, ``warmup_steps``) counts optimizer
+steps; ``batch_size`` is per process, so the global batch is batch × processes × accumulation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+TASKS = ("classification", "instruction", "lm")
+METHODS = ("full", "lora", "last-block")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass
+class TrainArgs:
+    """Everything a training run needs; field ``foo_bar`` is the option ``--foo-bar``."""
+
+    task: str = field(default="classification", metadata={"help": "classification | instruction | lm", "choices": TASKS})
+    model: str = field(
+        default="init:tiny",
+        metadata={"help": "model folder, OpenAI checkpoint folder, transformers GPT-2 folder, checkpoint, or init:PRESET"},
+    )
+    method: str = field(default="full", metadata={"help": "full | lora | last-block", "choices": METHODS})
+    output_dir: str | None = field(default=None, metadata={"help": "where the final model, checkpoints and logs go"})
+    train_file: str | None = field(default=None, metadata={"help": "CSV/TSV/JSON/JSONL/text file, or SMSSpamCollection"})
+    validation_file: str | None = field(default=None, metadata={"help": "default: a deterministic 10%% of the training data"})
+    test_file: str | None = field(default=None, metadata={"help": "held-out data scored once at the end"})
+    dataset: str | None = field(default=None, metadata={"help": "a Hugging Face Hub dataset id instead of files (untested offline)"})
+    text_column: str | None = field(default=None, metadata={"help": "default: 'text'"})
+    label_column: str = field(default="label", metadata={"help": "classification label column"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training data (ignored with --max-steps)"})
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps to run (overrides --epochs)"})
+    batch_size: int = field(default=8, metadata={"help": "examples per process per micro-batch"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay, applied to matrices only"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps before the cosine decay"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of --lr"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
+    max_length: int | None = field(default=None, metadata={"help": "tokens per example / LM block (default: n_positions)"})
+    seed: int = field(default=123, metadata={"help": "seed for initialisation, data order and dropout"})
+    split_seed: int = field(default=123, metadata={"help": "seed of the deterministic train/val/test split"})
+    balance: bool = field(default=False, metadata={"help": "classification: down-sample every class to the rarest"})
+    response_loss_only: bool = field(default=True, metadata={"help": "instruction: loss on response tokens only"})
+    dropout: float | None = field(default=None, metadata={"help": "override all dropout rates of the model"})
+    mixed_precision: str = field(default="auto", metadata={"help": "auto | no | bf16 | fp16", "choices": PRECISIONS})
+    eval_every: int | None = field(default=None, metadata={"help": "evaluate every N optimizer steps (and at the end)"})
+    eval_max_batches: int | None = field(default=None, metadata={"help": "cap evaluation at N batches per split"})
+    save_every: int | None = field(default=None, metadata={"help": "checkpoint every N optimizer steps"})
+    log_every: int = field(default=1, metadata={"help": "log the training loss every N optimizer steps"})
+    stop_after: int | None = field(
+        default=None, metadata={"help": "checkpoint and stop after N steps (time-boxed jobs); resume with --resume-from latest"}
+    )
+    resume_from: str | None = field(default=None, metadata={"help": "a checkpoint folder, or 'latest' in --output-dir"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per test response / LM sample"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    lora_target_modules: str = field(default="c_attn,c_proj,c_fc", metadata={"help": "comma-separated module names"})
+    last_n_blocks: int = field(default=1, metadata={"help": "last-block method: blocks left trainable"})
+    merge: bool = field(default=False, metadata={"help": "LoRA: merge the adapter into a plain model folder"})
+    tokenizer_dir: str | None = field(default=None, metadata={"help": "folder with encoder.json + vocab.bpe"})
+    force: bool = field(default=False, metadata={"help": "replace an output folder that holds a run"})
+    config: str | None = field(default=None, metadata={"help": "YAML file of these options (CLI values override it)"})
+
+    def validate(self) -> TrainArgs:
+        """Raise a ValueError naming the option for any value that cannot work; return self."""
+        _check_choice("task", self.task, TASKS)
+        _check_choice("method", self.method, METHODS)
+        _check_choice("mixed-precision", self.mixed_precision, PRECISIONS)
+        if not self.output_dir:
+            raise ValueError("--output-dir is required (where the model, checkpoints and logs go).")
+        if not (self.train_file or self.dataset):
+            raise ValueError("Give --train-file FILE (or --dataset HUB_ID) with the training data.")
+        if self.train_file and self.dataset:
+            raise ValueError("Give either --train-file or --dataset, not both.")
+        for name in ("batch_size", "gradient_accumulation_steps", "log_every", "lora_r", "last_n_blocks"):
+            _check_positive(name, getattr(self, name))
+        for name in ("max_steps", "eval_every", "save_every", "max_length", "stop_after", "eval_max_batches"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
+        if self.max_steps is None and self.epochs <= 0:
+            raise ValueError(f"--epochs must be > 0, got {self.epochs} (or give --max-steps).")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("--lr must be > 0, --weight-decay and --warmup-steps >= 0.")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}.")
+        if self.merge and self.method != "lora":
+            raise ValueError("--merge only applies to --method lora.")
+        if self.resume_from and self.resume_from != "latest" and not Path(self.resume_from).is_dir():
+            raise FileNotFoundError(
+                f"--resume-from {self.resume_from}: no such checkpoint folder. Give a checkpoint-<step> folder "
+                "or 'latest' (the newest checkpoint in --output-dir)."
+            )
+        return self
+
+    @property
+    def target_modules(self) -> list[str]:
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"--{name} {value!r} is not one of: {', '.join(choices)}.")
+
+
+def _check_positive(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+
+
+def option_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add one option per ``TrainArgs`` field; unset options stay absent so YAML values are not overridden."""
+    for f in fields(TrainArgs):
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help")}
+        if f.type in ("bool", bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _field_type(f)
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(option_name(f.name), **kwargs)
+    return parser
+
+
+def _field_type(f: dataclasses.Field):
+    text = str(f.type)
+    if text.startswith("int"):
+        return int
+    if text.startswith("float"):
+        return float
+    return str
+
+
+def build_parser(prog: str = "finetune") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Fine-tune or train a gpt2scratch model.")
+    return add_arguments(parser)
+
+
+def from_namespace(ns: argparse.Namespace) -> TrainArgs:
+    """Defaults ← ``--config`` YAML ← options given on the command line; then validated."""
+    given = {f.name: getattr(ns, f.name) for f in fields(TrainArgs) if hasattr(ns, f.name)}
+    values = load_yaml(given["config"]) if given.get("config") else {}
+    values.update(given)
+    return TrainArgs(**values).validate()
+
+
+def parse_args(argv: list[str] | None = None) -> TrainArgs:
+    return from_namespace(build_parser().parse_args(argv))
+
+
+def load_yaml(path: str | Path) -> dict:
+    """The options in a YAML mapping (keys as ``lr`` / ``max-steps`` / ``max_steps``), checked by name and type."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"--config {path}: not valid YAML ({e}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}.")
+    known = {f.name: f for f in fields(TrainArgs)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "config":
+            raise ValueError(f"--config {path}: unknown option {key!r}; the options are those of --help.")
+        out[name] = _coerce(path, key, known[name], value)
+    return out
+
+
+def _coerce(path: Path, key: str, f: dataclasses.Field, value):
+    """YAML value → the field's type; lists are accepted for target modules."""
+    if value is None:
+        return None
+    if f.name == "lora_target_modules" and isinstance(value, list):
+        return ",".join(map(str, value))
+    kind = bool if f.type in ("bool", bool) else _field_type(f)
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"--config {path}: {key} must be true or false, got {value!r}.")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"--config {path}: {key} must be an integer, got {value!r}.")
+    if kind is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"--config {path}: {key} must be a number, got {value!r}.") from None
+    return str(value) if kind is str else value

@@ -1,0 +1,451 @@
+"""Training data: files (or a hub id) → checked ``datasets`` splits → token ids → padded batches.
+
+Formats, chosen by the file's suffix: ``.csv``; ``.tsv``/``.tab`` (tab-separated with a header);
+``.json``/``.jsonl``; ``.txt`` (plain text, for ``lm``); and the SMS Spam Collection layout
+(``label<TAB>text`` per line, no header), used for a file without a suffix such as ``SMSSpamCollection``.
+Rows are counted from 1, not counting a header line.
+
+Splits, when only ``--train-file`` is given: classification 70/10/20 (train/validation/test),
+instruction 85/5/10, otherwise a deterministic 10% of the training rows becomes the validation split
+(for ``lm``: the last 10% of the packed blocks). The shuffle uses ``--split-seed``, not ``--seed``, so
+the test set stays put when the training seed changes.
+
+Truncation rule: an example longer than ``--max-length`` tokens keeps its first ``max_length``
+tokens (classification pools the last kept token; an instruction example keeps its prompt and loses
+the end of its response). The number of truncated examples is logged per split; instruction examples
+left with no response token are dropped from training (also logged).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..tokenizer import ENDOFTEXT_ID, encode_batch
+
+log = logging.getLogger(__name__)
+
+SMS_URLS = (
+    "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+    "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",
+)
+SMS_FILE = "SMSSpamCollection"
+PAD_ID = ENDOFTEXT_ID
+IGNORE_INDEX = -100
+ALPACA_HEADER = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+SPLIT_FRACTIONS = {"classification": (0.7, 0.1, 0.2), "instruction": (0.85, 0.05, 0.1)}
+HOLDOUT_FRACTION = 0.1
+READERS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".txt": "text"}
+ROW = "_row"  # 1-based row number in the source file, kept for error messages
+
+
+@dataclass
+class RawSplits:
+    """Untokenised splits with standard columns, the file each came from, and whether we split them."""
+
+    splits: dict  # name ("train", "validation", "test") -> datasets.Dataset
+    sources: dict[str, str]
+    was_split: bool = False
+    label_names: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------- reading files
+
+
+def check_text_file(path: str | os.PathLike) -> Path:
+    """The path, once it is known to be an existing, non-empty, UTF-8 file; else an error naming the line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file.")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: it holds no rows.")
+    decoder, line, blank = codecs.getincrementaldecoder("utf-8")(), 1, True
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                line += chunk[: e.start].count(b"\n")
+                raise ValueError(
+                    f"{path}, line {line}: bytes that are not UTF-8 ({chunk[e.start : e.start + 4]!r}). "
+                    "Re-save the file as UTF-8."
+                ) from None
+            line += chunk.count(b"\n")
+            blank = blank and not text.strip()
+    if blank:
+        raise ValueError(f"{path} is empty: it holds only whitespace.")
+    return path
+
+
+def read_table(path: str | os.PathLike):
+    """A ``datasets.Dataset`` of the file's rows (format from the suffix), with a ``_row`` column."""
+    path = check_text_file(path)
+    kind = READERS.get(path.suffix.lower(), "sms" if not path.suffix else None)
+    if kind is None:
+        raise ValueError(f"{path}: unknown format {path.suffix!r}; use .csv, .tsv, .json, .jsonl or .txt.")
+    ds = _read_sms(path) if kind == "sms" else _load_with_datasets(path, kind)
+    if len(ds) == 0:
+        raise ValueError(f"{path} holds no rows.")
+    return ds.add_column(ROW, list(range(1, len(ds) + 1)))
+
+
+def _load_with_datasets(path: Path, kind: str):
+    from datasets import load_dataset
+
+    builder, options = {"tsv": ("csv", {"delimiter": "\t"}), "text": ("text", {"sample_by": "paragraph"})}.get(
+        kind, (kind, {})
+    )
+    try:
+        return load_dataset(builder, data_files=str(path), split="train", **options)
+    except Exception as e:  # malformed CSV/JSON: pyarrow/pandas errors of many types
+        raise ValueError(f"{path}: cannot be read as {kind.upper()}: {e}") from None
+
+
+def _read_sms(path: Path):
+    """The SMS Spam Collection layout: ``label<TAB>text`` per line, no header, no quoting."""
+    from datasets import Dataset
+
+    labels, texts = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        label, tab, text = line.partition("\t")
+        if not tab:
+            raise ValueError(f"{path}, line {n}: expected 'label<TAB>text' (no tab found).")
+        labels.append(label.strip())
+        texts.append(text)
+    return Dataset.from_dict({"label": labels, "text": texts})
+
+
+def download_sms_spam(dest_dir: str | os.PathLike, urls: Sequence[str] = SMS_URLS) -> Path:
+    """``dest_dir/SMSSpamCollection``, downloaded (UCI first, then the backup URL) and unzipped if absent."""
+    from ..conversion.download import download_file
+
+    dest_dir = Path(dest_dir)
+    target = dest_dir / SMS_FILE
+    if target.is_file():
+        return target
+    archive = download_file(list(urls), dest_dir / "sms_spam_collection.zip")
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            member = next((n for n in zf.namelist() if Path(n).name == SMS_FILE), None)
+            if member is None:
+                raise ValueError(f"{archive}: the archive has no {SMS_FILE} file (it holds {zf.namelist()}).")
+            tmp = target.with_suffix(".part")
+            tmp.write_bytes(zf.read(member))
+            tmp.replace(target)
+    except zipfile.BadZipFile:
+        raise ValueError(f"{archive} is not a zip archive; delete it and download again.") from None
+    return target
+
+
+# ----------------------------------------------------------------------------------------- splits
+
+
+def load_splits(args) -> RawSplits:
+    """Read the training data named by ``args`` and return checked train/validation(/test) splits."""
+    if args.dataset:
+        splits, sources = _hub_splits(args.dataset)
+    else:
+        splits = {"train": read_table(args.train_file)}
+        sources = {"train": str(args.train_file)}
+        for name, path in (("validation", args.validation_file), ("test", args.test_file)):
+            if path:
+                splits[name], sources[name] = read_table(path), str(path)
+    splits = {name: standardise(ds, args, sources[name]) for name, ds in splits.items()}
+    raw = RawSplits(splits, sources)
+    if args.task == "classification" and args.balance:
+        raw.splits["train"] = balance(raw.splits["train"], args.split_seed)
+    _split_if_needed(raw, args)
+    if args.task == "classification":
+        raw.label_names = label_names(raw.splits["train"])
+        if len(raw.label_names) < 2:
+            raise ValueError(f"{sources['train']}: the training data has only the label {raw.label_names}; two are needed.")
+        for name, ds in raw.splits.items():
+            check_labels(ds, raw.label_names, raw.sources[name], args.label_column)
+    return raw
+
+
+def _hub_splits(dataset_id: str):
+    """The splits of a Hugging Face Hub dataset (needs the network or the local HF cache)."""
+    from datasets import load_dataset
+
+    try:
+        loaded = load_dataset(dataset_id)
+    except Exception as e:
+        raise ValueError(f"--dataset {dataset_id}: cannot be loaded ({e}).") from None
+    names = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "test": "test"}
+    splits = {names[k]: v.add_column(ROW, list(range(1, len(v) + 1))) for k, v in loaded.items() if k in names}
+    if "train" not in splits:
+        raise ValueError(f"--dataset {dataset_id} has no 'train' split (it has {list(loaded)}).")
+    return splits, {k: f"{dataset_id}[{k}]" for k in splits}
+
+
+def _split_if_needed(raw: RawSplits, args) -> None:
+    """Carve validation (and test) out of train when they were not given (see the module docstring)."""
+    splits = raw.splits
+    if "validation" in splits or args.task == "lm":
+        return
+    train = splits["train"]
+    if "test" not in splits and args.task in SPLIT_FRACTIONS:
+        parts = split_rows(train, SPLIT_FRACTIONS[args.task], args.split_seed)
+        splits["train"], splits["validation"], splits["test"] = parts
+        raw.sources["test"] = raw.sources["train"]
+    else:
+        splits["train"], splits["validation"] = split_rows(train, (1 - HOLDOUT_FRACTION, HOLDOUT_FRACTION), args.split_seed)
+    raw.sources["validation"] = raw.sources["train"]
+    raw.was_split = True
+
+
+def split_rows(ds, fractions: Sequence[float], seed: int) -> list:
+    """Shuffle ``ds`` with ``seed`` and cut it into consecutive parts of the given fractions (last takes the rest)."""
+    if len(ds) < len(fractions):
+        raise ValueError(f"{len(ds)} rows are too few to split into {len(fractions)} parts; give more data.")
+    ds = ds.shuffle(seed=seed)
+    bounds, start = [], 0
+    for frac in fractions[:-1]:
+        end = start + max(1, int(len(ds) * frac))
+        bounds.append((start, end))
+        start = end
+    bounds.append((start, len(ds)))
+    return [ds.select(range(a, b)) for a, b in bounds]
+
+
+def balance(ds, seed: int):
+    """Down-sample every class to the size of the rarest one (as the seeds do for spam vs ham)."""
+    import numpy as np
+
+    labels = np.array(ds["label"])
+    classes, counts = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.choice(np.flatnonzero(labels == c), counts.min(), replace=False) for c in classes])
+    log.info("balanced classes %s to %d rows each", list(classes), counts.min())
+    return ds.select(np.sort(keep))
+
+
+def write_splits(raw: RawSplits, folder: str | os.PathLike, task: str) -> list[Path]:
+    """Write the splits we made (CSV for classification, JSON for instruction) so a run can be repeated."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, ds in raw.splits.items():
+        ds = ds.remove_columns([ROW])
+        if task == "classification":
+            path = folder / f"{name}.csv"
+            ds.to_csv(str(path), index=False)
+        else:
+            path = folder / f"{name}.json"
+            path.write_text(json.dumps(ds.to_list(), indent=1, ensure_ascii=False), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------- columns and labels
+
+
+def standardise(ds, args, source: str):
+    """Rename/check columns: classification → text, label; instruction → instruction, input, output; lm → text."""
+    if args.task == "instruction":
+        return _check_instruction(ds, source)
+    text_col = args.text_column or "text"
+    needed = [(text_col, "--text-column")]
+    if args.task == "classification":
+        needed.append((args.label_column, "--label-column"))
+    for col, option in needed:
+        if col not in ds.column_names:
+            shown = [c for c in ds.column_names if c != ROW]
+            raise ValueError(f"{source}: no column {col!r} ({option}); the file has columns {shown}.")
+    if args.task == "lm":
+        ds = ds.filter(lambda b: [bool(t and t.strip()) for t in b[text_col]], batched=True)
+    else:
+        _check_no_missing(ds, text_col, source)
+    keep = {text_col: "text"} if args.task == "lm" else {text_col: "text", args.label_column: "label"}
+    ds = ds.select_columns([*keep, ROW])
+    if args.task == "classification":
+        _check_no_missing(ds, args.label_column, source)
+        ds = ds.map(lambda b: {"label": [str(v).strip() for v in b[args.label_column]]}, batched=True,
+                    remove_columns=[args.label_column] if args.label_column != "label" else None)
+    if text_col != "text":
+        ds = ds.rename_column(text_col, "text")
+    if args.task == "lm":
+        separator = "\n\n" if source.endswith(".txt") else "<|endoftext|>"
+        ds = ds.map(lambda b: {"text": [t + separator for t in b["text"]]}, batched=True)
+    return ds
+
+
+def _check_no_missing(ds, column: str, source: str) -> None:
+    for row, value in zip(ds[ROW], ds[column], strict=True):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ValueError(f"{source}, row {row}, column {column!r}: the value is missing or empty.")
+
+
+def _check_instruction(ds, source: str):
+    """Alpaca records need ``instruction`` and ``output``; ``input`` is optional."""
+    for col in ("instruction", "output"):
+        if col not in ds.column_names:
+            raise ValueError(f"{source}: the records have no {col!r} field; Alpaca records need instruction and output.")
+        _check_no_missing(ds, col, source)
+    if "input" not in ds.column_names:
+        ds = ds.add_column("input", [""] * len(ds))
+    ds = ds.map(lambda b: {"input": [v or "" for v in b["input"]]}, batched=True)
+    return ds.select_columns(["instruction", "input", "output", ROW])
+
+
+def label_names(train) -> list[str]:
+    """The training labels, sorted (numerically when they are all integers): id i is ``names[i]``."""
+    names = set(train["label"])
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def check_labels(ds, names: list[str], source: str, column: str) -> None:
+    """Every label of ``ds`` must have been seen in training."""
+    known = set(names)
+    for row, label in zip(ds[ROW], ds["label"], strict=True):
+        if label not in known:
+            raise ValueError(
+                f"{source}, row {row}, column {column!r}: label {label!r} never occurs in the training data "
+                f"(labels there: {names}). Fix the label or add examples of it to the training file."
+            )
+
+
+# ----------------------------------------------------------------------------------------- tokenisation
+
+
+def format_prompt(instruction: str, input_text: str = "") -> str:
+    """The Alpaca prompt, ending with the ``### Response:`` header the model completes."""
+    prompt = f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}"
+    if input_text:
+        prompt += f"\n\n### Input:\n{input_text}"
+    return prompt + "\n\n### Response:\n"
+
+
+def tokenize_splits(raw: RawSplits, task: str, encoding, max_length: int, response_loss_only: bool = True) -> dict:
+    """Token ids for every split (``Dataset.map(batched=True)`` over the tiktoken encoder), truncated by the rule."""
+    out = {}
+    for name, ds in raw.splits.items():
+        if task == "classification":
+            out[name] = _tokenize_classification(ds, encoding, max_length, raw.label_names, name)
+        elif task == "instruction":
+            out[name] = _tokenize_instruction(ds, encoding, max_length, response_loss_only, name)
+        else:
+            out[name] = pack_blocks(ds, encoding, max_length, name)
+    if task == "lm" and "validation" not in out:
+        out["train"], out["validation"] = _holdout_blocks(out["train"])
+    return out
+
+
+def _map(ds, fn, name: str, **kwargs):
+    """``Dataset.map`` in memory, with a fixed fingerprint so the encoder object need not be hashed."""
+    fingerprint = f"{ds._fingerprint}-{name}-{fn.__name__}"[:64]
+    return ds.map(fn, batched=True, keep_in_memory=True, new_fingerprint=fingerprint, **kwargs)
+
+
+def _log_truncated(ds, max_length: int, split: str) -> None:
+    n = sum(1 for length in ds["n_tokens"] if length > max_length)
+    if n:
+        log.warning("%s: %d of %d examples are longer than %d tokens and were truncated", split, n, len(ds), max_length)
+
+
+def _tokenize_classification(ds, encoding, max_length: int, names: list[str], split: str):
+    ids_of = {name: i for i, name in enumerate(names)}
+
+    def tokenize(batch):
+        ids = encode_batch(encoding, batch["text"])
+        return {
+            "input_ids": [x[:max_length] for x in ids],
+            "n_tokens": [len(x) for x in ids],
+            "labels": [ids_of[label] for label in batch["label"]],
+        }
+
+    ds = _map(ds, tokenize, split)
+    _log_truncated(ds, max_length, split)
+    return ds.select_columns(["input_ids", "labels"])
+
+
+def _tokenize_instruction(ds, encoding, max_length: int, response_loss_only: bool, split: str):
+    def tokenize(batch):
+        prompts = [format_prompt(i, x) for i, x in zip(batch["instruction"], batch["input"], strict=True)]
+        prompt_ids = encode_batch(encoding, prompts)
+        response_ids = [r + [ENDOFTEXT_ID] for r in encode_batch(encoding, batch["output"])]
+        ids, labels = [], []
+        for p, r in zip(prompt_ids, response_ids, strict=True):
+            full = (p + r)[:max_length]
+            ids.append(full)
+            hidden = min(len(p), len(full)) if response_loss_only else 0
+            labels.append([IGNORE_INDEX] * hidden + full[hidden:])
+        return {"input_ids": ids, "labels": labels, "n_tokens": [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]}
+
+    ds = _map(ds, tokenize, split)
+    _log_truncated(ds, max_length, split)
+    before = len(ds)
+    ds = ds.filter(lambda row: any(t != IGNORE_INDEX for t in row["labels"][1:]), keep_in_memory=True)
+    if len(ds) < before:
+        log.warning("%s: dropped %d examples whose response was truncated away entirely", split, before - len(ds))
+    if len(ds) == 0:
+        raise ValueError(f"{split}: no example keeps a response token within --max-length {max_length}; raise it.")
+    return ds.select_columns(["input_ids", "labels"])
+
+
+def pack_blocks(ds, encoding, block_size: int, split: str):
+    """Concatenate the texts and cut them into blocks of ``block_size`` (labels = inputs; the model shifts).
+
+    Each text already ends with its separator: a blank line between paragraphs of a .txt file, and
+    ``<|endoftext|>`` after each row of a table.
+    Rows are packed 1000 at a time; the tail of each group that does not fill a block is dropped.
+    """
+
+    def pack(batch):
+        ids = [t for row in encode_batch(encoding, batch["text"]) for t in row]
+        blocks = [ids[i : i + block_size] for i in range(0, len(ids) - block_size + 1, block_size)]
+        return {"input_ids": blocks, "labels": blocks}
+
+    ds = _map(ds, pack, split, batch_size=1000, remove_columns=ds.column_names)
+    if len(ds) == 0:
+        raise ValueError(f"{split}: the text is shorter than one block of --max-length {block_size} tokens.")
+    return ds
+
+
+def _holdout_blocks(blocks):
+    """The last 10% of the packed blocks (contiguous text, so no overlap with training) as validation."""
+    n_val = max(1, int(len(blocks) * HOLDOUT_FRACTION))
+    if len(blocks) < 2:
+        raise ValueError("The text makes fewer than two blocks; give more text or a smaller --max-length.")
+    cut = len(blocks) - n_val
+    return blocks.select(range(cut)), blocks.select(range(cut, len(blocks)))
+
+
+# ----------------------------------------------------------------------------------------- batches
+
+
+def collate(rows: list[dict], pad_id: int = PAD_ID) -> dict[str, torch.Tensor]:
+    """Pad a list of examples to the longest one (right padding): ``input_ids``, ``attention_mask``,
+    ``labels`` (per-token labels padded with -100; class ids as a 1-D tensor)."""
+    length = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+        mask[i, : len(r["input_ids"])] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if rows and isinstance(rows[0].get("labels"), list):
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        for i, r in enumerate(rows):
+            labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+        batch["labels"] = labels
+    elif rows and "labels" in rows[0]:
+        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+    return batch

@@ -1,0 +1,615 @@
+"""The training loop, built on ``Accelerator``: setup → fit → evaluate → save.
+
+Contract (see also ``args.py``): ``--batch-size`` is per process; every step count is in optimizer
+steps; the learning-rate schedule (linear warm-up, then cosine to ``min_lr_ratio × lr``) is stepped
+once per optimizer step by this loop, never by Accelerate, so it does not depend on the number of
+processes. Resuming is bitwise exact on CPU: the data order comes from a seedable sampler keyed by
+``--seed`` and the epoch, and the global RNGs are re-seeded with ``seed + step`` before every step.
+
+Per-step loss: with several processes the logged loss is the mean of the processes' micro-batch
+losses; it equals the single-process loss of the same global batch exactly for classification (each
+process holds the same number of examples), and only approximately for token-level losses (lm,
+instruction), whose per-process token counts differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .args import TrainArgs
+from .checkpoints import (
+    check_output_dir,
+    clear_output_dir,
+    finish_checkpoint,
+    list_checkpoints,
+    read_trainer_state,
+    resolve_resume,
+    temp_checkpoint_dir,
+    write_run,
+)
+from .data import IGNORE_INDEX, PAD_ID, collate, format_prompt, load_splits, tokenize_splits, write_splits
+
+log = logging.getLogger("gpt2scratch.finetune")
+
+MODEL_TASK = {"classification": "classification", "instruction": "causal-lm", "lm": "causal-lm"}
+# Dense bf16 peak FLOP/s per device, for MFU (H200 has H100's compute).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+LAUNCH_HELP = (
+    "The launcher started {n} processes, but each one sees a single-process run (no GPU, so "
+    "--multi_gpu does not connect them): every process would train the same model alone. On CPU launch "
+    "with: ACCELERATE_USE_CPU=yes accelerate launch --multi_gpu --num_processes {n} scripts/finetune.py ..."
+)
+
+
+class LaunchError(ValueError):
+    """The launcher started several processes that Accelerate does not connect."""
+
+
+@dataclass
+class RunState:
+    """What a checkpoint records besides the Accelerate state."""
+
+    step: int = 0
+    history: dict = field(default_factory=lambda: defaultdict(list))  # name -> [(step, value)]
+    before: dict = field(default_factory=dict)  # instruction: test metrics before training
+
+
+# ----------------------------------------------------------------------------------------- setup
+
+
+def make_accelerator(args: TrainArgs):
+    """An ``Accelerator`` logging to TensorBoard in the output dir; refuses a launch whose processes are not connected."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(args.mixed_precision),
+        log_with="tensorboard",
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    launched = int(os.environ.get("WORLD_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    if launched > 1 and accelerator.num_processes == 1:
+        raise LaunchError(LAUNCH_HELP.format(n=launched))
+    return accelerator
+
+
+def _mixed_precision(choice: str) -> str:
+    """``auto``: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU (where bf16 is no faster here)."""
+    if choice != "auto":
+        return choice
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def load_for_task(args: TrainArgs, label_names: list[str]):
+    """The model to train (``gpt2scratch.loading.load_model``) with labels, dropout and length settled."""
+    from ..loading import load_model
+
+    num_labels = len(label_names) if args.task == "classification" else None
+    loaded = load_model(args.model, task=MODEL_TASK[args.task], tokenizer_dir=args.tokenizer_dir, num_labels=num_labels)
+    model = loaded.model
+    if args.task == "classification":
+        model.config.id2label = dict(enumerate(label_names))
+        model.config.label2id = {name: i for i, name in enumerate(label_names)}
+        model.config.pad_token_id = PAD_ID
+    if args.dropout is not None:
+        set_dropout(model, args.dropout)
+    n_positions = model.config.n_positions
+    if args.max_length is None:
+        args.max_length = n_positions
+    elif args.max_length > n_positions:
+        raise ValueError(f"--max-length {args.max_length} exceeds the model's n_positions={n_positions}.")
+    return model.train(), loaded.tokenizer_dir
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Set every dropout rate of the model (modules and config) to ``p``."""
+    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"):
+        setattr(model.config, name, p)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        if hasattr(module, "attn_dropout") and isinstance(module.attn_dropout, float):
+            module.attn_dropout = p
+
+
+def build_optimizer(model: torch.nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices (dim >= 2) only; biases, LayerNorms and vectors are not decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of ``lr`` at optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, total: int, args: TrainArgs):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, args.warmup_steps, args.min_lr_ratio)
+    )
+
+
+def make_loader(ds, batch_size: int, train: bool):
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train, collate_fn=collate)
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+def run(args: TrainArgs) -> dict | None:
+    """Train as ``args`` say; return the final metrics (None when stopped early by ``--stop-after``)."""
+    import datasets
+    from accelerate.utils import set_seed
+
+    datasets.disable_progress_bars()
+    accelerator = make_accelerator(args)
+    _setup_logging(accelerator)
+    log.info("Training on %d process(es) (%s)", accelerator.num_processes, accelerator.distributed_type)
+    out = Path(args.output_dir)
+    checkpoint = resolve_resume(args.resume_from, out)
+    with accelerator.main_process_first():
+        raw = load_splits(args)
+    set_seed(args.seed)
+    model, vocab = load_for_task(args, raw.label_names)
+    from ..tokenizer import load_encoding
+
+    encoding = load_encoding(vocab)
+    with accelerator.main_process_first():
+        tokens = tokenize_splits(raw, args.task, encoding, args.max_length, args.response_loss_only)
+    _prepare_output(accelerator, args, out, checkpoint, raw)
+    if args.method == "lora" and accelerator.is_main_process and not (out / "base").exists():
+        from ..io import save_model_folder
+
+        save_model_folder(model, out / "base", vocab)
+    from .lora import apply_method, count_parameters
+
+    model = apply_method(model, args.method, args.task, args)
+    trainable, total = count_parameters(model)
+    log.info("Parameters: %d trainable of %d (%s)", trainable, total, args.method)
+    trainer = Trainer(args, accelerator, model, tokens, raw, encoding, vocab)
+    trainer.counts = {"trainable_parameters": trainable, "parameters": total}
+    return trainer.fit(checkpoint)
+
+
+def _setup_logging(accelerator) -> None:
+    level = logging.INFO if accelerator.is_local_main_process else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
+    logging.getLogger("gpt2scratch").setLevel(level)
+
+
+def _prepare_output(accelerator, args: TrainArgs, out: Path, checkpoint: Path | None, raw) -> None:
+    """Check (then create or clear) the output folder on the main process; write the resolved options and splits."""
+    import yaml
+
+    error = None
+    if accelerator.is_main_process:
+        try:
+            check_output_dir(out, resuming=checkpoint is not None, force=args.force)
+            if args.force and checkpoint is None:
+                clear_output_dir(out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "training_args.yaml").write_text(yaml.safe_dump(args.to_dict(), sort_keys=False), encoding="utf-8")
+            if raw.was_split and checkpoint is None:
+                write_splits(raw, out / "data", args.task)
+            if checkpoint is None:
+                write_run(out, finished=False, step=0)
+        except (FileExistsError, OSError) as e:
+            error = e
+    failed = _any_process(accelerator, error is not None)
+    if error is not None:
+        raise error
+    if failed:
+        raise FileExistsError(f"--output-dir {out}: refused by the main process (see its message).")
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any (so all processes stop together)."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+
+
+class Trainer:
+    """Holds the prepared objects of one run; ``fit`` trains, evaluates, checkpoints and saves."""
+
+    def __init__(self, args: TrainArgs, accelerator, model, tokens: dict, raw, encoding, vocab: Path):
+        self.args, self.accelerator, self.encoding, self.vocab, self.raw = args, accelerator, encoding, vocab, raw
+        self.out = Path(args.output_dir)
+        self.config = model.config
+        self.num_labels = len(raw.label_names)
+        self.state = RunState()
+        train_loader = make_loader(tokens["train"], args.batch_size, train=True)
+        eval_loaders = {name: make_loader(ds, args.batch_size, train=False) for name, ds in tokens.items()}
+        optimizer = build_optimizer(model, args)
+        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        self.eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
+        self.steps_per_epoch = len(self.train_loader) // args.gradient_accumulation_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{raw.sources['train']}: {len(tokens['train'])} training examples do not fill one global batch "
+                f"(--batch-size {args.batch_size} × {accelerator.num_processes} process(es) × "
+                f"--gradient-accumulation-steps {args.gradient_accumulation_steps}); lower them or add data."
+            )
+        self.total_steps = args.max_steps or math.ceil(args.epochs * self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, args)
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.peak_flops = _peak_flops(accelerator)
+        self.flops_per_token_fn = _flops_per_token(self.config, model)
+
+    # ------------------------------------------------------------------------------------- fit
+
+    def fit(self, checkpoint: Path | None) -> dict | None:
+        args, acc = self.args, self.accelerator
+        acc.init_trackers("tensorboard")
+        if checkpoint is not None:
+            self._resume(checkpoint)
+        elif args.task == "instruction" and "test" in self.eval_loaders:
+            self.state.before = {"response_loss": self.evaluate("test")["loss"]}
+        log.info(
+            "Global batch %d = %d per process × %d process(es) × %d accumulation; %d optimizer steps (%d per epoch)",
+            args.batch_size * acc.num_processes * args.gradient_accumulation_steps,
+            args.batch_size, acc.num_processes, args.gradient_accumulation_steps,
+            self.total_steps, self.steps_per_epoch,
+        )
+        progress = _progress(self.total_steps, self.state.step, acc.is_local_main_process)
+        window: dict[str, list] = defaultdict(list)
+        start = time.perf_counter()
+        for batches in self._optimizer_batches(self.state.step):
+            stats = self.train_step(batches)
+            self.state.step += 1
+            step = self.state.step
+            for key, value in stats.items():
+                window[key].append(value)
+            self._log_step(step, stats)
+            progress.update(1)
+            progress.set_postfix(loss=f"{stats['loss']:.4f}")
+            if step == self.total_steps or (args.eval_every and step % args.eval_every == 0):
+                self._evaluate_during(step, window)
+                window = defaultdict(list)
+            if step < self.total_steps and args.save_every and step % args.save_every == 0:
+                self.save_checkpoint()
+            if args.stop_after and step == args.stop_after and step < self.total_steps:
+                return self._stop(progress)
+            if step >= self.total_steps:
+                break
+        progress.close()
+        train_seconds = time.perf_counter() - start
+        return self._finish(train_seconds)
+
+    def _optimizer_batches(self, start: int):
+        """Yield the micro-batches of each optimizer step from ``start`` on, the epoch and offset set for resuming."""
+        accum = self.args.gradient_accumulation_steps
+        epoch, within = divmod(start, self.steps_per_epoch)
+        while True:
+            self.train_loader.set_epoch(epoch)
+            loader = self.accelerator.skip_first_batches(self.train_loader, within * accum) if within else self.train_loader
+            batches = iter(loader)
+            for _ in range(self.steps_per_epoch - within):
+                yield [next(batches) for _ in range(accum)]
+            epoch, within = epoch + 1, 0
+
+    def train_step(self, batches: list[dict]) -> dict:
+        """One optimizer step over ``batches`` (gradient accumulation); returns the loss and throughput."""
+        from accelerate.utils import set_seed
+
+        acc, args = self.accelerator, self.args
+        set_seed(args.seed + self.state.step, device_specific=True)
+        self.model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=acc.device)
+        correct = torch.zeros(2, device=acc.device)  # (right, total) of training predictions
+        tokens = torch.zeros((), device=acc.device)
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            with nullcontext() if sync else acc.no_sync(self.model):
+                out = self.model(**batch)
+                acc.backward(out.loss / len(batches))
+            loss_sum += out.loss.detach().float() / len(batches)
+            tokens += batch["attention_mask"].sum()
+            if args.task == "classification":
+                correct += torch.stack([(out.logits.argmax(-1) == batch["labels"]).sum(), torch.tensor(len(batch["labels"]))]).to(correct)
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm) if args.max_grad_norm else None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = acc.reduce(loss_sum, reduction="mean").item()
+        tokens = acc.reduce(tokens, reduction="sum").item()
+        elapsed = time.perf_counter() - t0
+        stats = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / elapsed}
+        if grad_norm is not None:
+            stats["grad_norm"] = float(grad_norm)
+        if args.task == "classification":
+            right, total = acc.reduce(correct, reduction="sum").tolist()
+            stats["accuracy"] = right / total
+        seq_len = max(b["input_ids"].shape[1] for b in batches)
+        if self.peak_flops:
+            stats["mfu"] = self.flops_per_token_fn(seq_len) * stats["tokens_per_s"] / (self.peak_flops * acc.num_processes)
+        return stats
+
+    def _log_step(self, step: int, stats: dict) -> None:
+        if step % self.args.log_every and step != self.total_steps:
+            return
+        self.accelerator.log({f"train/{k}": v for k, v in stats.items()}, step=step)
+        if self.accelerator.is_main_process:
+            with open(self.out / "train_log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **stats}) + "\n")
+
+    def _evaluate_during(self, step: int, window: dict) -> None:
+        """Validation metrics at ``step``; training loss/accuracy as the mean over the steps since the last evaluation."""
+        history = self.state.history
+        history["train_loss"].append((step, _mean(window["loss"])))
+        if "accuracy" in window:
+            history["train_accuracy"].append((step, _mean(window["accuracy"])))
+        if "validation" not in self.eval_loaders:
+            return
+        metrics = self.evaluate("validation")
+        for key, value in metrics.items():
+            history[f"val_{key}"].append((step, value))
+        self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        log.info("step %d: %s", step, ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+        if self.args.task == "lm":
+            self._log_sample(step)
+
+    # ------------------------------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        """Loss (per example for classification, per target token otherwise) and the task's metrics on ``split``."""
+        acc, limit = self.accelerator, self.args.eval_max_batches
+        self.model.eval()
+        sums, counts, preds, refs = [], [], [], []
+        for i, batch in enumerate(self.eval_loaders[split]):
+            if limit and i >= limit:
+                break
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            if self.args.task == "classification":
+                loss = F.cross_entropy(logits, batch["labels"], reduction="none")
+                count = torch.ones_like(loss)
+                p, r = acc.gather_for_metrics((logits.argmax(-1), batch["labels"]))
+                preds += p.tolist()
+                refs += r.tolist()
+            else:
+                loss, count = _token_losses(logits, batch["labels"])
+            s, c = acc.gather_for_metrics((loss, count))
+            sums.append(s.sum().item())
+            counts.append(c.sum().item())
+        self.model.train()
+        metrics = {"loss": sum(sums) / max(sum(counts), 1)}
+        if self.args.task == "classification":
+            from .metrics import classification_metrics
+
+            metrics.update(classification_metrics(preds, refs, num_labels=self.num_labels))
+        elif self.args.task == "lm":
+            metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
+        return metrics
+
+    def _log_sample(self, step: int) -> None:
+        """Greedy continuation of the first tokens of the validation text, written to samples.txt and TensorBoard."""
+        if not self.accelerator.is_main_process:
+            return
+        first = self.eval_loaders["validation"].dataset[0]["input_ids"][:16]
+        room = self.config.n_positions - len(first)
+        ids = self._generate([first], min(self.args.max_new_tokens, room))[0]
+        text = self.encoding.decode(first) + "|>" + self.encoding.decode(ids)
+        with open(self.out / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(f"--- step {step}\n{text}\n")
+        tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
+        tracker.add_text("sample", text, step)
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy generation for a batch of prompts (left-padded); each result stops before ``<|endoftext|>``."""
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        length = max(len(p) for p in prompts)
+        ids = torch.tensor([[PAD_ID] * (length - len(p)) + p for p in prompts], device=self.accelerator.device)
+        mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=self.accelerator.device)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=PAD_ID
+        )
+        model.train()
+        results = []
+        for row in out[:, length:].tolist():
+            results.append(row[: row.index(PAD_ID)] if PAD_ID in row else row)
+        return results
+
+    def instruction_responses(self) -> tuple[list[dict], float]:
+        """Responses of the model to the test prompts, beside the references, and their ROUGE-L."""
+        from .metrics import rouge_l
+
+        records = self.raw.splits["test"].remove_columns(["_row"]).to_list()
+        room = self.config.n_positions - self.args.max_new_tokens
+        if room < 1:
+            raise ValueError(f"--max-new-tokens {self.args.max_new_tokens} leaves no room for a prompt in n_positions.")
+        responses = []
+        for i in range(0, len(records), self.args.batch_size):
+            chunk = records[i : i + self.args.batch_size]
+            prompts = [self.encoding.encode(format_prompt(r["instruction"], r["input"]), allowed_special="all")[-room:] for r in chunk]
+            responses += [self.encoding.decode(ids).strip() for ids in self._generate(prompts, self.args.max_new_tokens)]
+        for record, response in zip(records, responses, strict=True):
+            record["response"] = response
+        return records, rouge_l(responses, [r["output"] for r in records])
+
+    # ------------------------------------------------------------------------------------- saving
+
+    def save_checkpoint(self) -> Path:
+        """``checkpoint-<step>/``: model/ (loadable model or adapter folder), state/ (Accelerate), trainer_state.json."""
+        acc, step = self.accelerator, self.state.step
+        tmp = temp_checkpoint_dir(self.out, step)
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / "state"))
+        if acc.is_main_process:
+            self._write_model(tmp / "model")
+            final = finish_checkpoint(self.out, step, self._trainer_state())
+            log.info("saved %s", final)
+        acc.wait_for_everyone()
+        return self.out / f"checkpoint-{step}"
+
+    def _trainer_state(self) -> dict:
+        return {"step": self.state.step, "history": dict(self.state.history), "before": self.state.before,
+                "total_steps": self.total_steps}
+
+    def _resume(self, checkpoint: Path) -> None:
+        self.accelerator.load_state(str(checkpoint / "state"))
+        saved = read_trainer_state(checkpoint)
+        if saved["total_steps"] != self.total_steps:
+            log.warning("resuming a run planned for %d steps with a plan of %d", saved["total_steps"], self.total_steps)
+        self.state.step = saved["step"]
+        self.state.history = defaultdict(list, {k: [tuple(x) for x in v] for k, v in saved["history"].items()})
+        self.state.before = saved.get("before", {})
+        if self.accelerator.is_main_process:
+            _truncate_log(self.out / "train_log.jsonl", self.state.step)
+        log.info("resumed from %s at step %d", checkpoint, self.state.step)
+
+    def _write_model(self, folder: Path) -> None:
+        """A model folder (full, last-block, merged LoRA) or a PEFT adapter folder pointing at ``base/``."""
+        from ..io import write_model_folder
+        from ..tokenizer import save_tokenizer
+
+        model = self.accelerator.unwrap_model(self.model)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.args.method != "lora":
+            write_model_folder(model, folder, self.vocab)
+            return
+        model.peft_config["default"].base_model_name_or_path = str((self.out / "base").resolve())
+        model.save_pretrained(str(folder))
+        save_tokenizer(self.vocab, folder, model_max_length=self.config.n_positions)
+
+    def _stop(self, progress) -> None:
+        progress.close()
+        if not list_checkpoints(self.out) or list_checkpoints(self.out)[-1].name != f"checkpoint-{self.state.step}":
+            self.save_checkpoint()
+        if self.accelerator.is_main_process:
+            write_run(self.out, finished=False, step=self.state.step)
+        self.accelerator.end_training()
+        log.info("stopped after step %d (--stop-after); continue with --resume-from latest", self.state.step)
+        return None
+
+    def _finish(self, train_seconds: float) -> dict:
+        """Final metrics on every split, the model at the top of the output folder, metrics.json and plots."""
+        acc, args = self.accelerator, self.args
+        metrics = {name: self.evaluate(name) for name in self.eval_loaders}
+        extra = {}
+        if args.task == "instruction" and "test" in self.eval_loaders and acc.is_main_process:
+            records, rouge = self.instruction_responses()
+            (self.out / "test-responses.json").write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
+            metrics["test"].update(
+                response_loss_before=self.state.before.get("response_loss"),
+                response_loss_after=metrics["test"]["loss"],
+                rouge_l=rouge,
+            )
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            extra = self._summary(train_seconds)
+            self._save_final()
+            (self.out / "metrics.json").write_text(json.dumps({**metrics, **extra}, indent=1), encoding="utf-8")
+            from .plots import save_plots
+
+            save_plots({k: list(v) for k, v in self.state.history.items()}, self.out)
+            write_run(self.out, finished=True, step=self.state.step)
+            log.info("test metrics: %s", metrics.get("test"))
+        acc.wait_for_everyone()
+        acc.end_training()
+        return {**metrics, **extra}
+
+    def _summary(self, train_seconds: float) -> dict:
+        logged = [json.loads(line) for line in (self.out / "train_log.jsonl").read_text().splitlines()]
+        mfu = [r["mfu"] for r in logged if "mfu" in r]
+        return {
+            **self.counts,
+            "task": self.args.task,
+            "method": self.args.method,
+            "steps": self.state.step,
+            "processes": self.accelerator.num_processes,
+            "global_batch": self.args.batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps,
+            "train_seconds": train_seconds,
+            "tokens_per_s": _mean([r["tokens_per_s"] for r in logged]),
+            "mfu": _mean(mfu) if mfu else None,
+            "mfu_note": None if mfu else "n/a: no known peak FLOP/s for this device (CPU)",
+        }
+
+    def _save_final(self) -> None:
+        """Write the final model into the top of the output folder (via a temporary folder, then moved in)."""
+        from ..io import write_model_folder
+
+        tmp = self.out / ".final.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if self.args.method == "lora" and self.args.merge:
+            merged = self.accelerator.unwrap_model(self.model).merge_and_unload()
+            tmp.mkdir()
+            write_model_folder(merged, tmp, self.vocab)
+        else:
+            self._write_model(tmp)
+        for item in tmp.iterdir():
+            os.replace(item, self.out / item.name)
+        tmp.rmdir()
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sum of next-token cross-entropy over target tokens, and the number of those tokens."""
+    logits, labels = logits[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1)
+    loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    count = (labels != IGNORE_INDEX).float()
+    return (loss * count).sum(-1), count.sum(-1)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after ``step`` by an interrupted run that is now resumed from ``step``."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="finetune", dynamic_ncols=True)
+
+
+def _peak_flops(accelerator) -> float | None:
+    """The device's dense bf16 peak FLOP/s, or None where unknown (CPU: MFU is reported as n/a)."""
+    if accelerator.device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(accelerator.device)
+    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+
+
+def _flops_per_token(config, model):
+    """nanoGPT's estimate: 6N + 12·L·H·Q·T FLOPs per token (N: parameters without position embeddings)."""
+    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    n -= config.n_positions * config.n_embd
+    layers, heads, head_dim = config.n_layer, config.n_head, config.n_embd // config.n_head
+    return lambda seq_len: 6 * n + 12 * layers * heads * head_dim * seq_len
