@@ -231,7 +231,10 @@ def _check_entry(info: TensorInfo, num_shards: int) -> None:
         raise CheckpointError(f"shard id {info.shard_id} is outside 0..{num_shards - 1}")
     if info.offset < 0 or info.size < 0:
         raise CheckpointError(f"negative offset ({info.offset}) or size ({info.size})")
-    if info.dtype != "string":
+    if info.dtype == "string":
+        if info.numel and info.size < info.numel + 4:  # at least a 1-byte length each + the length CRC
+            raise CheckpointError(f"size {info.size} bytes is too small for {info.numel} strings")
+    else:
         expected = info.numel * np.dtype(DTYPES_BY_NAME[info.dtype]).itemsize
         if info.size != expected:
             raise CheckpointError(
