@@ -60,6 +60,7 @@ class GPT2ScratchAttention(nn.Module):
         self.is_causal = True
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.is_residual_projection = True
         self.attn_dropout = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
@@ -91,6 +92,7 @@ class GPT2ScratchMLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, inner, bias=config.bias)
         self.act = ACT2FN[config.activation_function]
         self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
+        self.c_proj.is_residual_projection = True
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x):
@@ -130,6 +132,8 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
         """GPT-2's initialisation: N(0, 0.02), zero biases, unit LayerNorm, and the residual projections
         scaled by 1/sqrt(2 * n_layer)."""
         std = self.config.initializer_range
+        if getattr(module, "is_residual_projection", False):
+            std = std / math.sqrt(2 * self.config.n_layer)
         if isinstance(module, (nn.Linear, nn.Embedding)):
             init.normal_(module.weight, mean=0.0, std=std)
             if getattr(module, "bias", None) is not None:
@@ -138,8 +142,6 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        if isinstance(module, (GPT2ScratchAttention, GPT2ScratchMLP)):
-            init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
 
     @contextmanager
     def _inputs_checked(self):

@@ -19,6 +19,7 @@ from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
 from ..tokenizer import save_tokenizer
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+BARE_MODEL_KEYS = {"wte", "wpe", "h", "ln_f"}  # a GPT2Model state dict has no "transformer." prefix
 VOCAB_KEYS = ("transformer.wte.weight", "lm_head.weight")
 CONFIG_FIELDS = (
     "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
@@ -42,7 +43,9 @@ def config_from_hf(hf_config) -> GPT2ScratchConfig:
         if getattr(hf_config, f, False)
     ]  # fmt: skip
     if unsupported or not getattr(hf_config, "scale_attn_weights", True):
-        raise ValueError(f"This GPT-2 config uses options this package does not implement: {unsupported or ['scale_attn_weights=False']}.")
+        raise ValueError(
+            f"This GPT-2 config uses options this package does not implement: {unsupported or ['scale_attn_weights=False']}."
+        )
     return GPT2ScratchConfig(**{f: getattr(hf_config, f) for f in CONFIG_FIELDS})
 
 
@@ -52,7 +55,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     for name, tensor in hf_state.items():
         if name.endswith((".attn.bias", ".attn.masked_bias")):
             continue  # old causal-mask buffers, not weights
-        key = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
+        key = f"transformer.{name}" if name.split(".")[0] in BARE_MODEL_KEYS else name
         out[key] = tensor
     out = _transpose_conv1d(out)
     out.setdefault("lm_head.weight", out["transformer.wte.weight"])
@@ -102,7 +105,9 @@ def hf_vocab_dir(src: Path, workdir: Path) -> Path | None:
     return workdir
 
 
-def convert_hf(src: str | os.PathLike, out: str | os.PathLike, tokenizer_dir=None, force: bool = False) -> Path:
+def convert_hf(
+    src: str | os.PathLike, out: str | os.PathLike, tokenizer_dir=None, force: bool = False
+) -> Path:
     """A transformers GPT-2 folder → a model folder of this package (tokenizer from ``src``, else
     ``tokenizer_dir``)."""
     from transformers import GPT2LMHeadModel

@@ -1,0 +1,334 @@
+"""The model against transformers' own GPT-2 on identical random weights, and against itself
+(cache vs none, eager vs SDPA, padded batch vs rows alone), plus the input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+from transformers.cache_utils import DynamicCache
+
+from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
+from gpt2scratch.conversion.hf_gpt2 import config_from_hf, from_hf_model, state_dict_from_hf
+
+ODD = dict(n_embd=96, n_head=3, n_layer=5, n_positions=77, vocab_size=50257)
+TOL = 1e-4
+
+
+def make_pair(seed: int = 0, attn: str = "sdpa", **shape):
+    """A random transformers GPT-2 and this package's model holding the same weights, in eval mode."""
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(GPT2Config(**shape, attn_implementation=attn)).eval()
+    ours = from_hf_model(hf).eval()
+    ours.config._attn_implementation = attn
+    return hf, ours
+
+
+@pytest.fixture(scope="module")
+def odd_pair():
+    return make_pair(**ODD)
+
+
+def left_pad(rows: list[list[int]], pad: int = 50256):
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def test_logits_match_transformers_full_124m_shape():
+    hf, ours = make_pair(seed=1)
+    x = torch.randint(0, 50257, (2, 40))
+    with torch.no_grad():
+        delta = (hf(x).logits - ours(x).logits).abs().max().item()
+    assert delta <= TOL
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_logits_and_loss_match_transformers_odd_shape(attn):
+    hf, ours = make_pair(seed=2, attn=attn, **ODD)
+    x = torch.randint(0, 50257, (3, 77))  # the full context
+    with torch.no_grad():
+        a, b = hf(x, labels=x), ours(x, labels=x)
+    assert (a.logits - b.logits).abs().max().item() <= TOL
+    assert abs(a.loss.item() - b.loss.item()) <= 1e-5
+
+
+def test_loss_ignores_minus_100_like_transformers(odd_pair):
+    hf, ours = odd_pair
+    x = torch.randint(0, 50257, (2, 20))
+    labels = x.clone()
+    labels[:, :7] = -100
+    with torch.no_grad():
+        assert torch.allclose(hf(x, labels=labels).loss, ours(x, labels=labels).loss, atol=1e-5)
+    # and the loss is the shifted next-token cross-entropy
+    with torch.no_grad():
+        logits = ours(x).logits
+    manual = torch.nn.functional.cross_entropy(logits[:, 6:-1].reshape(-1, 50257), x[:, 7:].reshape(-1))
+    assert torch.allclose(ours(x, labels=labels).loss, manual, atol=1e-5)
+
+
+def test_greedy_generation_identical_single(odd_pair):
+    hf, ours = odd_pair
+    x = torch.randint(0, 50257, (1, 9))
+    kw = dict(max_new_tokens=64, do_sample=False, pad_token_id=50256, attention_mask=torch.ones_like(x))
+    assert torch.equal(hf.generate(x, **kw), ours.generate(x, **kw))
+
+
+def test_greedy_generation_identical_left_padded_batch(odd_pair):
+    hf, ours = odd_pair
+    ids, mask = left_pad([[464, 3290, 318, 257], [40, 1101], [2, 3, 4, 5, 6, 7, 8]])
+    ids = ids[:, -7:]
+    kw = dict(max_new_tokens=64, do_sample=False, pad_token_id=50256, attention_mask=mask)
+    a, b = hf.generate(ids, **kw), ours.generate(ids, **kw)
+    assert torch.equal(a, b)
+    # each row equals that row generated alone
+    for row in range(ids.shape[0]):
+        real = ids[row][mask[row].bool()].unsqueeze(0)
+        alone = ours.generate(real, max_new_tokens=64, do_sample=False, pad_token_id=50256,
+                              attention_mask=torch.ones_like(real))  # fmt: skip
+        assert torch.equal(alone[0, real.shape[1] :], b[row, ids.shape[1] :])
+
+
+def test_cache_matches_no_cache(odd_pair):
+    _, ours = odd_pair
+    x = torch.randint(0, 50257, (2, 30))
+    with torch.no_grad():
+        full = ours(x, use_cache=False).logits
+        cache = DynamicCache(config=ours.config)
+        first = ours(x[:, :20], cache=cache, use_cache=True)
+        steps = [first.logits]
+        for t in range(20, 30):
+            steps.append(ours(x[:, t : t + 1], cache=first.cache, use_cache=True).logits)
+    assert (torch.cat(steps, 1) - full).abs().max().item() <= TOL
+
+
+def test_static_cache_generation_matches_dynamic(odd_pair):
+    _, ours = odd_pair
+    x = torch.randint(0, 50257, (2, 6))
+    kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=50256, attention_mask=torch.ones_like(x))
+    assert torch.equal(ours.generate(x, **kw), ours.generate(x, cache_implementation="static", **kw))
+
+
+def test_eager_matches_sdpa(odd_pair):
+    _, ours = odd_pair
+    ids, mask = left_pad([[5, 6, 7, 8, 9, 10], [11, 12, 13]])
+    with torch.no_grad():
+        ours.config._attn_implementation = "eager"
+        eager = ours(ids, attention_mask=mask).logits
+        ours.config._attn_implementation = "sdpa"
+        sdpa = ours(ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert (eager[real] - sdpa[real]).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("explicit_positions", [False, True])
+def test_left_padded_batch_equals_rows_alone(odd_pair, explicit_positions):
+    _, ours = odd_pair
+    rows = [[464, 3290, 318, 257, 1332], [40, 1101], [50256, 50256, 11, 12]]  # a row with 50256 inside
+    ids, mask = left_pad(rows)
+    kw = {}
+    if explicit_positions:
+        kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        batched = ours(ids, attention_mask=mask, **kw).logits
+        for i, row in enumerate(rows):
+            alone = ours(torch.tensor([row])).logits[0]
+            assert (batched[i, -len(row) :] - alone).abs().max().item() <= TOL
+
+
+def test_right_padded_batch_equals_rows_alone(odd_pair):
+    _, ours = odd_pair
+    rows = [[464, 3290, 318, 257, 1332], [40, 1101]]
+    ids = torch.tensor([rows[0], rows[1] + [50256] * 3])
+    mask = torch.tensor([[1] * 5, [1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        batched = ours(ids, attention_mask=mask).logits
+        alone = ours(torch.tensor([rows[1]])).logits[0]
+    assert (batched[1, :2] - alone).abs().max().item() <= TOL
+
+
+def test_inputs_embeds_hidden_states_attentions(odd_pair):
+    hf, ours = odd_pair
+    x = torch.randint(0, 50257, (2, 11))
+    with torch.no_grad():
+        by_ids = ours(x).logits
+        by_embeds = ours(inputs_embeds=ours.transformer.wte(x)).logits
+        out = ours(x, output_hidden_states=True, output_attentions=True)
+    assert torch.allclose(by_ids, by_embeds, atol=1e-6)
+    assert len(out.hidden_states) == ours.config.n_layer + 1
+    assert len(out.attentions) == ours.config.n_layer
+    assert out.attentions[0].shape == (2, 3, 11, 11)
+    # attention weights are causal and sum to one
+    assert torch.allclose(out.attentions[0].sum(-1), torch.ones(2, 3, 11), atol=1e-5)
+    assert out.attentions[0][0, 0].triu(1).abs().max() == 0
+
+
+def test_logits_to_keep(odd_pair):
+    _, ours = odd_pair
+    x = torch.randint(0, 50257, (2, 11))
+    with torch.no_grad():
+        full = ours(x).logits
+        last = ours(x, logits_to_keep=1).logits
+    assert last.shape == (2, 1, 50257) and torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
+
+
+def test_gradient_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    config = GPT2ScratchConfig.from_preset(
+        "tiny", vocab_size=300, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
+    model = GPT2ScratchForCausalLM(config).train()
+    x = torch.randint(0, 300, (2, 16))
+    model(x, labels=x).loss.backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(x, labels=x).loss.backward()
+    for a, p in zip(plain, model.parameters(), strict=True):
+        assert torch.allclose(a, p.grad, atol=1e-6)
+
+
+def test_weights_tied_and_initialised_like_gpt2():
+    torch.manual_seed(0)
+    model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny", vocab_size=1000, n_layer=8))
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    block = model.transformer.h[0]
+    assert abs(block.attn.c_attn.weight.std().item() - 0.02) < 0.002
+    assert abs(block.mlp.c_proj.weight.std().item() - 0.02 / 4) < 0.001  # 0.02 / sqrt(2 * 8)
+    assert block.attn.c_attn.bias.abs().max() == 0 and torch.all(block.ln_1.weight == 1)
+
+
+def test_vocab_padding_gives_identical_outputs():
+    torch.manual_seed(0)
+    base = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny", vocab_size=1000)).eval()
+    padded = GPT2ScratchForCausalLM(
+        GPT2ScratchConfig.from_preset("tiny", vocab_size=1000, pad_vocab_size_multiple=64)
+    )
+    assert padded.transformer.wte.weight.shape[0] == 1024
+    state = base.state_dict()
+    for key in ("transformer.wte.weight", "lm_head.weight"):
+        state[key] = torch.cat([state[key], torch.zeros(24, state[key].shape[1])])
+    padded.load_state_dict(state)
+    x = torch.randint(0, 1000, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(base(x, labels=x).logits, padded.eval()(x, labels=x).logits)
+
+
+# --- sequence classification -------------------------------------------------------------------
+
+
+def make_classifier_pair(num_labels: int = 3):
+    torch.manual_seed(3)
+    hc = GPT2Config(**ODD, num_labels=num_labels, pad_token_id=50256)
+    hf = GPT2ForSequenceClassification(hc).eval()
+    ours = GPT2ScratchForSequenceClassification(
+        config_from_hf(hc).__class__(
+            **{**config_from_hf(hc).to_dict(), "num_labels": num_labels, "pad_token_id": 50256}
+        )
+    ).eval()
+    state = {k: v for k, v in state_dict_from_hf(hf.state_dict()).items() if k != "lm_head.weight"}
+    ours.load_state_dict(state, strict=True)
+    return hf, ours
+
+
+def test_classifier_matches_transformers_when_pooling_agrees():
+    hf, ours = make_classifier_pair()
+    rows = [[464, 3290, 318, 257, 1332], [40, 1101, 7]]
+    ids = torch.tensor([rows[0], rows[1] + [50256, 50256]])  # right padding, no 50256 in the text
+    mask = (ids != 50256).long()
+    labels = torch.tensor([2, 0])
+    with torch.no_grad():
+        a, b = hf(ids, attention_mask=mask, labels=labels), ours(ids, attention_mask=mask, labels=labels)
+    assert (a.logits - b.logits).abs().max().item() <= TOL
+    assert abs(a.loss.item() - b.loss.item()) <= 1e-5
+
+
+def test_classifier_pools_last_real_token_where_transformers_does_not():
+    hf, ours = make_classifier_pair()
+    text = [464, 3290, 50256]  # a text that ends in <|endoftext|>, as the seeds' inputs do
+    ids = torch.tensor([text + [50256, 50256]])
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    left_ids, left_mask = left_pad([text])
+    left_ids = torch.cat([torch.full((1, 2), 50256), left_ids], 1)
+    left_mask = torch.cat([torch.zeros(1, 2, dtype=torch.long), left_mask], 1)
+    with torch.no_grad():
+        alone = ours(torch.tensor([text])).logits
+        right = ours(ids, attention_mask=mask).logits
+        left = ours(left_ids, attention_mask=left_mask).logits
+        theirs = hf(ids, attention_mask=mask).logits
+    assert (right - alone).abs().max().item() <= TOL
+    assert (left - alone).abs().max().item() <= TOL
+    # transformers pools the rightmost non-pad id (position 1 here), not the real last token
+    assert (theirs - alone).abs().max().item() > 1e-3
+
+
+def test_classifier_problem_types():
+    torch.manual_seed(0)
+    config = GPT2ScratchConfig.from_preset("tiny", vocab_size=300, num_labels=3)
+    model = GPT2ScratchForSequenceClassification(config).eval()
+    x = torch.randint(0, 300, (4, 8))
+    logits = model(x).logits
+    single = model(x, labels=torch.tensor([0, 1, 2, 1])).loss
+    assert torch.allclose(single, torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 1])))
+    model.config.problem_type = None
+    multi_labels = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]])
+    multi = model(x, labels=multi_labels).loss
+    assert model.config.problem_type == "multi_label_classification"
+    assert torch.allclose(multi, torch.nn.functional.binary_cross_entropy_with_logits(logits, multi_labels))
+    reg = GPT2ScratchForSequenceClassification(
+        GPT2ScratchConfig.from_preset("tiny", vocab_size=300, num_labels=1)
+    )
+    target = torch.randn(4)
+    out = reg(x, labels=target)
+    assert reg.config.problem_type == "regression"
+    assert torch.allclose(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), target))
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    return GPT2ScratchForCausalLM(
+        GPT2ScratchConfig.from_preset("tiny", vocab_size=300, n_positions=16)
+    ).eval()
+
+
+def test_token_id_out_of_vocab_is_a_clear_error(small):
+    with pytest.raises(ValueError, match=r"token id 300.*vocabulary \[0, 300\)"):
+        small(torch.tensor([[1, 2, 300]]))
+    with pytest.raises(ValueError, match="token id -1"):
+        small(torch.tensor([[1, -1]]))
+    with pytest.raises(ValueError, match="token id 999"):
+        small.generate(torch.tensor([[1, 999]]), max_new_tokens=2)
+
+
+def test_sequence_longer_than_context_is_a_clear_error(small):
+    with pytest.raises(ValueError, match=r"17 tokens long.*n_positions=16.*Truncate"):
+        small(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_new_tokens=10 exceeds this model's n_positions=16"):
+        small.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=10)
+    cache = DynamicCache(config=small.config)
+    small(torch.zeros(1, 12, dtype=torch.long), cache=cache, use_cache=True)
+    with pytest.raises(ValueError, match=r"including 12 cached"):
+        small(torch.zeros(1, 5, dtype=torch.long), cache=cache, use_cache=True)
+
+
+def test_attention_mask_of_wrong_shape_is_a_clear_error(small):
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 4\).*\(1, 5\)"):
+        small(torch.zeros(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 4))
+    with pytest.raises(ValueError, match="2-D"):
+        small(torch.zeros(1, 5, dtype=torch.long), attention_mask=torch.ones(5))
+
+
+def test_sync_checks_run_once_per_generate_not_per_step(small, monkeypatch):
+    import gpt2scratch.modeling_gpt2scratch as modeling
+
+    calls = []
+    real = modeling._check_inputs
+    monkeypatch.setattr(modeling, "_check_inputs", lambda *a: calls.append(a[-1]) or real(*a))
+    small.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert calls.count(True) == 1  # the generate() entry check; the decode steps skip the synced part
+    assert len(calls) >= 5
