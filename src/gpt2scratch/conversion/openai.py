@@ -153,7 +153,8 @@ def check_variables(ckpt: TFCheckpoint, mapping: dict, hparams_path: Path) -> No
     missing = [name for name in mapping if name not in ckpt]
     if missing:
         raise CheckpointError(
-            f"{ckpt.index_path}: missing GPT-2 variable(s) {missing[:5]} ({len(missing)} in all)."
+            f"{ckpt.index_path}: missing GPT-2 variable(s) {missing[:5]} ({len(missing)} in all); does "
+            f"{hparams_path} (n_layer, shapes) belong to this checkpoint?"
         )
     unused = [name for name in ckpt.names() if name not in mapping]
     if unused:

@@ -41,6 +41,7 @@ BLOCK_TRAILER_SIZE = 5
 CRC_MASK_DELTA = 0xA282EAD8
 CRC_CHUNK = 16 << 20  # bytes hashed per call: bounds the temporary copy google_crc32c needs
 HEADER_KEY = b""
+CRC_HINT = "CRC32C mismatch: the tensor's bytes are corrupted; fetch this data file again"
 
 # TensorFlow DataType enum → (name, numpy dtype with little-endian byte order).
 DTYPES: dict[int, tuple[str, str]] = {
@@ -390,7 +391,7 @@ class TFCheckpoint:
             if info.dtype == "string":
                 return _decode_strings(raw, info, self.byte_order, verify)
             if verify and crc32c(raw) != unmask_crc(info.crc32c):
-                raise CheckpointError("CRC32C mismatch: the tensor's bytes are corrupted")
+                raise CheckpointError(CRC_HINT)
             return _as_array(raw, info, self.byte_order)
         except CheckpointError as e:
             raise CheckpointError(f"{path}: tensor {name!r}: {e}") from None
@@ -415,19 +416,23 @@ def _load_index(index_path: Path) -> tuple[int, str, dict[str, TensorInfo]]:
             variables[name] = parse_entry(name, value, num_shards)
     except CheckpointError as e:
         where = f"entry {name!r}: " if name is not None else ""
-        raise CheckpointError(f"{index_path}: corrupted checkpoint index: {where}{e}") from None
+        raise CheckpointError(
+            f"{index_path}: corrupted checkpoint index: {where}{e}; fetch the .index file again"
+        ) from None
     return num_shards, byte_order, variables
 
 
 def _map_bytes(path: Path, info: TensorInfo):
     """A read-only buffer over the tensor's ``size`` bytes of ``path``, memory-mapped."""
     if not path.is_file():
-        raise CheckpointError("data shard file is missing")
+        raise CheckpointError(
+            "data shard file is missing; every .data-NNNNN-of-MMMMM file must sit beside the .index"
+        )
     file_size = path.stat().st_size
     if info.offset + info.size > file_size:
         raise CheckpointError(
             f"data shard is truncated: the tensor needs bytes {info.offset}..{info.offset + info.size} "
-            f"but the file has {file_size} bytes"
+            f"but the file has {file_size} bytes; the download is incomplete, fetch the file again"
         )
     if info.size == 0:
         return b""
@@ -460,7 +465,7 @@ def _decode_strings(raw, info: TensorInfo, byte_order: str, verify: bool) -> np.
     crc = crc32c(buf[pos : pos + 4], crc)
     pos += 4
     if verify and crc32c(buf[pos:], crc) != unmask_crc(info.crc32c):
-        raise CheckpointError("CRC32C mismatch: the tensor's bytes are corrupted")
+        raise CheckpointError(CRC_HINT)
     out = np.empty(info.numel, dtype=object)
     for i, length in enumerate(lengths):
         if pos + length > len(buf):
