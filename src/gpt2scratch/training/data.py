@@ -340,7 +340,8 @@ def tokenize_splits(raw: RawSplits, task: str, encoding, max_length: int, respon
         if task == "classification":
             out[name] = _tokenize_classification(ds, encoding, max_length, raw.label_names, name)
         elif task == "instruction":
-            out[name] = _tokenize_instruction(ds, encoding, max_length, response_loss_only, name)
+            # the test split always scores response tokens only (the before/after response loss)
+            out[name] = _tokenize_instruction(ds, encoding, max_length, response_loss_only or name == "test", name)
         else:
             out[name] = pack_blocks(ds, encoding, max_length, name)
     if task == "lm" and "validation" not in out:

@@ -128,13 +128,17 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices (dim >= 2) only; biases, LayerNorms and vectors are not decayed."""
+    """AdamW with weight decay on matrices (dim >= 2) only; biases, LayerNorms and vectors are not decayed.
+
+    The fused implementation is used where it exists (CPU and CUDA): on CPU it is twice as fast as the loop.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, fused=fused or None)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -194,8 +198,9 @@ def run(args: TrainArgs) -> dict | None:
 
 
 def _setup_logging(accelerator) -> None:
+    """Our messages at INFO on the main process only; other libraries' at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     level = logging.INFO if accelerator.is_local_main_process else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s")
     logging.getLogger("gpt2scratch").setLevel(level)
 
 
@@ -266,8 +271,8 @@ class Trainer:
         acc.init_trackers("tensorboard")
         if checkpoint is not None:
             self._resume(checkpoint)
-        elif args.task == "instruction" and "test" in self.eval_loaders:
-            self.state.before = {"response_loss": self.evaluate("test")["loss"]}
+        else:
+            self._evaluate_before()
         log.info(
             "Global batch %d = %d per process × %d process(es) × %d accumulation; %d optimizer steps (%d per epoch)",
             args.batch_size * acc.num_processes * args.gradient_accumulation_steps,
@@ -374,6 +379,18 @@ class Trainer:
             self._log_sample(step)
 
     # ------------------------------------------------------------------------------------- evaluation
+
+    def _evaluate_before(self) -> None:
+        """Validation metrics at step 0 (the start of the curves); for instruction, the test response loss too."""
+        if "validation" in self.eval_loaders:
+            metrics = self.evaluate("validation")
+            for key, value in metrics.items():
+                self.state.history[f"val_{key}"].append((0, value))
+            self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=0)
+            if self.args.task == "lm":
+                self._log_sample(0)
+        if self.args.task == "instruction" and "test" in self.eval_loaders:
+            self.state.before = {"response_loss": self.evaluate("test")["loss"]}
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:
@@ -528,6 +545,7 @@ class Trainer:
             extra = self._summary(train_seconds)
             self._save_final()
             (self.out / "metrics.json").write_text(json.dumps({**metrics, **extra}, indent=1), encoding="utf-8")
+            (self.out / "history.json").write_text(json.dumps(self.state.history, indent=1), encoding="utf-8")
             from .plots import save_plots
 
             save_plots({k: list(v) for k, v in self.state.history.items()}, self.out)
