@@ -1,0 +1,103 @@
+"""Weight exchange with transformers' GPT-2 and the model commands (init, generate, info)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from gpt2scratch.conversion.hf_gpt2 import to_hf_model
+from gpt2scratch.tokenizer import hf_tokenizer
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory, vocab_dir):
+    """A transformers GPT-2 folder (like a local copy of openai-community/gpt2), random weights."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=48, n_head=3, n_layer=2, n_positions=64)).eval()
+    out = tmp_path_factory.mktemp("hf") / "gpt2"
+    model.save_pretrained(out)
+    hf_tokenizer(vocab_dir).save_pretrained(out)  # tokenizer.json only, as the Hub's GPT-2 ships it
+    return out
+
+
+def test_round_trip_hf_to_ours_to_hf_identical_tensors(hf_folder, tmp_path):
+    ours, back = tmp_path / "ours", tmp_path / "back"
+    r1 = run_cli("convert-hf", str(hf_folder), str(ours))
+    assert r1.returncode == 0, r1.stderr
+    r2 = run_cli("export-hf", str(ours), str(back))
+    assert r2.returncode == 0, r2.stderr
+    original, returned = load_file(hf_folder / "model.safetensors"), load_file(back / "model.safetensors")
+    assert set(original) == set(returned)
+    for key, value in original.items():
+        assert torch.equal(value, returned[key]), key
+    # the exported folder loads with plain transformers (no remote code) and the tokenizer comes along
+    plain = GPT2LMHeadModel.from_pretrained(back).eval()
+    remote = AutoModelForCausalLM.from_pretrained(ours, trust_remote_code=True).eval()
+    x = torch.randint(0, 50257, (2, 13))
+    with torch.no_grad():
+        assert torch.allclose(plain(x).logits, remote(x).logits, atol=1e-5)
+    assert (ours / "vocab.json").exists() and (back / "tokenizer.json").exists()
+
+
+def test_convert_hf_without_tokenizer_needs_tokenizer_dir(hf_folder, tmp_path, vocab_dir):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((hf_folder / name).read_bytes())
+    result = run_cli("convert-hf", str(bare), str(tmp_path / "out"))
+    assert result.returncode == 2 and "--tokenizer-dir" in result.stderr
+    assert not (tmp_path / "out").exists()
+    result = run_cli("convert-hf", str(bare), str(tmp_path / "out"), "--tokenizer-dir", str(vocab_dir))
+    assert result.returncode == 0, result.stderr
+
+
+def test_export_refuses_models_transformers_cannot_hold():
+    from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM
+
+    model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny", vocab_size=100, qkv_bias=False))
+    with pytest.raises(ValueError, match="qkv_bias=False"):
+        to_hf_model(model)
+
+
+def test_init_with_overrides_then_info_and_generate(tmp_path, vocab_dir):
+    out = tmp_path / "m"
+    args = [
+        "init",
+        "tiny",
+        str(out),
+        "--tokenizer-dir",
+        str(vocab_dir),
+        "--set",
+        "n_layer=3",
+        "attn_pdrop=0.0",
+    ]
+    result = run_cli(*args, "--set", "n_embd=48", "n_head=3")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert (config["n_layer"], config["n_embd"], config["n_head"], config["attn_pdrop"]) == (3, 48, 3, 0.0)
+    info = run_cli("info", str(out))
+    assert info.returncode == 0 and json.loads(info.stdout)["config"]["n_layer"] == 3
+    gen = run_cli("generate", str(out), "--prompt", "Hello world", "--max-new-tokens", "6")
+    assert gen.returncode == 0, gen.stderr
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    tok = hf_tokenizer(vocab_dir)
+    ids = tok("Hello world", return_tensors="pt")["input_ids"]
+    expected = tok.decode(model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=50256)[0])
+    assert gen.stdout.strip() == expected.strip()
+
+
+def test_init_errors(tmp_path, vocab_dir):
+    bad = run_cli("init", "gpt5", str(tmp_path / "x"), "--tokenizer-dir", str(vocab_dir))
+    assert bad.returncode == 2 and "Unknown preset 'gpt5'" in bad.stderr
+    unknown = run_cli(
+        "init", "tiny", str(tmp_path / "y"), "--set", "n_layers=2", "--tokenizer-dir", str(vocab_dir)
+    )
+    assert unknown.returncode == 2 and "n_layers" in unknown.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    missing = run_cli("generate", str(tmp_path / "nope"), "--prompt", "hi")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
