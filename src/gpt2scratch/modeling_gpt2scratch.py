@@ -245,7 +245,7 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         if not use_cache:
             cache = None
 
-        past_length = cache.get_seq_length() if cache is not None and not isinstance(cache.get_seq_length(), torch.Tensor) else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         sync_checks = not (self._skip_input_checks or torch.compiler.is_compiling())
         _check_inputs(self.config, input_ids, attention_mask, position_ids, past_length, sync_checks)
 
@@ -257,8 +257,7 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
             if attention_mask is not None and attention_mask.dim() == 2:
                 position_ids = positions_from_mask(attention_mask, T)
             else:
-                past = cache.get_seq_length() if cache is not None else 0
-                position_ids = (torch.arange(T, device=inputs_embeds.device) + past).unsqueeze(0)
+                position_ids = (torch.arange(T, device=inputs_embeds.device) + past_length).unsqueeze(0)
         x = self.drop(inputs_embeds + self.wpe(position_ids))
 
         mask = create_causal_mask(
