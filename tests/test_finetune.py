@@ -55,7 +55,7 @@ def sms_subset(shared_data: Path, folder: Path, n_per_class: int = 100) -> Path:
     return path
 
 
-def instruction_subset(shared_data: Path, folder: Path, n: int = 80) -> Path:
+def instruction_subset(shared_data: Path, folder: Path, n: int = 48) -> Path:
     records = json.loads((shared_data / "instruction/instruction-data.json").read_text(encoding="utf-8"))
     path = folder / "instructions.json"
     path.write_text(json.dumps(records[:n]), encoding="utf-8")
@@ -268,13 +268,14 @@ def instructions(shared_data, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("method", ["full", "lora", "last-block"])
 def test_instruction(method, instructions, vocab_dir, tmp_path):
     out = tmp_path / method
-    extra = ["--merge", "--lora-r", "8"] if method == "lora" else []
+    extra = ["--method", method] + (["--merge", "--lora-r", "8"] if method == "lora" else [])
     metrics = train(out, "--task", "instruction", "--train-file", str(instructions), "--tokenizer-dir", str(vocab_dir),
-                    "--max-steps", "6", "--lr", "1e-2", "--max-new-tokens", "12", "--max-length", "128", *extra)
+                    "--max-steps", "4", "--lr", "1e-2", "--max-new-tokens", "12", "--max-length", "96",
+                    "--batch-size", "4", "--eval-max-batches", "2", *extra)
     test = metrics["test"]
     assert test["response_loss_after"] < test["response_loss_before"]
     responses = json.loads((out / "test-responses.json").read_text())
-    assert len(responses) == 8 and {"instruction", "input", "output", "response"} <= set(responses[0])
+    assert len(responses) == 6 and {"instruction", "input", "output", "response"} <= set(responses[0])
     from gpt2scratch.training.metrics import rouge_l
 
     assert test["rouge_l"] == pytest.approx(rouge_l([r["response"] for r in responses], [r["output"] for r in responses]))
@@ -288,14 +289,16 @@ def test_instruction(method, instructions, vocab_dir, tmp_path):
 @pytest.mark.parametrize("method", ["full", "lora", "last-block"])
 def test_lm(method, shared_data, vocab_dir, tmp_path):
     out = tmp_path / method
-    metrics = train(out, "--task", "lm", "--train-file", str(shared_data / "corpora/the-verdict.txt"),
-                    "--tokenizer-dir", str(vocab_dir), "--max-steps", "6", "--lr", "1e-2", "--max-length", "64",
-                    "--method", method, "--eval-every", "3", "--max-new-tokens", "8")
+    text = tmp_path / "verdict.txt"  # the first 8 KB: 30-odd blocks of 64 tokens
+    text.write_text((shared_data / "corpora/the-verdict.txt").read_text(encoding="utf-8")[:8000], encoding="utf-8")
+    metrics = train(out, "--task", "lm", "--train-file", str(text), "--eval-max-batches", "2",
+                    "--tokenizer-dir", str(vocab_dir), "--max-steps", "4", "--lr", "1e-2", "--max-length", "64",
+                    "--method", method, "--eval-every", "2", "--max-new-tokens", "8", "--batch-size", "4")
     val = metrics["validation"]
     assert val["perplexity"] == pytest.approx(math.exp(val["loss"]))
     val_loss_fell(out)
     samples = (out / "samples.txt").read_text()
-    assert samples.count("--- step") == 3  # step 0, 3 and 6
+    assert samples.count("--- step") == 3  # step 0, 2 and 4
     from transformers import AutoModelForCausalLM
 
     if method == "lora":
