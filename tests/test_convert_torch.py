@@ -281,6 +281,25 @@ def test_no_tokenizer_is_a_clear_error(tmp_path, monkeypatch):
         torch_checkpoints.convert_torch(tmp_path / "m.pth", tmp_path / "out", n_head=H)
 
 
+def test_nanogpt_padded_vocab_keeps_spare_rows_as_padding(tmp_path, vocab_dir):
+    from gpt2scratch import GPT2ScratchForCausalLM
+
+    ckpt = nanogpt_ckpt(vocab=50304)  # nanoGPT's default: GPT-2's 50257 rounded up to a multiple of 64
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    convert_torch(tmp_path / "ckpt.pt", tmp_path / "out", tokenizer_dir=vocab_dir)
+    model = GPT2ScratchForCausalLM.from_pretrained(tmp_path / "out").eval()
+    c = model.config
+    assert (c.vocab_size, c.pad_vocab_size_multiple, model.transformer.wte.weight.shape[0]) == (
+        50257,
+        64,
+        50304,
+    )
+    ids = _ids(vocab=50257)
+    expected = nanogpt_forward(ckpt, ids)[..., :50257]
+    torch.testing.assert_close(_logits(model, ids), expected, atol=1e-5, rtol=0)
+    assert "| vocab_size | 50257 |" in (tmp_path / "out" / "README.md").read_text()
+
+
 # ---- the command and the folder it writes ----
 
 

@@ -293,11 +293,13 @@ def register(subparsers) -> None:
     p.add_argument("dir", metavar="DIR", help="folder to put the files in (created if missing)")
     p.add_argument(
         "--base-url",
+        metavar="URL",
         help=f"where the size folders live instead of OpenAI's bucket (default {OPENAI_BASE_URL}); "
         "files are fetched from URL/SIZE/FILE",
     )
     p.add_argument(
         "--backup-url",
+        metavar="URL",
         help=f"tried when the first location fails (default {BACKUP_BASE_URL}, only without --base-url)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

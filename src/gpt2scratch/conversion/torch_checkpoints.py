@@ -21,10 +21,14 @@ import os
 import pickle
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..configuration_gpt2scratch import PRESETS, GPT2ScratchConfig
+
+if TYPE_CHECKING:
+    from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DataParallel / DDP
 IGNORED_SUFFIXES = (".att.mask", ".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not weights
@@ -105,9 +109,8 @@ def load_checkpoint(path: str | os.PathLike) -> object:
         raise ValueError(f"{path} is not a PyTorch checkpoint that can be loaded safely ({detail}).") from e
     except OSError:
         raise
-    except (
-        Exception
-    ) as e:  # torch.load fails on foreign bytes with many types (RuntimeError, KeyError, EOFError...)
+    # torch.load fails on foreign bytes with many exception types (RuntimeError, KeyError, EOFError...).
+    except Exception as e:
         detail = " ".join(f"{type(e).__name__}: {e}".split())[:300]
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (torch.save file): {detail}") from e
 
@@ -134,14 +137,20 @@ def _strip_wrappers(state: dict, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
 def _identify(obj: object, path: Path) -> tuple[str, _Source, dict | None]:
     """(layout, tensors, nanoGPT model_args or None) of a loaded checkpoint."""
     if isinstance(obj, dict) and "model_args" in obj and "model" in obj:
         return NANOGPT, _Source(_strip_wrappers(obj["model"], path), path, NANOGPT), dict(obj["model_args"])
     if isinstance(obj, dict) and isinstance(obj.get("model_state_dict"), dict):
         obj = obj["model_state_dict"]
-    if isinstance(obj, dict):
-        state = _strip_wrappers(obj, path) if all(isinstance(k, str) for k in obj) else {}
+    if _is_state_dict(obj):
+        state = _strip_wrappers(obj, path)
         if "tok_emb.weight" in state:
             return LLMS, _Source(state, path, LLMS), None
     keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
@@ -212,9 +221,8 @@ def _llms_state(source: _Source, n_layer: int, qkv_bias: bool) -> dict[str, torc
     for i in range(n_layer):
         src, dst = f"trf_blocks.{i}.", f"transformer.h.{i}."
         out.update({dst + ours: source.take(src + theirs) for theirs, ours in LLMS_BLOCK.items()})
-        out[dst + "attn.c_attn.weight"] = torch.cat(
-            [source.take(f"{src}att.{w}.weight") for w in QKV]
-        )  # (3E, E)
+        qkv = [source.take(f"{src}att.{w}.weight") for w in QKV]  # 3 x (E, E)
+        out[dst + "attn.c_attn.weight"] = torch.cat(qkv)  # (3E, E): q, k, v rows, as c_attn splits them
         if qkv_bias:
             out[dst + "attn.c_attn.bias"] = torch.cat([source.take(f"{src}att.{w}.bias") for w in QKV])
     return out
@@ -265,7 +273,9 @@ def _load_weights(model, state: dict[str, torch.Tensor], source: _Source) -> Non
     model.load_state_dict({k: state[k] for k in expected}, strict=True)
 
 
-def from_torch_checkpoint(path: str | os.PathLike, n_head: int | None = None, activation: str | None = None):
+def from_torch_checkpoint(
+    path: str | os.PathLike, n_head: int | None = None, activation: str | None = None
+) -> GPT2ScratchForCausalLM:
     """A :class:`GPT2ScratchForCausalLM` (float32, eval mode) holding the weights of a PyTorch checkpoint.
 
     ``n_head`` is needed for "LLMs from scratch" state dicts whose width is not one of GPT-2's sizes
@@ -275,7 +285,7 @@ def from_torch_checkpoint(path: str | os.PathLike, n_head: int | None = None, ac
     return _import(Path(path), n_head, activation)[0]
 
 
-def _import(path: Path, n_head: int | None, activation: str | None):
+def _import(path: Path, n_head: int | None, activation: str | None) -> tuple[GPT2ScratchForCausalLM, str]:
     """(model, layout name) for the checkpoint at ``path``."""
     from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
 
@@ -307,17 +317,35 @@ def _tokenizer_folder(tokenizer_dir: str | os.PathLike | None) -> Path:
     return folder
 
 
-def _check_vocab(config: GPT2ScratchConfig, tokenizer_dir: Path) -> None:
-    """Refuse a tokenizer that can produce ids the model has no embedding for."""
+def _fit_vocab(config: GPT2ScratchConfig, tokenizer_dir: Path) -> None:
+    """Match the vocabulary to the tokenizer shipped with the model.
+
+    A tokenizer with more tokens than embedding rows is refused. Spare rows beyond the tokenizer's
+    tokens (nanoGPT pads GPT-2's 50257 to 50304, a multiple of 64) stay in the weights as padding
+    (``pad_vocab_size_multiple``), so the model never produces ids the tokenizer cannot decode.
+    """
     from ..tokenizer import find_vocab_files
 
     encoder, _ = find_vocab_files(tokenizer_dir)
     n_tokens = len(json.loads(encoder.read_text(encoding="utf-8")))
-    if config.vocab_size < n_tokens:
+    rows = config.padded_vocab_size
+    if rows < n_tokens:
         raise ValueError(
-            f"The checkpoint's vocabulary has {config.vocab_size} rows but the tokenizer in {tokenizer_dir} has "
+            f"The checkpoint's vocabulary has {rows} rows but the tokenizer in {tokenizer_dir} has "
             f"{n_tokens} tokens. Pass --tokenizer-dir with the tokenizer this model was trained with."
         )
+    if rows > n_tokens:
+        multiple = _pad_multiple(n_tokens, rows)
+        config.vocab_size, config.pad_vocab_size_multiple = n_tokens, multiple
+
+
+def _pad_multiple(n_tokens: int, rows: int) -> int:
+    """The smallest power of two that rounds ``n_tokens`` up to ``rows``, else ``rows`` itself."""
+    for k in range(rows.bit_length() + 1):
+        m = 2**k
+        if -(-n_tokens // m) * m == rows:
+            return m
+    return rows
 
 
 def _model_card(src: Path, layout: str, config: GPT2ScratchConfig) -> str:
@@ -360,7 +388,7 @@ def convert_torch(
         )
     tokenizer_dir = _tokenizer_folder(tokenizer_dir)
     model, layout = _import(src, n_head, activation)
-    _check_vocab(model.config, tokenizer_dir)
+    _fit_vocab(model.config, tokenizer_dir)
     card = _model_card(src, layout, model.config)
     return save_model_folder(model, out, tokenizer_dir, model_card=card, force=force)
 
@@ -386,7 +414,9 @@ def register(subparsers) -> None:
     p.add_argument("src", metavar="SRC", help="the .pt / .pth checkpoint file")
     p.add_argument("out", metavar="OUT", help="model folder to write")
     p.add_argument(
-        "--tokenizer-dir", metavar="DIR", help="folder with encoder.json + vocab.bpe (default: shared vocab)"
+        "--tokenizer-dir",
+        metavar="DIR",
+        help="folder with encoder.json + vocab.bpe (default: $GPT2SCRATCH_VOCAB_DIR, else ../shared/data/gpt2_vocab)",
     )
     p.add_argument(
         "--n-head", type=int, metavar="N", help="attention heads (needed when n_embd is not a GPT-2 size)"
