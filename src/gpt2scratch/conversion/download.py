@@ -90,10 +90,10 @@ def download_file(
         os.replace(part, dest)
         return dest
     tried = "\n  ".join(failures)
+    kept = f": the {_size_on_disk(part)} bytes in {part} are kept and resumed" if part.exists() else ""
     raise DownloadError(
         f"Could not download {dest.name} to {dest}; every location failed:\n  {tried}\n"
-        "Check the network or the URL (--base-url / --backup-url), then run again: "
-        f"what is already in {part.name} is kept and resumed."
+        f"Check the network or the URL (--base-url / --backup-url), then run again{kept}."
     )
 
 
@@ -140,7 +140,7 @@ def _download_from(
                     return
                 reason = "the connection closed before the end of the file"
             except urllib.error.HTTPError as e:
-                reason = _http_failure(e, url, part)
+                reason = _http_failure(e, part)
             except urllib.error.URLError as e:
                 raise _Unavailable(f"cannot connect ({e.reason})") from e
             except MID_TRANSFER as e:
@@ -193,7 +193,7 @@ def _check_size(size: int | None, expected: int | None, url: str, dest: Path, pa
     )
 
 
-def _http_failure(e: urllib.error.HTTPError, url: str, part: Path) -> str:
+def _http_failure(e: urllib.error.HTTPError, part: Path) -> str:
     """The retry reason for a transient HTTP error; raise :class:`_Unavailable` for the others."""
     e.close()
     if e.code == 416:  # our Range starts past the end: the partial file is not a prefix of this one
