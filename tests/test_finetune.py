@@ -140,10 +140,10 @@ def test_metrics_equal_predictions_of_reloaded_folder(cls_full):
     """metrics.json (computed by the in-memory model) = accuracy/F1 counted by hand from the reloaded folder."""
     preds, refs = classify_csv(cls_full, cls_full / "data/test.csv")
     test = read_metrics(cls_full)["test"]
-    tp = sum(p == r == 1 for p, r in zip(preds, refs))
-    fp = sum(p == 1 and r == 0 for p, r in zip(preds, refs))
-    fn = sum(p == 0 and r == 1 for p, r in zip(preds, refs))
-    assert test["accuracy"] == pytest.approx(sum(p == r for p, r in zip(preds, refs)) / len(refs))
+    tp = sum(p == r == 1 for p, r in zip(preds, refs, strict=True))
+    fp = sum(p == 1 and r == 0 for p, r in zip(preds, refs, strict=True))
+    fn = sum(p == 0 and r == 1 for p, r in zip(preds, refs, strict=True))
+    assert test["accuracy"] == pytest.approx(sum(p == r for p, r in zip(preds, refs, strict=True)) / len(refs))
     assert test["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
     assert test["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
 
@@ -221,7 +221,7 @@ def test_lora_merged_equals_unmerged(cls_lora):
 def test_lora_metrics_match_reloaded_adapter(cls_lora):
     preds, refs = _predict_with_loading(cls_lora)
     assert read_metrics(cls_lora)["test"]["accuracy"] == pytest.approx(
-        sum(p == r for p, r in zip(preds, refs)) / len(refs))
+        sum(p == r for p, r in zip(preds, refs, strict=True)) / len(refs))
 
 
 def _predict_with_loading(folder: Path):

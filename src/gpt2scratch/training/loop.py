@@ -64,6 +64,7 @@ class RunState:
     step: int = 0
     history: dict = field(default_factory=lambda: defaultdict(list))  # name -> [(step, value)]
     before: dict = field(default_factory=dict)  # instruction: test metrics before training
+    window: dict = field(default_factory=lambda: defaultdict(list))  # training stats since the last evaluation
 
 
 # ----------------------------------------------------------------------------------------- setup
@@ -280,20 +281,19 @@ class Trainer:
             self.total_steps, self.steps_per_epoch,
         )
         progress = _progress(self.total_steps, self.state.step, acc.is_local_main_process)
-        window: dict[str, list] = defaultdict(list)
         start = time.perf_counter()
         for batches in self._optimizer_batches(self.state.step):
             stats = self.train_step(batches)
             self.state.step += 1
             step = self.state.step
             for key, value in stats.items():
-                window[key].append(value)
+                self.state.window[key].append(value)
             self._log_step(step, stats)
             progress.update(1)
             progress.set_postfix(loss=f"{stats['loss']:.4f}")
             if step == self.total_steps or (args.eval_every and step % args.eval_every == 0):
-                self._evaluate_during(step, window)
-                window = defaultdict(list)
+                self._evaluate_during(step, self.state.window)
+                self.state.window = defaultdict(list)
             if step < self.total_steps and args.save_every and step % args.save_every == 0:
                 self.save_checkpoint()
             if args.stop_after and step == args.stop_after and step < self.total_steps:
@@ -489,7 +489,7 @@ class Trainer:
 
     def _trainer_state(self) -> dict:
         return {"step": self.state.step, "history": dict(self.state.history), "before": self.state.before,
-                "total_steps": self.total_steps}
+                "window": dict(self.state.window), "total_steps": self.total_steps}
 
     def _resume(self, checkpoint: Path) -> None:
         self.accelerator.load_state(str(checkpoint / "state"))
@@ -499,6 +499,7 @@ class Trainer:
         self.state.step = saved["step"]
         self.state.history = defaultdict(list, {k: [tuple(x) for x in v] for k, v in saved["history"].items()})
         self.state.before = saved.get("before", {})
+        self.state.window = defaultdict(list, saved.get("window", {}))
         if self.accelerator.is_main_process:
             _truncate_log(self.out / "train_log.jsonl", self.state.step)
         log.info("resumed from %s at step %d", checkpoint, self.state.step)

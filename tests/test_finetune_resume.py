@@ -1,0 +1,89 @@
+"""Checkpoints and resuming: a run stopped after step k and resumed ends bitwise where an uninterrupted run
+ends (CPU, dropout on, gradient accumulation, an epoch boundary crossed after the resume); output folders
+holding a run are refused unless resumed or forced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt2scratch.cli import main as cli_main
+from test_finetune import sms_subset, train
+
+pytestmark = pytest.mark.xdist_group("finetune")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def options(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
+    """40 ham + 40 spam → 56 training rows → 7 optimizer steps per epoch (4 × 2 accumulation)."""
+    sms = sms_subset(shared_data, tmp_path_factory.mktemp("sms"), n_per_class=40)
+    return ["--train-file", str(sms), "--tokenizer-dir", str(vocab_dir), "--max-steps", "10", "--batch-size", "4",
+            "--gradient-accumulation-steps", "2", "--lr", "3e-3", "--dropout", "0.1", "--warmup-steps", "2",
+            "--max-length", "48", "--eval-every", "4"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(options, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("resume") / "straight"
+    train(out, *options)
+    return out
+
+
+def test_stopped_and_resumed_run_is_bitwise_identical(options, uninterrupted, tmp_path):
+    out = tmp_path / "interrupted"
+    assert train(out, *options, "--stop-after", "5") is None
+    assert json.loads((out / "run.json").read_text()) == {"finished": False, "step": 5}
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-5"]
+    assert not (out / "config.json").exists()  # no final model yet
+    train(out, *options, "--resume-from", "latest")
+    expected, resumed = load_file(uninterrupted / "model.safetensors"), load_file(out / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), f"{name} differs after resuming"
+    losses = lambda folder: [json.loads(x)["loss"] for x in (folder / "train_log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert losses(out) == losses(uninterrupted)
+    assert json.loads((out / "history.json").read_text()) == json.loads((uninterrupted / "history.json").read_text())
+
+
+def test_finished_output_dir_is_refused_without_force(options, uninterrupted, capsys):
+    before = (uninterrupted / "model.safetensors").read_bytes()
+    assert cli_main(["finetune", "--output-dir", str(uninterrupted), *options]) == 2
+    assert "holds a finished run" in capsys.readouterr().err
+    assert (uninterrupted / "model.safetensors").read_bytes() == before
+
+
+def test_force_replaces_a_finished_run(options, uninterrupted, tmp_path):
+    out = tmp_path / "forced"
+    train(out, *options, "--max-steps", "1")
+    (out / "stale.txt").write_text("from the old run")
+    train(out, *options, "--max-steps", "2", "--force")
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 2}
+
+
+def test_unfinished_run_needs_resume_or_force(options, tmp_path, capsys):
+    out = tmp_path / "half"
+    train(out, *options, "--stop-after", "1")
+    assert cli_main(["finetune", "--output-dir", str(out), *options]) == 2
+    assert "--resume-from latest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("resume", ["missing-folder", "latest"])
+def test_resume_from_nothing_is_an_error(resume, options, tmp_path, capsys):
+    spec = str(tmp_path / resume) if resume != "latest" else "latest"
+    assert cli_main(["finetune", "--output-dir", str(tmp_path / "new"), *options, "--resume-from", spec]) == 2
+    err = capsys.readouterr().err
+    assert "--resume-from" in err and (resume in err)
+    assert not (tmp_path / "new").exists()
