@@ -74,6 +74,18 @@ def test_dropped_connection_resumes_with_range(tmp_path):
     assert (tmp_path / "model.ckpt.data-00000-of-00001").read_bytes() == files[shard]
 
 
+def test_retries_bound_attempts_without_progress(tmp_path):
+    data = _bytes(5000, seed=9)
+    files = {"/a/f": data, "/b/f": data}
+    with http_server(files, drop_after={"/a/f": 0}) as url:  # headers, then nothing
+        download_file([url + "/a/f", url + "/b/f"], tmp_path / "once", progress=False, retries=1)
+        assert _gets(url) == [("/a/f", None), ("/a/f", None)]  # retried the same URL
+    with http_server(files, drop_after={"/a/f": 0}) as url:
+        download_file([url + "/a/f", url + "/b/f"], tmp_path / "never", progress=False, retries=0)
+        assert _gets(url) == [("/a/f", None), ("/b/f", None)]  # no retry left: the next URL
+    assert (tmp_path / "once").read_bytes() == data == (tmp_path / "never").read_bytes()
+
+
 def test_primary_404_falls_back_to_backup(tmp_path):
     files = _openai_files("124M")
     with http_server(files) as url:
