@@ -39,7 +39,7 @@ TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
 BLOCK_TRAILER_SIZE = 5
 CRC_MASK_DELTA = 0xA282EAD8
-CRC_CHUNK = 16 << 20  # bytes hashed per call: bounds the temporary copy google_crc32c needs
+CRC_CHUNK = 1 << 20  # bytes hashed per call: google_crc32c needs a bytes copy; small ones stay in cache
 HEADER_KEY = b""
 CRC_HINT = "CRC32C mismatch: the tensor's bytes are corrupted; fetch this data file again"
 
