@@ -20,6 +20,7 @@ from gpt2scratch.training.args import parse_args
 
 pytestmark = pytest.mark.xdist_group("finetune")
 
+REPO_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SMALL = ["--model", "init:tiny", "--batch-size", "8", "--seed", "1", "--log-every", "1"]
 
 
