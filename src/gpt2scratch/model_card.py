@@ -106,7 +106,7 @@ def _usage(pipeline_tag: str) -> str:
         code = f"""from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 repo = "{REPO_PLACEHOLDER}"
-tokenizer = AutoTokenizer.from_pretrained(repo)
+tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)
 model = AutoModelForSequenceClassification.from_pretrained(repo, trust_remote_code=True)
 logits = model(**tokenizer("Free entry in a weekly competition!", return_tensors="pt")).logits
 
@@ -116,7 +116,7 @@ print(classify("Are we still meeting at noon?"))"""
         code = f"""from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 repo = "{REPO_PLACEHOLDER}"
-tokenizer = AutoTokenizer.from_pretrained(repo)
+tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True)
 ids = tokenizer("Every effort moves you", return_tensors="pt").input_ids
 print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))

@@ -1,0 +1,348 @@
+"""Push a model folder (or a PEFT adapter folder) made by this package to the Hugging Face Hub.
+
+Everything that can be checked locally is checked before the first request: the folder is complete
+(config, weights, the two code files, tokenizer files), an adapter names its base model by a Hub id,
+and a token is available. The folder then goes up in one commit (``create_repo(exist_ok=True)`` +
+``upload_folder``), with a model card ``README.md`` written first when the folder has none.
+
+What is uploaded is a staging view of the folder (links, not copies): training-run leftovers
+(``checkpoint-*/``, ``base/``, ``data/``, hidden files) stay behind, the card's placeholder repo id
+becomes the real one, and an adapter's ``base_model_name_or_path`` becomes the Hub id, while the local
+files keep pointing at the local base so the folder still loads where it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from .model_card import REPO_PLACEHOLDER, model_card
+
+CODE_FILES = ("configuration_gpt2scratch.py", "modeling_gpt2scratch.py")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Left out of the upload: a training run's checkpoints, the LoRA base copy, data splits, temp files.
+EXCLUDED_DIRS = re.compile(r"^(checkpoint-\d+|base|data|__pycache__)$")
+REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+# training_args.yaml entries that describe the machine or the paths, not the training.
+NOT_TRAINING = {"output_dir", "resume_from", "tokenizer_dir", "config", "force", "stop_after", "log_every"}
+
+
+# --- checks (no network) ---------------------------------------------------------------------------
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file()
+
+
+def check_folder(folder: Path) -> None:
+    """Raise FileNotFoundError naming every file a loadable model (or adapter) folder lacks."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; pass the model folder to push.")
+    if is_adapter_folder(folder):
+        needed = [*ADAPTER_FILES, *TOKENIZER_FILES]
+    else:
+        needed = ["config.json", *CODE_FILES, *TOKENIZER_FILES]
+        if not _has_weights(folder):
+            needed.append("model.safetensors")
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        kind = "PEFT adapter folder" if is_adapter_folder(folder) else "model folder"
+        raise FileNotFoundError(
+            f"{folder} is not a complete {kind}: missing {', '.join(missing)}. Write it with "
+            "gpt2scratch (convert-openai, convert-hf, init, finetune, or io.save_model_folder) and push that "
+            "folder; nothing was uploaded."
+        )
+
+
+def _has_weights(folder: Path) -> bool:
+    """``model.safetensors``, or a safetensors index whose shards are all present."""
+    if (folder / "model.safetensors").is_file():
+        return True
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return False
+    shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    return all((folder / shard).is_file() for shard in shards)
+
+
+def check_repo_id(repo_id: str, what: str = "REPO_ID") -> None:
+    if not REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id:
+        raise ValueError(
+            f"{what} {repo_id!r} is not a Hub repository id; use 'namespace/name' (e.g. 'alice/gpt2-spam')."
+        )
+
+
+def looks_local(name: str, folder: Path) -> bool:
+    """Whether an adapter's ``base_model_name_or_path`` is a local path rather than a Hub id."""
+    if os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name:
+        return True
+    return Path(name).expanduser().is_dir() or (folder / name).is_dir() or not REPO_ID.match(name)
+
+
+def _local_base(name: str, folder: Path) -> str:
+    """The recorded local base path, made absolute when it exists relative to the adapter folder."""
+    path = Path(name).expanduser()
+    return str((folder / name).resolve()) if not path.is_dir() and (folder / name).is_dir() else str(path)
+
+
+def adapter_base(folder: Path, base_model_id: str | None) -> tuple[str, str | None]:
+    """(Hub id the pushed adapter will name, local base folder or None); refuses a local-only base."""
+    recorded = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get(
+        "base_model_name_or_path"
+    )
+    local = _local_base(recorded, folder) if recorded and looks_local(recorded, folder) else None
+    if base_model_id:
+        check_repo_id(base_model_id, "--base-model-id")
+        return base_model_id, local
+    if not recorded or local:
+        raise ValueError(
+            f"{folder / 'adapter_config.json'} names its base model by the local path {recorded!r}, which nobody "
+            "loading from the Hub can open. Push the base model first and pass its Hub id with --base-model-id "
+            "(e.g. --base-model-id alice/gpt2-base); nothing was uploaded."
+        )
+    return recorded, None
+
+
+def resolve_token(token: str | None) -> str:
+    """The token to push with: ``token``, else ``HF_TOKEN`` or the one saved by ``hf auth login``."""
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("HF_HUB_OFFLINE is set, so nothing can be pushed; unset it and try again.")
+    token = token or get_token()
+    if not token:
+        raise PermissionError(
+            "No Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` (the token needs write access)."
+        )
+    return token
+
+
+# --- the card --------------------------------------------------------------------------------------
+
+
+def card_for(folder: Path, repo_id: str, base_model_id: str | None, base_dir: str | None) -> str:
+    """A model card for ``folder``: architecture from its config (an adapter's: its base's), and the
+    training options and metrics when the folder is a ``gpt2scratch finetune`` output."""
+    from .configuration_gpt2scratch import GPT2ScratchConfig
+
+    adapter = is_adapter_folder(folder)
+    if adapter:
+        source = base_dir if base_dir and Path(base_dir).is_dir() else base_model_id
+    config = GPT2ScratchConfig.from_pretrained(source if adapter else folder)
+    classifier = "GPT2ScratchForSequenceClassification" in (config.architectures or [])
+    training, metrics = _run_files(folder)
+    card = model_card(
+        config,
+        title=f"{repo_id.split('/')[-1]}{' (LoRA adapter)' if adapter else ''}",
+        source=_source(training, adapter, base_model_id),
+        training=training,
+        metrics=metrics,
+        base_model=base_model_id,
+        pipeline_tag="text-classification" if classifier else "text-generation",
+    )
+    if adapter:
+        card = card.replace("library_name: transformers", "library_name: peft", 1) + _adapter_usage(
+            classifier
+        )
+    return card
+
+
+def _run_files(folder: Path) -> tuple[dict | None, dict | None]:
+    """The training options (``training_args.yaml``) and ``metrics.json`` of a finetune run folder."""
+    training = metrics = None
+    args_file, metrics_file = folder / "training_args.yaml", folder / "metrics.json"
+    if args_file.is_file():
+        raw = yaml.safe_load(args_file.read_text(encoding="utf-8")) or {}
+        training = {
+            k: _basename_if_path(k, v) for k, v in raw.items() if v is not None and k not in NOT_TRAINING
+        }
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    return training, metrics
+
+
+def _basename_if_path(key: str, value):
+    """Data files by name only: the card should not publish the trainer's directory layout."""
+    return Path(value).name if key.endswith("_file") or key == "model" and os.sep in str(value) else value
+
+
+def _source(training: dict | None, adapter: bool, base_model_id: str | None) -> str:
+    if training:
+        text = (
+            f"Fine-tuned with `gpt2scratch finetune` (task `{training.get('task')}`, method `{training.get('method')}`) "
+            f"starting from `{training.get('model')}`; the options and the measured metrics are listed below."
+        )
+    else:
+        text = (
+            "Pushed with `gpt2scratch push` from a model folder written by gpt2scratch. This card was generated "
+            "at push time and does not know how the weights were obtained: edit this section to say so."
+        )
+    if base_model_id:
+        text += f" Base model: [{base_model_id}](https://huggingface.co/{base_model_id})."
+    if adapter:
+        text += " This repository holds LoRA adapter weights only; the base model is loaded from its own repository."
+    return text
+
+
+def _adapter_usage(classifier: bool) -> str:
+    cls = "AutoPeftModelForSequenceClassification" if classifier else "AutoPeftModelForCausalLM"
+    return f"""
+## Loading the adapter
+
+```python
+from peft import {cls}
+model = {cls}.from_pretrained("{REPO_PLACEHOLDER}", trust_remote_code=True)
+merged = model.merge_and_unload()  # a plain gpt2scratch model, no PEFT needed afterwards
+```
+"""
+
+
+# --- staging and upload ----------------------------------------------------------------------------
+
+
+def files_to_upload(folder: Path) -> list[Path]:
+    """Files under ``folder`` that belong on the Hub (relative paths), run leftovers excluded."""
+    chosen = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not EXCLUDED_DIRS.match(d))
+        rel = Path(root).relative_to(folder)
+        chosen += [rel / f for f in sorted(files) if not f.startswith(".")]
+    return chosen
+
+
+def stage(folder: Path, staging: Path, repo_id: str, base_model_id: str | None) -> None:
+    """Fill ``staging`` with links to the files to upload, and rewritten copies of the card and the
+    adapter config (placeholder -> ``repo_id``; base model -> ``base_model_id``)."""
+    for rel in files_to_upload(folder):
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if rel == Path("README.md"):
+            text = (folder / rel).read_text(encoding="utf-8")
+            target.write_text(text.replace(REPO_PLACEHOLDER, repo_id), encoding="utf-8")
+        elif rel == Path("adapter_config.json") and base_model_id:
+            config = json.loads((folder / rel).read_text(encoding="utf-8"))
+            config["base_model_name_or_path"] = base_model_id
+            target.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        else:
+            _link(folder / rel, target)
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: copy
+        shutil.copy2(source, target)
+
+
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    base_model_id: str | None = None,
+) -> str:
+    """Upload ``folder`` to the Hub repository ``repo_id`` (created if needed) in one commit; returns
+    the repository URL. Checks run before any request; auth failures become PermissionError."""
+    folder = Path(folder)
+    check_repo_id(repo_id)
+    check_folder(folder)
+    hub_base, local_base = (
+        adapter_base(folder, base_model_id) if is_adapter_folder(folder) else (base_model_id, None)
+    )
+    if base_model_id and not is_adapter_folder(folder):
+        check_repo_id(base_model_id, "--base-model-id")
+    token = resolve_token(token)
+    if not (folder / "README.md").is_file():
+        card = card_for(folder, repo_id, hub_base, local_base)
+        (folder / "README.md").write_text(card.replace(REPO_PLACEHOLDER, repo_id), encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}.push-", dir=folder.parent) as staging:
+        stage(folder, Path(staging), repo_id, hub_base if is_adapter_folder(folder) else None)
+        return _upload(
+            Path(staging),
+            repo_id,
+            private,
+            token,
+            commit_message or f"Upload {folder.name} with gpt2scratch",
+            revision,
+        )
+
+
+def _upload(
+    staging: Path, repo_id: str, private: bool, token: str, message: str, revision: str | None
+) -> str:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=message, revision=revision)
+    except HfHubHTTPError as e:
+        raise _explain(e, repo_id) from e
+    return str(url)
+
+
+def _explain(error, repo_id: str) -> Exception:
+    """A one-line, actionable error for the Hub's refusals; other errors pass through unchanged."""
+    status = error.response.status_code if error.response is not None else None
+    server = (error.server_message or "").strip().splitlines()[0:1]
+    detail = f" (the Hub said: {server[0]})" if server else ""
+    if status == 401:
+        return PermissionError(
+            f"The Hub rejected the token (401){detail}. Check it with `hf auth whoami`, or pass a valid token with --token."
+        )
+    if status == 403:
+        return PermissionError(
+            f"The token may not write to {repo_id} (403){detail}. Use a token with write access to that namespace."
+        )
+    if status == 400:
+        return ValueError(f"The Hub refused the upload to {repo_id} (400){detail}.")
+    return error
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "push",
+        help="upload a model or adapter folder to the Hugging Face Hub",
+        description="Upload a model folder (or PEFT adapter folder) made by gpt2scratch to the Hub, with a "
+        "model card README.md written first when the folder has none.",
+    )
+    p.add_argument("folder", metavar="FOLDER", help="model folder, finetune output folder, or adapter folder")
+    p.add_argument(
+        "repo_id", metavar="REPO_ID", help="Hub repository, e.g. alice/gpt2-spam (created if missing)"
+    )
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--token", help="Hub token with write access (default: HF_TOKEN or `hf auth login`)")
+    p.add_argument(
+        "--base-model-id", help="Hub id of the base model (required for an adapter with a local base)"
+    )
+    p.add_argument("--commit-message", help="commit summary (default: 'Upload FOLDER with gpt2scratch')")
+    p.add_argument("--revision", help="branch to commit to (must exist; default: main)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    url = push_to_hub(
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        commit_message=args.commit_message,
+        revision=args.revision,
+        base_model_id=args.base_model_id,
+    )
+    print(f"pushed {args.folder} to {url}")
