@@ -8,7 +8,9 @@ the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by th
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from contextlib import contextmanager
 
 import torch
@@ -85,12 +87,17 @@ class GPT2ScratchAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y)), weights
 
 
+# GPT-2's tanh-approximated GELU, computed by torch's one fused kernel instead of six elementwise ops
+# (same formula, |difference| < 1e-6; about 2x faster and fewer saved activations in training).
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
 class GPT2ScratchMLP(nn.Module):
     def __init__(self, config: GPT2ScratchConfig):
         super().__init__()
         inner = config.n_inner or 4 * config.n_embd
         self.c_fc = nn.Linear(config.n_embd, inner, bias=config.bias)
-        self.act = ACT2FN[config.activation_function]
+        self.act = ACT2FN[FUSED_ACTIVATIONS.get(config.activation_function, config.activation_function)]
         self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
         self.c_proj.is_residual_projection = True
         self.dropout = nn.Dropout(config.resid_pdrop)
@@ -190,6 +197,70 @@ def _check_inputs(config, input_ids, attention_mask, position_ids, past_length: 
         )
 
 
+# CPU thread policy. A forward over few new tokens (a decode step, a short prompt) is dozens of small ops;
+# where starting a parallel region costs more than such an op takes (~1 ms per region on small VMs),
+# these calls run on one thread. Measured once per thread count; the caller's setting is restored after.
+SMALL_CALL_TOKENS = 64
+_ONE_THREAD_FASTER: dict[int, bool] = {}
+
+
+def _one_thread_is_faster(threads: int) -> bool:
+    """Whether a small parallel op (an add over 128k floats) runs faster on one thread than on ``threads``."""
+    if threads not in _ONE_THREAD_FASTER:
+        x = torch.ones(1 << 17)
+
+        def best_time(n: int) -> float:
+            torch.set_num_threads(n)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                torch.add(x, x)
+                times.append(time.perf_counter() - start)
+            return min(times)
+
+        try:
+            _ONE_THREAD_FASTER[threads] = best_time(1) < best_time(threads)
+        finally:
+            torch.set_num_threads(threads)
+    return _ONE_THREAD_FASTER[threads]
+
+
+@contextmanager
+def small_call_threads(tokens: int, device: torch.device):
+    """Run the enclosed CPU work on one thread if it is small (<= SMALL_CALL_TOKENS tokens) and one thread
+    is faster here; restore the caller's thread count afterwards."""
+    threads = torch.get_num_threads()
+    serial = (
+        device.type == "cpu"
+        and threads > 1
+        and tokens <= SMALL_CALL_TOKENS
+        and not torch.compiler.is_compiling()
+        and _one_thread_is_faster(threads)
+    )
+    if not serial:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _with_thread_policy(forward):
+    """Decorate a model ``forward`` with ``small_call_threads``, sized by its input_ids or inputs_embeds."""
+
+    @functools.wraps(forward)
+    def wrapped(self, input_ids=None, *args, **kwargs):
+        x = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        if x is None or x.dim() < 2:
+            return forward(self, input_ids, *args, **kwargs)
+        with small_call_threads(x.shape[0] * x.shape[1], x.device):
+            return forward(self, input_ids, *args, **kwargs)
+
+    return wrapped
+
+
 def positions_from_mask(attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
     """Positions that count real tokens only (cumsum of the mask - 1; 0 on padding), for the last
     ``query_length`` columns of a 2-D mask: a left-padded row gets the same positions as when alone."""
@@ -218,6 +289,7 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
     def set_input_embeddings(self, value):
         self.wte = value
 
+    @_with_thread_policy
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -301,6 +373,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    @_with_thread_policy
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -371,6 +444,7 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
         self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
         self.post_init()
 
+    @_with_thread_policy
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -1,0 +1,595 @@
+"""Speed of gpt2scratch against transformers' own ``GPT2LMHeadModel``, side by side in one process.
+
+Both models get the same random weights (124M shape by default), are loaded with plain
+``from_pretrained`` from folders written here, and are timed in turn (ours, theirs, theirs, ours, ...)
+so that load from other processes on a shared machine hits both alike; each figure is the best (least
+time) of several runs. Sections, at each requested thread count:
+
+- training step (forward + backward + AdamW) tokens/s at batch x 128 and batch x 256, fp32;
+- prefill tokens/s (a no-grad forward that fills the KV cache and keeps the last logits, as
+  ``generate`` does);
+- greedy decode tokens/s for N new tokens at batch 1 and batch 8 through plain ``generate()`` for both
+  (the headline), and through this package's opt-in paths (``gpt2scratch.fast``);
+- peak RSS of a training run, each model in its own subprocess (a process's peak RSS only grows);
+- memory read bandwidth, giving the batch-1 decode floor (weight bytes read per token / bandwidth).
+
+A CUDA section (16 x 1024 bf16 training with MFU, decode) runs only where CUDA is available.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_speed.py                 # full run, 1 and all threads
+    .venv/bin/python benchmarks/bench_speed.py --preset tiny --repeats 1 --new-tokens 8   # smoke run
+
+Each run writes ``benchmarks/results/speed-<UTC time>.json`` and ``benchmarks/results/speed-latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+PROMPT_LEN = 32
+TARGETS = {  # ours / transformers, from issue 5
+    "train": 1.2,
+    "prefill": 1.1,
+    "decode_b8": 1.3,
+    "decode_b1": 1.0,
+}
+
+
+# ----------------------------------------------------------------------------------------- the machine
+def machine_info() -> dict:
+    """CPU model, core count, memory and vector extensions, so results from different machines differ."""
+    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        model = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+        flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+        info["cpu_model"] = model[0] if model else "?"
+        info["simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    with contextlib.suppress(OSError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        info["mem_gb"] = round(kb / 2**20, 1)
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def versions() -> dict:
+    import transformers
+
+    import gpt2scratch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True, text=True)
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "gpt2scratch": gpt2scratch.__version__,
+        "git_commit": commit.stdout.strip() + ("+dirty-src" if dirty.stdout.strip() else ""),
+    }
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# ------------------------------------------------------------------------------------------ the models
+def write_folders(preset: str, root: Path) -> tuple[Path, Path]:
+    """Save one random model of this package and the same weights as a transformers GPT-2 folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM
+    from gpt2scratch.conversion.hf_gpt2 import CONFIG_FIELDS, state_dict_to_hf
+
+    torch.manual_seed(0)
+    config = GPT2ScratchConfig.from_preset(preset)
+    ours = GPT2ScratchForCausalLM(config)
+    hf = GPT2LMHeadModel(GPT2Config(**{f: getattr(config, f) for f in CONFIG_FIELDS}))
+    missing, unexpected = hf.load_state_dict(state_dict_to_hf(ours.state_dict()), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"weight mapping to GPT2LMHeadModel failed: missing {missing}, unexpected {unexpected}"
+        )
+    ours_dir, hf_dir = root / "gpt2scratch", root / "transformers"
+    ours.save_pretrained(ours_dir)
+    hf.save_pretrained(hf_dir)
+    return ours_dir, hf_dir
+
+
+def load(kind: str, folder: Path) -> torch.nn.Module:
+    """Plain ``from_pretrained``, as a user loads each model (ours through the Auto classes)."""
+    from transformers import AutoModelForCausalLM
+
+    import gpt2scratch  # noqa: F401  (registers the Auto classes)
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    expected = "GPT2Scratch" if kind == "ours" else "GPT2LMHead"
+    if not type(model).__name__.startswith(expected):
+        raise RuntimeError(f"{folder} loaded as {type(model).__name__}, expected {expected}*")
+    return model
+
+
+def check_same_weights(ours, hf) -> float:
+    """Largest |logit difference| on a short input; the comparison is meaningless if this is not tiny."""
+    ids = torch.randint(0, ours.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (ours.eval()(ids).logits - hf.eval()(ids).logits).abs().max().item()
+    if diff > 1e-3:
+        raise RuntimeError(
+            f"the two models disagree (max |d logits| = {diff}); the benchmark would compare apples to pears"
+        )
+    return diff
+
+
+# ------------------------------------------------------------------------------------------- timing
+def interleaved(
+    contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Best (least) wall time of each contender, running them in alternating order so load hits all."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in contenders}
+    names = list(contenders)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            start = time.perf_counter()
+            contenders[name]()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def random_ids(vocab: int, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def train_step_fn(model, ids: torch.Tensor, optimizer) -> Callable[[], float]:
+    """One step of forward + backward + optimizer on a fixed batch (labels = inputs, shifted inside)."""
+    model.train()
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def prefill_fn(model, ids: torch.Tensor) -> Callable[[], object]:
+    model.eval()
+
+    def prefill():
+        with torch.no_grad():
+            return model(input_ids=ids, use_cache=True, logits_to_keep=1).logits
+
+    return prefill
+
+
+def decode_fn(generate: Callable, ids: torch.Tensor, new_tokens: int) -> Callable[[], object]:
+    """Greedy decoding of exactly ``new_tokens`` tokens (end-of-text does not stop it)."""
+    mask = torch.ones_like(ids)
+
+    def decode():
+        out = generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False)
+        if out.is_cuda:
+            torch.cuda.synchronize()
+        if out.shape[1] != ids.shape[1] + new_tokens:
+            raise RuntimeError(f"generate stopped after {out.shape[1] - ids.shape[1]} of {new_tokens} tokens")
+        return out
+
+    decode.__wrapped__ = generate
+    return decode
+
+
+def for_greedy_benchmark(model):
+    """No end-of-text stop, so both models always produce the same number of tokens."""
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+# ------------------------------------------------------------------------------------------ sections
+def bench_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Read bandwidth in GB/s: the best time to sum a tensor much larger than the caches."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    best = min(_time(lambda: x.sum()) for _ in range(repeats))
+    return x.numel() * 4 / best / 1e9
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes of weights read to produce one token: every parameter once, except one row of ``wpe``."""
+    params = {p.data_ptr(): p for p in model.parameters()}.values()
+    total = sum(p.numel() * p.element_size() for p in params)
+    wpe = model.transformer.wpe.weight
+    return total - wpe.numel() * wpe.element_size() + wpe.shape[1] * wpe.element_size()
+
+
+def bench_training(dirs, args, batch: int, seq: int) -> dict:
+    from gpt2scratch import fast
+
+    models = {"ours": load("ours", dirs["ours"]), "transformers": load("hf", dirs["transformers"])}
+    ids = random_ids(models["ours"].config.vocab_size, batch, seq)
+    steps = {
+        name: train_step_fn(m, ids, torch.optim.AdamW(m.parameters(), lr=1e-4)) for name, m in models.items()
+    }
+    fast_model = fast.prepare_for_training(load("ours", dirs["ours"]))
+    steps["ours_fast"] = train_step_fn(fast_model, ids, fast.make_optimizer(fast_model, lr=1e-4))
+    times = interleaved(steps, args.train_repeats, warmup=args.train_warmup)
+    return {name: batch * seq / t for name, t in times.items()}
+
+
+def bench_prefill(models, args) -> dict:
+    ours = models["ours"]
+    ids = random_ids(ours.config.vocab_size, 4, min(256, ours.config.n_positions)).to(ours.device)
+    times = interleaved({name: prefill_fn(m, ids) for name, m in models.items()}, args.repeats)
+    return {name: ids.numel() / t for name, t in times.items()}
+
+
+def bench_decode(models, fast_models, args, batch: int) -> dict:
+    """Tokens/s of plain ``generate`` for both, and of each opt-in path of ours; errors are reported."""
+    ids = random_ids(models["ours"].config.vocab_size, batch, PROMPT_LEN, seed=batch).to(
+        models["ours"].device
+    )
+    contenders = {name: decode_fn(m.generate, ids, args.new_tokens) for name, m in models.items()}
+    for name, generate in fast_models.items():
+        contenders[name] = decode_fn(generate, ids, args.new_tokens)
+    failed = {}
+    for name in list(contenders):  # warm-up on a few tokens; a broken opt-in path is reported, not fatal
+        try:
+            decode_fn(contenders[name].__wrapped__, ids, 2)()
+        except Exception as err:  # noqa: BLE001
+            if name in models:
+                raise
+            failed[name] = f"{type(err).__name__}: {err}"[:300]
+            del contenders[name]
+    times = interleaved(contenders, args.repeats, warmup=0)
+    result = {name: batch * args.new_tokens / t for name, t in times.items()}
+    result.update({name: f"failed: {why}" for name, why in failed.items()})
+    return result
+
+
+def fast_decoders(dirs, args) -> dict[str, Callable]:
+    """This package's opt-in decode paths (see ``gpt2scratch.fast``), each a ``generate``-like callable."""
+    from gpt2scratch import fast
+
+    paths = {}
+    for name, build in fast.DECODE_PATHS.items():
+        if name in args.skip_paths:
+            continue
+        try:
+            paths[f"ours_{name}"] = build(for_greedy_benchmark(load("ours", dirs["ours"])))
+        except Exception as err:  # noqa: BLE001
+            paths[f"ours_{name}"] = _raiser(f"{type(err).__name__}: {err}")
+    return paths
+
+
+def _raiser(message: str) -> Callable:
+    def fail(*args, **kwargs):
+        raise RuntimeError(message)
+
+    return fail
+
+
+def bench_memory(dirs, args, threads: int) -> dict:
+    """Peak RSS (MB) of a short training run, each model in a fresh subprocess."""
+    out = {}
+    for name in ("ours", "transformers", "ours_fast"):
+        folder = dirs["transformers" if name == "transformers" else "ours"]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child-memory",
+            name,
+            "--folder",
+            str(folder),
+            "--threads",
+            str(threads),
+        ]
+        cmd += ["--memory-shape", str(args.memory_shape[0]), str(args.memory_shape[1])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            out[name] = f"failed: {proc.stderr.strip().splitlines()[-1:]}"
+            continue
+        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def memory_child(kind: str, folder: Path, batch: int, seq: int, steps: int = 1) -> None:
+    """Train ``steps`` steps and print peak RSS as JSON (runs in its own process)."""
+    from gpt2scratch import fast
+
+    model = load("hf" if kind == "transformers" else "ours", folder)
+    loaded = peak_rss_mb()
+    if kind == "ours_fast":
+        model = fast.prepare_for_training(model)
+        optimizer = fast.make_optimizer(model, lr=1e-4)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = random_ids(model.config.vocab_size, batch, min(seq, model.config.n_positions))
+    step = train_step_fn(model, ids, optimizer)
+    for _ in range(steps):
+        step()
+    print(json.dumps({"rss_after_load_mb": round(loaded), "peak_rss_mb": round(peak_rss_mb())}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not inherit the parent's peak
+    through fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------- CPU run
+def run_threads(dirs, args, threads: int) -> dict:
+    """Every CPU section at one thread count."""
+    torch.set_num_threads(threads)
+    res: dict = {"threads": threads, "load_avg_start": load_average()}
+    res["bandwidth_gb_s"] = round(bench_bandwidth(), 2)
+    sections = args.sections
+    if "train" in sections:
+        for seq in (s for s in args.train_seqs if s <= args.n_positions):
+            res[f"train_4x{seq}"] = bench_training(dirs, args, 4, seq)
+            print(f"[{threads} thr] train 4x{seq}: {_fmt(res[f'train_4x{seq}'])}", flush=True)
+    models = {"ours": for_greedy_benchmark(load("ours", dirs["ours"]))}
+    models["transformers"] = for_greedy_benchmark(load("hf", dirs["transformers"]))
+    res["max_abs_logit_diff"] = check_same_weights(models["ours"], models["transformers"])
+    if "prefill" in sections:
+        res["prefill_4x256"] = bench_prefill(models, args)
+        print(f"[{threads} thr] prefill: {_fmt(res['prefill_4x256'])}", flush=True)
+    if "decode" in sections:
+        fast_models = fast_decoders(dirs, args)
+        for batch in (1, 8):
+            res[f"decode_b{batch}"] = bench_decode(models, fast_models, args, batch)
+            print(f"[{threads} thr] decode b{batch}: {_fmt(res[f'decode_b{batch}'])}", flush=True)
+        res["decode_weight_bytes"] = decode_weight_bytes(models["ours"])
+        res["decode_floor_tok_s"] = round(res["bandwidth_gb_s"] * 1e9 / res["decode_weight_bytes"], 2)
+    if "memory" in sections and threads == args.threads[0]:  # peak memory does not depend on threads
+        res["peak_rss_train"] = bench_memory(dirs, args, threads)
+        print(f"[{threads} thr] memory: {res['peak_rss_train']}", flush=True)
+    res["load_avg_end"] = load_average()
+    return res
+
+
+def _fmt(figures: dict) -> str:
+    return ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+
+
+# ---------------------------------------------------------------------------------------------- GPU run
+
+
+def run_gpu(dirs, args) -> dict:
+    """bf16 training (tokens/s, MFU) and decode on the first CUDA device; only runs where CUDA exists."""
+    from gpt2scratch import fast
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    res: dict = {"device": torch.cuda.get_device_name(0)}
+    batch, seq = 16, 1024
+    steps = {}
+    for name, kind in (("ours", "ours"), ("transformers", "hf")):
+        model = load(kind, dirs[name]).cuda()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        steps[name] = _gpu_train_step(model, optimizer, batch, seq)
+    fast_model = fast.prepare_for_training(load("ours", dirs["ours"]).cuda(), compile=True)
+    steps["ours_fast"] = _gpu_train_step(fast_model, fast.make_optimizer(fast_model, lr=1e-4), batch, seq)
+    times = interleaved(steps, args.repeats, warmup=3)
+    res["train_16x1024_tok_s"] = {name: batch * seq / t for name, t in times.items()}
+    flops_per_token = fast.training_flops_per_token(fast_model.config, seq)
+    peak = fast.peak_flops(torch.cuda.get_device_name(0))
+    if peak:
+        res["train_mfu"] = {
+            name: tps * flops_per_token / peak for name, tps in res["train_16x1024_tok_s"].items()
+        }
+    del steps, fast_model
+    torch.cuda.empty_cache()
+    models = {"ours": for_greedy_benchmark(load("ours", dirs["ours"]).cuda())}
+    models["transformers"] = for_greedy_benchmark(load("hf", dirs["transformers"]).cuda())
+    fast_models = {
+        f"ours_{name}": build(for_greedy_benchmark(load("ours", dirs["ours"]).cuda()))
+        for name, build in fast.DECODE_PATHS.items()
+        if name not in args.skip_paths and name in fast.GPU_DECODE_PATHS
+    }
+    for b in (1, 8):
+        res[f"decode_b{b}"] = bench_decode(models, fast_models, args, b)
+    return res
+
+
+def _gpu_train_step(model, optimizer, batch, seq):
+    ids = random_ids(model.config.vocab_size, batch, seq).cuda()
+    step = train_step_fn(model, ids, optimizer)
+
+    def synced():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            step()
+        torch.cuda.synchronize()
+
+    return synced
+
+
+# ------------------------------------------------------------------------------------------ reporting
+def ratio(figures: dict, name: str = "ours", base: str = "transformers") -> float | None:
+    a, b = figures.get(name), figures.get(base)
+    return round(a / b, 3) if isinstance(a, float) and isinstance(b, float) else None
+
+
+def summarise(result: dict) -> dict:
+    """ours / transformers for each figure and thread count, plus the decode floor check."""
+    ratios = {}
+    for cpu in result["cpu"]:
+        t = cpu["threads"]
+        for key in ("train_4x128", "train_4x256", "prefill_4x256", "decode_b1", "decode_b8"):
+            if key in cpu:
+                for name in cpu[key]:
+                    if name != "transformers" and (r := ratio(cpu[key], name)) is not None:
+                        ratios[f"{key}/{name}/{t}thr"] = r
+        mem = cpu.get("peak_rss_train", {})
+        if all(isinstance(mem.get(n), dict) for n in ("ours", "transformers")):
+            ratios[f"peak_rss_train/ours/{t}thr"] = round(
+                mem["ours"]["peak_rss_mb"] / mem["transformers"]["peak_rss_mb"], 3
+            )
+    return ratios
+
+
+def markdown(result: dict) -> str:
+    """The table the README shows: tokens/s of each model, the ratio and the issue's target."""
+    lines = [
+        f"Measured {result['date']} on {result['machine'].get('cpu_model', '?')} "
+        f"({result['machine']['cpus']} vCPUs), torch {result['versions']['torch']}, "
+        f"transformers {result['versions']['transformers']}, gpt2scratch {result['versions']['git_commit']}, "
+        f"preset {result['preset']}, fp32, best of {result['repeats']} interleaved runs "
+        f"(training: {result['train_repeats']}, after {result['train_warmup']} untimed). Load average before/after each thread count: "
+        + "; ".join(f"{c['threads']} thr {c['load_avg_start']} → {c['load_avg_end']}" for c in result["cpu"])
+        + ".",
+        "",
+        "| measurement | threads | gpt2scratch | transformers | ratio | target | best opt-in path of ours |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = [
+        ("train_4x128", "training step 4×128, tokens/s", "train"),
+        ("train_4x256", "training step 4×256, tokens/s", "train"),
+        ("prefill_4x256", "prefill 4×256, tokens/s", "prefill"),
+        ("decode_b1", f"greedy generate() batch 1, {result['new_tokens']} new tokens/s", "decode_b1"),
+        ("decode_b8", f"greedy generate() batch 8, {result['new_tokens']} new tokens/s", "decode_b8"),
+    ]
+    for cpu in result["cpu"]:
+        for key, label, target in rows:
+            if key not in cpu:
+                continue
+            fig = cpu[key]
+            lines.append(
+                f"| {label} | {cpu['threads']} | {_num(fig.get('ours'))} | {_num(fig.get('transformers'))} | "
+                f"{_num(ratio(fig), 2)}× | ≥ {TARGETS[target]}× | {_best_fast(fig)} |"
+            )
+        mem = cpu.get("peak_rss_train")
+        if mem:
+            b, t = result["memory_shape"]
+            lines.append(
+                f"| peak RSS of one training step {b}×{t}, MB (own process) | {cpu['threads']} | {_mb(mem.get('ours'))} | "
+                f"{_mb(mem.get('transformers'))} | | ≤ 1.0× | ours_fast {_mb(mem.get('ours_fast'))} |"
+            )
+        if "decode_floor_tok_s" in cpu:
+            lines.append(
+                f"| batch-1 decode floor (weights {cpu['decode_weight_bytes'] / 1e6:.0f} MB/token ÷ "
+                f"{cpu['bandwidth_gb_s']} GB/s read) | {cpu['threads']} | {cpu['decode_floor_tok_s']} tok/s | | | "
+                f"within 1.25× | |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _best_fast(figures: dict) -> str:
+    fast = {k: v for k, v in figures.items() if k not in ("ours", "transformers") and isinstance(v, float)}
+    if not fast:
+        return ""
+    name = max(fast, key=fast.get)
+    base = figures.get("transformers")
+    return f"{name} {fast[name]:.1f}" + (f" ({fast[name] / base:.2f}×)" if isinstance(base, float) else "")
+
+
+def _num(x, digits: int = 1) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "–"
+
+
+def _mb(entry) -> str:
+    return str(entry["peak_rss_mb"]) if isinstance(entry, dict) else "–"
+
+
+def save(result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = result["date"].replace(":", "").replace("-", "")
+    path = RESULTS / f"speed-{stamp}{'-' + result['label'] if result['label'] else ''}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / "speed-latest.md").write_text(markdown(result))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="gpt2", help="model size (a GPT2ScratchConfig preset)")
+    p.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each contender (best is kept)")
+    p.add_argument("--train-repeats", type=int, default=2)
+    p.add_argument("--train-warmup", type=int, default=1, help="untimed training steps first")
+    p.add_argument(
+        "--train-seqs", type=int, nargs="+", default=[128, 256], help="training sequence lengths (batch 4)"
+    )
+    p.add_argument("--memory-shape", type=int, nargs=2, default=[4, 256], metavar=("BATCH", "SEQ"))
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--sections", nargs="+", default=["train", "prefill", "decode", "memory"])
+    p.add_argument("--skip-paths", nargs="*", default=[], help="opt-in decode paths not to run")
+    p.add_argument("--label", default="", help="suffix of the result file name (e.g. baseline)")
+    p.add_argument("--no-gpu", action="store_true")
+    p.add_argument("--child-memory", help=argparse.SUPPRESS)
+    p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> Path | None:
+    args = parse_args(argv)
+    if args.child_memory:
+        torch.set_num_threads(args.threads[0])
+        memory_child(args.child_memory, args.folder, *args.memory_shape)
+        return None
+    result = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "label": args.label,
+        "machine": machine_info(),
+        "versions": versions(),
+        "preset": args.preset,
+        "repeats": args.repeats,
+        "train_repeats": args.train_repeats,
+        "new_tokens": args.new_tokens,
+        "memory_shape": args.memory_shape,
+        "train_warmup": args.train_warmup,
+        "prompt_len": PROMPT_LEN,
+        "cpu": [],
+    }
+    from gpt2scratch import GPT2ScratchConfig
+
+    args.n_positions = GPT2ScratchConfig.from_preset(args.preset).n_positions
+    with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
+        dirs = dict(zip(("ours", "transformers"), write_folders(args.preset, Path(tmp)), strict=True))
+        for threads in args.threads:
+            result["cpu"].append(run_threads(dirs, args, threads))
+        if torch.cuda.is_available() and not args.no_gpu:
+            try:
+                result["gpu"] = run_gpu(dirs, args)
+            except Exception:  # noqa: BLE001  (the CPU figures are still worth keeping)
+                result["gpu"] = {"failed": traceback.format_exc()[-2000:]}
+    result["ratios"] = summarise(result)
+    path = save(result)
+    print(markdown(result))
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
