@@ -3,7 +3,8 @@
 Everything that can be checked locally is checked before the first request: the folder is complete
 (config, weights, the two code files, tokenizer files), an adapter names its base model by a Hub id,
 and a token is available. The folder then goes up in one commit (``create_repo(exist_ok=True)`` +
-``upload_folder``), with a model card ``README.md`` written first when the folder has none.
+``upload_folder``), with a model card ``README.md`` written first when the folder has none (or only
+PEFT's empty template).
 
 What is uploaded is a staging view of the folder (links, not copies): training-run leftovers
 (``checkpoint-*/``, ``base/``, ``data/``, hidden files) stay behind, the card's placeholder repo id
@@ -148,11 +149,26 @@ def card_for(folder: Path, repo_id: str, base_model_id: str | None, base_dir: st
         base_model=base_model_id,
         pipeline_tag="text-classification" if classifier else "text-generation",
     )
-    if adapter:
-        card = card.replace("library_name: transformers", "library_name: peft", 1) + _adapter_usage(
-            classifier
-        )
-    return card
+    return _as_adapter_card(card, classifier) if adapter else card
+
+
+def _as_adapter_card(card: str, classifier: bool) -> str:
+    """The card of an adapter repository: PEFT as the library, tagged ``peft``/``lora``, and how to load it."""
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    meta["library_name"] = "peft"
+    meta["tags"] = [*meta["tags"], "peft", "lora"]
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    return f"---\n{front}---\n{body}{_adapter_usage(classifier)}"
+
+
+def needs_card(folder: Path) -> bool:
+    """No README.md, or only the empty template PEFT's ``save_pretrained`` writes beside an adapter."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return True
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    return "# Model Card for Model ID" in text and "[More Information Needed]" in text
 
 
 def _run_files(folder: Path) -> tuple[dict | None, dict | None]:
@@ -263,7 +279,7 @@ def push_to_hub(
     if base_model_id and not is_adapter_folder(folder):
         check_repo_id(base_model_id, "--base-model-id")
     token = resolve_token(token)
-    if not (folder / "README.md").is_file():
+    if needs_card(folder):
         card = card_for(folder, repo_id, hub_base, local_base)
         (folder / "README.md").write_text(card.replace(REPO_PLACEHOLDER, repo_id), encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix=f".{folder.name}.push-", dir=folder.parent) as staging:
