@@ -14,11 +14,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from http_fixtures import http_server
 
 from gpt2scratch.cli import main as cli_main
 from gpt2scratch.training import data
 from gpt2scratch.training.args import TrainArgs, load_yaml, parse_args
-from http_fixtures import http_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,13 +56,25 @@ def test_download_rejects_an_archive_without_the_collection(tmp_path):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         zf.writestr("other.txt", b"x")
-    with http_server({"/uci.zip": buffer.getvalue()}) as url, pytest.raises(ValueError, match="no SMSSpamCollection"):
+    with (
+        http_server({"/uci.zip": buffer.getvalue()}) as url,
+        pytest.raises(ValueError, match="no SMSSpamCollection"),
+    ):
         data.download_sms_spam(tmp_path, urls=(f"{url}/uci.zip",))
 
 
 def _args(**kw) -> SimpleNamespace:
-    base = dict(task="classification", dataset=None, train_file=None, validation_file=None, test_file=None,
-                text_column=None, label_column="label", balance=False, split_seed=123)
+    base = dict(
+        task="classification",
+        dataset=None,
+        train_file=None,
+        validation_file=None,
+        test_file=None,
+        text_column=None,
+        label_column="label",
+        balance=False,
+        split_seed=123,
+    )
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -82,10 +94,14 @@ def test_sms_split_is_deterministic_balanced_70_10_20(shared_data):
 def test_instruction_split_85_5_10_and_prompt(shared_data, vocab_dir):
     from gpt2scratch.tokenizer import load_encoding
 
-    raw = data.load_splits(_args(task="instruction", train_file=str(shared_data / "instruction/instruction-data.json")))
+    raw = data.load_splits(
+        _args(task="instruction", train_file=str(shared_data / "instruction/instruction-data.json"))
+    )
     assert {k: len(v) for k, v in raw.splits.items()} == {"train": 935, "validation": 55, "test": 110}
     prompt = data.format_prompt("Name a colour.", "")
-    assert prompt.endswith("### Instruction:\nName a colour.\n\n### Response:\n") and "### Input" not in prompt
+    assert (
+        prompt.endswith("### Instruction:\nName a colour.\n\n### Response:\n") and "### Input" not in prompt
+    )
     tokens = data.tokenize_splits(raw, "instruction", load_encoding(vocab_dir), max_length=1024)
     row, record = tokens["train"][0], raw.splits["train"][0]
     enc = load_encoding(vocab_dir)
@@ -133,7 +149,9 @@ def test_collate_pads_right_with_masks():
 
 def test_yaml_config_is_overridden_by_the_command_line(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("lr: 0.01\nmax-steps: 7\nlora_target_modules: [c_attn]\ntrain_file: a.csv\n", encoding="utf-8")
+    config.write_text(
+        "lr: 0.01\nmax-steps: 7\nlora_target_modules: [c_attn]\ntrain_file: a.csv\n", encoding="utf-8"
+    )
     args = parse_args(["--config", str(config), "--lr", "0.5", "--output-dir", "o"])
     assert (args.lr, args.max_steps, args.target_modules, args.train_file) == (0.5, 7, ["c_attn"], "a.csv")
     config.write_text("learning_rate: 1\n", encoding="utf-8")
@@ -230,8 +248,16 @@ def test_empty_text_value_names_the_row(capsys, existing_output, tmp_path):
 def test_label_unseen_in_training(capsys, existing_output, tmp_path):
     train = write(tmp_path / "train.csv", CSV)
     test = write(tmp_path / "test.csv", "text,label\nhi,ham\nbuy now,scam\n")
-    err = fails(capsys, "--train-file", str(train), "--validation-file", str(train), "--test-file", str(test),
-                output=existing_output)
+    err = fails(
+        capsys,
+        "--train-file",
+        str(train),
+        "--validation-file",
+        str(train),
+        "--test-file",
+        str(test),
+        output=existing_output,
+    )
     assert "test.csv, row 2, column 'label': label 'scam' never occurs in the training data" in err
 
 
@@ -250,17 +276,43 @@ def test_instruction_record_without_output(capsys, existing_output, tmp_path):
 
 def test_nonexistent_resume_from(capsys, existing_output, tmp_path):
     path = write(tmp_path / "t.csv", CSV)
-    err = fails(capsys, "--train-file", str(path), "--resume-from", str(tmp_path / "checkpoint-9"), output=existing_output)
+    err = fails(
+        capsys,
+        "--train-file",
+        str(path),
+        "--resume-from",
+        str(tmp_path / "checkpoint-9"),
+        output=existing_output,
+    )
     assert "checkpoint-9: no such checkpoint folder" in err
 
 
 def test_script_exits_nonzero_with_one_line(tmp_path):
     """scripts/finetune.py as a user runs it: exit code 2 and the message, no traceback."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts/finetune.py"), "--train-file", str(tmp_path / "missing.csv"),
-         "--output-dir", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "scripts/finetune.py"),
+            "--train-file",
+            str(tmp_path / "missing.csv"),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     assert "missing.csv: no such file" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_dataset_uci_sms_spam_downloads_once_into_the_cache(sms_bytes, tmp_path, monkeypatch):
+    with http_server({"/backup.zip": sms_zip(sms_bytes)}) as url:
+        monkeypatch.setattr(data, "SMS_URLS", (f"{url}/uci.zip", f"{url}/backup.zip"))
+        monkeypatch.setenv("GPT2SCRATCH_CACHE", str(tmp_path))
+        raw = data.load_splits(_args(dataset="uci:sms_spam", balance=True))
+        again = data.load_splits(_args(dataset="uci:sms_spam", balance=True))
+        assert sum(1 for r in url.requests if r[0] == "GET") == 2  # the 404 and the backup, once
+    assert {k: len(v) for k, v in raw.splits.items()} == {"train": 1045, "validation": 149, "test": 300}
+    assert raw.splits["test"]["_row"] == again.splits["test"]["_row"]

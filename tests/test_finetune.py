@@ -71,8 +71,24 @@ def sms(shared_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cls_full(sms, vocab_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cls") / "full"
-    train(out, "--train-file", str(sms), "--balance", "--tokenizer-dir", str(vocab_dir), "--max-steps", "12",
-          "--lr", "2e-3", "--eval-every", "4", "--save-every", "6", "--max-length", "64")
+    train(
+        out,
+        "--train-file",
+        str(sms),
+        "--balance",
+        "--tokenizer-dir",
+        str(vocab_dir),
+        "--max-steps",
+        "12",
+        "--lr",
+        "2e-3",
+        "--eval-every",
+        "4",
+        "--save-every",
+        "6",
+        "--max-length",
+        "64",
+    )
     return out
 
 
@@ -114,11 +130,25 @@ def classify_csv(folder: Path, csv: Path, max_length: int = 64) -> tuple[list[in
 
 def test_classification_full_writes_everything(cls_full):
     names = {p.name for p in cls_full.iterdir()}
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "training_args.yaml",
-                 "loss-plot.png", "loss-plot.pdf", "accuracy-plot.png", "accuracy-plot.pdf", "run.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.json",
+        "training_args.yaml",
+        "loss-plot.png",
+        "loss-plot.pdf",
+        "accuracy-plot.png",
+        "accuracy-plot.pdf",
+        "run.json",
+    ):
         assert name in names, name
     assert json.loads((cls_full / "run.json").read_text()) == {"finished": True, "step": 12}
-    assert sorted(p.name for p in (cls_full / "data").iterdir()) == ["test.csv", "train.csv", "validation.csv"]
+    assert sorted(p.name for p in (cls_full / "data").iterdir()) == [
+        "test.csv",
+        "train.csv",
+        "validation.csv",
+    ]
     assert (cls_full / "checkpoint-6/model/config.json").is_file()
     config = json.loads((cls_full / "config.json").read_text())
     assert config["id2label"] == {"0": "ham", "1": "spam"}
@@ -144,7 +174,9 @@ def test_metrics_equal_predictions_of_reloaded_folder(cls_full):
     tp = sum(p == r == 1 for p, r in zip(preds, refs, strict=True))
     fp = sum(p == 1 and r == 0 for p, r in zip(preds, refs, strict=True))
     fn = sum(p == 0 and r == 1 for p, r in zip(preds, refs, strict=True))
-    assert test["accuracy"] == pytest.approx(sum(p == r for p, r in zip(preds, refs, strict=True)) / len(refs))
+    assert test["accuracy"] == pytest.approx(
+        sum(p == r for p, r in zip(preds, refs, strict=True)) / len(refs)
+    )
     assert test["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
     assert test["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
 
@@ -174,15 +206,35 @@ def test_checkpoint_model_loads_through_loading(cls_full):
 @pytest.fixture(scope="module")
 def cls_lora(sms, vocab_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cls") / "lora"
-    train(out, "--train-file", str(sms), "--balance", "--tokenizer-dir", str(vocab_dir), "--max-steps", "8",
-          "--lr", "5e-3", "--method", "lora", "--lora-r", "4", "--max-length", "64", "--save-every", "4")
+    train(
+        out,
+        "--train-file",
+        str(sms),
+        "--balance",
+        "--tokenizer-dir",
+        str(vocab_dir),
+        "--max-steps",
+        "8",
+        "--lr",
+        "5e-3",
+        "--method",
+        "lora",
+        "--lora-r",
+        "4",
+        "--max-length",
+        "64",
+        "--save-every",
+        "4",
+    )
     return out
 
 
 def test_lora_trains_only_adapters_and_head(cls_lora, tiny_config):
     metrics = read_metrics(cls_lora)
     e, r = tiny_config.n_embd, 4
-    per_block = r * (e + 3 * e) + r * (e + e) + r * (e + 4 * e) + r * (4 * e + e)  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    per_block = (
+        r * (e + 3 * e) + r * (e + e) + r * (e + 4 * e) + r * (4 * e + e)
+    )  # c_attn, attn.c_proj, c_fc, mlp.c_proj
     assert metrics["trainable_parameters"] == tiny_config.n_layer * per_block + 2 * e  # + the score head
     from peft import AutoPeftModelForSequenceClassification
 
@@ -190,8 +242,11 @@ def test_lora_trains_only_adapters_and_head(cls_lora, tiny_config):
 
     peft_model = AutoPeftModelForSequenceClassification.from_pretrained(cls_lora, trust_remote_code=True)
     base = GPT2ScratchForSequenceClassification.from_pretrained(cls_lora / "base").state_dict()
-    tuned = {k.replace(".base_layer", ""): v for k, v in peft_model.get_base_model().state_dict().items()
-             if "lora_" not in k and "score" not in k}
+    tuned = {
+        k.replace(".base_layer", ""): v
+        for k, v in peft_model.get_base_model().state_dict().items()
+        if "lora_" not in k and "score" not in k
+    }
     assert tuned.keys() == {k for k in base if not k.startswith("score")}
     for name, value in tuned.items():
         assert torch.equal(value, base[name]), f"{name} changed: only adapters and the head may train"
@@ -222,7 +277,8 @@ def test_lora_merged_equals_unmerged(cls_lora):
 def test_lora_metrics_match_reloaded_adapter(cls_lora):
     preds, refs = _predict_with_loading(cls_lora)
     assert read_metrics(cls_lora)["test"]["accuracy"] == pytest.approx(
-        sum(p == r for p, r in zip(preds, refs, strict=True)) / len(refs))
+        sum(p == r for p, r in zip(preds, refs, strict=True)) / len(refs)
+    )
 
 
 def _predict_with_loading(folder: Path):
@@ -235,7 +291,10 @@ def _predict_with_loading(folder: Path):
     enc = load_encoding(loaded.tokenizer_dir)
     rows = pd.read_csv(folder / "data/test.csv", keep_default_na=False)
     with torch.no_grad():
-        preds = [int(loaded.model(input_ids=torch.tensor([encode(enc, t)[:64]])).logits.argmax(-1)) for t in rows["text"]]
+        preds = [
+            int(loaded.model(input_ids=torch.tensor([encode(enc, t)[:64]])).logits.argmax(-1))
+            for t in rows["text"]
+        ]
     return preds, [loaded.model.config.label2id[x] for x in rows["label"]]
 
 
@@ -245,10 +304,26 @@ def test_last_block_freezes_all_but_last_block(sms, vocab_dir, tmp_path, tiny_co
     from gpt2scratch.loading import load_model
 
     out = tmp_path / "last"
-    train(out, "--train-file", str(sms), "--balance", "--tokenizer-dir", str(vocab_dir), "--max-steps", "4",
-          "--lr", "5e-3", "--method", "last-block", "--max-length", "64")
+    train(
+        out,
+        "--train-file",
+        str(sms),
+        "--balance",
+        "--tokenizer-dir",
+        str(vocab_dir),
+        "--max-steps",
+        "4",
+        "--lr",
+        "5e-3",
+        "--method",
+        "last-block",
+        "--max-length",
+        "64",
+    )
     set_seed(1)  # the run's seed: the same random initial weights
-    initial = load_model("init:tiny", task="classification", tokenizer_dir=vocab_dir, num_labels=2).model.state_dict()
+    initial = load_model(
+        "init:tiny", task="classification", tokenizer_dir=vocab_dir, num_labels=2
+    ).model.state_dict()
     final = load_model(out, task="classification").model.state_dict()
     trainable = [k for k in initial if k.startswith(("transformer.h.1.", "transformer.ln_f.", "score."))]
     for name, value in initial.items():
@@ -270,17 +345,40 @@ def instructions(shared_data, tmp_path_factory) -> Path:
 def test_instruction(method, instructions, vocab_dir, tmp_path):
     out = tmp_path / method
     extra = ["--method", method] + (["--merge", "--lora-r", "8"] if method == "lora" else [])
-    metrics = train(out, "--task", "instruction", "--train-file", str(instructions), "--tokenizer-dir", str(vocab_dir),
-                    "--max-steps", "4", "--lr", "1e-2", "--max-new-tokens", "12", "--max-length", "96",
-                    "--batch-size", "4", "--eval-max-batches", "2", *extra)
+    metrics = train(
+        out,
+        "--task",
+        "instruction",
+        "--train-file",
+        str(instructions),
+        "--tokenizer-dir",
+        str(vocab_dir),
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-2",
+        "--max-new-tokens",
+        "12",
+        "--max-length",
+        "96",
+        "--batch-size",
+        "4",
+        "--eval-max-batches",
+        "2",
+        *extra,
+    )
     test = metrics["test"]
     assert test["response_loss_after"] < test["response_loss_before"]
     responses = json.loads((out / "test-responses.json").read_text())
     assert len(responses) == 6 and {"instruction", "input", "output", "response"} <= set(responses[0])
     from gpt2scratch.training.metrics import rouge_l
 
-    assert test["rouge_l"] == pytest.approx(rouge_l([r["response"] for r in responses], [r["output"] for r in responses]))
-    assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()  # lora merged: plain folder
+    assert test["rouge_l"] == pytest.approx(
+        rouge_l([r["response"] for r in responses], [r["output"] for r in responses])
+    )
+    assert (out / "config.json").is_file() and not (
+        out / "adapter_config.json"
+    ).exists()  # lora merged: plain folder
     assert sorted(p.name for p in (out / "data").iterdir()) == ["test.json", "train.json", "validation.json"]
 
 
@@ -291,10 +389,34 @@ def test_instruction(method, instructions, vocab_dir, tmp_path):
 def test_lm(method, shared_data, vocab_dir, tmp_path):
     out = tmp_path / method
     text = tmp_path / "verdict.txt"  # the first 8 KB: 30-odd blocks of 64 tokens
-    text.write_text((shared_data / "corpora/the-verdict.txt").read_text(encoding="utf-8")[:8000], encoding="utf-8")
-    metrics = train(out, "--task", "lm", "--train-file", str(text), "--eval-max-batches", "2",
-                    "--tokenizer-dir", str(vocab_dir), "--max-steps", "4", "--lr", "1e-2", "--max-length", "64",
-                    "--method", method, "--eval-every", "2", "--max-new-tokens", "8", "--batch-size", "4")
+    text.write_text(
+        (shared_data / "corpora/the-verdict.txt").read_text(encoding="utf-8")[:8000], encoding="utf-8"
+    )
+    metrics = train(
+        out,
+        "--task",
+        "lm",
+        "--train-file",
+        str(text),
+        "--eval-max-batches",
+        "2",
+        "--tokenizer-dir",
+        str(vocab_dir),
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-2",
+        "--max-length",
+        "64",
+        "--method",
+        method,
+        "--eval-every",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--batch-size",
+        "4",
+    )
     val = metrics["validation"]
     assert val["perplexity"] == pytest.approx(math.exp(val["loss"]))
     val_loss_fell(out)

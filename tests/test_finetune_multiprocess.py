@@ -28,9 +28,24 @@ def launch(args: list[str], use_cpu: bool, timeout: int = 300) -> subprocess.Com
     env.pop("ACCELERATE_USE_CPU", None)
     if use_cpu:
         env["ACCELERATE_USE_CPU"] = "yes"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(REPO_SCRIPTS / "finetune.py"), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(REPO_SCRIPTS / "finetune.py"),
+        *args,
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -42,21 +57,44 @@ def test_two_processes_match_one_with_the_same_global_batch(shared_data, vocab_d
     """Dropout off (each process has its own dropout stream); classification's per-example mean loss makes
     the DDP-averaged gradient equal to the single-process one, so losses agree to float rounding."""
     sms = sms_subset(shared_data, tmp_path, n_per_class=40)
-    common = ["--train-file", str(sms), "--tokenizer-dir", str(vocab_dir), "--max-steps", "5", "--lr", "3e-3",
-              "--dropout", "0", "--max-length", "48", "--seed", "1", "--model", "init:tiny", "--log-every", "1"]
+    common = [
+        "--train-file",
+        str(sms),
+        "--tokenizer-dir",
+        str(vocab_dir),
+        "--max-steps",
+        "5",
+        "--lr",
+        "3e-3",
+        "--dropout",
+        "0",
+        "--max-length",
+        "48",
+        "--seed",
+        "1",
+        "--model",
+        "init:tiny",
+        "--log-every",
+        "1",
+    ]
     two = launch([*common, "--output-dir", str(tmp_path / "two"), "--batch-size", "4"], use_cpu=True)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "Training on 2 process(es)" in two.stderr
     train(tmp_path / "one", *common, "--batch-size", "8")
     one_losses, two_losses = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one_losses) == len(two_losses) == 5
-    assert max(abs(a - b) for a, b in zip(one_losses, two_losses, strict=True)) < 1e-5, (one_losses, two_losses)
+    assert max(abs(a - b) for a, b in zip(one_losses, two_losses, strict=True)) < 1e-5, (
+        one_losses,
+        two_losses,
+    )
     metrics = json.loads((tmp_path / "two/metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["global_batch"] == 8
 
 
 def test_unconnected_processes_are_refused(tmp_path):
-    result = launch(["--train-file", "x.csv", "--output-dir", str(tmp_path / "out")], use_cpu=False, timeout=180)
+    result = launch(
+        ["--train-file", "x.csv", "--output-dir", str(tmp_path / "out")], use_cpu=False, timeout=180
+    )
     assert result.returncode != 0
     assert "ACCELERATE_USE_CPU=yes accelerate launch --multi_gpu --num_processes 2" in result.stderr
     assert not (tmp_path / "out").exists()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_finetune import sms_subset, train
 
 from gpt2scratch.cli import main as cli_main
-from test_finetune import sms_subset, train
 
 pytestmark = pytest.mark.xdist_group("finetune")
 
@@ -29,9 +29,28 @@ def one_thread():
 def options(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
     """40 ham + 40 spam → 56 training rows → 7 optimizer steps per epoch (4 × 2 accumulation)."""
     sms = sms_subset(shared_data, tmp_path_factory.mktemp("sms"), n_per_class=40)
-    return ["--train-file", str(sms), "--tokenizer-dir", str(vocab_dir), "--max-steps", "10", "--batch-size", "4",
-            "--gradient-accumulation-steps", "2", "--lr", "3e-3", "--dropout", "0.1", "--warmup-steps", "2",
-            "--max-length", "48", "--eval-every", "4"]
+    return [
+        "--train-file",
+        str(sms),
+        "--tokenizer-dir",
+        str(vocab_dir),
+        "--max-steps",
+        "10",
+        "--batch-size",
+        "4",
+        "--gradient-accumulation-steps",
+        "2",
+        "--lr",
+        "3e-3",
+        "--dropout",
+        "0.1",
+        "--warmup-steps",
+        "2",
+        "--max-length",
+        "48",
+        "--eval-every",
+        "4",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +71,14 @@ def test_stopped_and_resumed_run_is_bitwise_identical(options, uninterrupted, tm
     assert expected.keys() == resumed.keys()
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), f"{name} differs after resuming"
-    losses = lambda folder: [json.loads(x)["loss"] for x in (folder / "train_log.jsonl").read_text().splitlines()]  # noqa: E731
-    assert losses(out) == losses(uninterrupted)
-    assert json.loads((out / "history.json").read_text()) == json.loads((uninterrupted / "history.json").read_text())
+    assert train_losses(out) == train_losses(uninterrupted)
+    assert json.loads((out / "history.json").read_text()) == json.loads(
+        (uninterrupted / "history.json").read_text()
+    )
+
+
+def train_losses(folder: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (folder / "train_log.jsonl").read_text().splitlines()]
 
 
 def test_finished_output_dir_is_refused_without_force(options, uninterrupted, capsys):

@@ -20,21 +20,40 @@ PRECISIONS = ("auto", "no", "bf16", "fp16")
 class TrainArgs:
     """Everything a training run needs; field ``foo_bar`` is the option ``--foo-bar``."""
 
-    task: str = field(default="classification", metadata={"help": "classification | instruction | lm", "choices": TASKS})
+    task: str = field(
+        default="classification", metadata={"help": "classification | instruction | lm", "choices": TASKS}
+    )
     model: str = field(
         default="init:tiny",
-        metadata={"help": "model folder, OpenAI checkpoint folder, transformers GPT-2 folder, checkpoint, or init:PRESET"},
+        metadata={
+            "help": "model folder, OpenAI checkpoint folder, transformers GPT-2 folder, checkpoint, or init:PRESET"
+        },
     )
     method: str = field(default="full", metadata={"help": "full | lora | last-block", "choices": METHODS})
-    output_dir: str | None = field(default=None, metadata={"help": "where the final model, checkpoints and logs go"})
-    train_file: str | None = field(default=None, metadata={"help": "CSV/TSV/JSON/JSONL/text file, or SMSSpamCollection"})
-    validation_file: str | None = field(default=None, metadata={"help": "default: a deterministic 10%% of the training data"})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "where the final model, checkpoints and logs go"}
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "CSV/TSV/JSON/JSONL/text file, or SMSSpamCollection"}
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "default: a deterministic 10%% of the training data"}
+    )
     test_file: str | None = field(default=None, metadata={"help": "held-out data scored once at the end"})
-    dataset: str | None = field(default=None, metadata={"help": "a Hugging Face Hub dataset id instead of files (untested offline)"})
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "uci:sms_spam (downloaded and cached), or a Hugging Face Hub dataset id (untested offline)"
+        },
+    )
     text_column: str | None = field(default=None, metadata={"help": "default: 'text'"})
     label_column: str = field(default="label", metadata={"help": "classification label column"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training data (ignored with --max-steps)"})
-    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps to run (overrides --epochs)"})
+    epochs: float = field(
+        default=1.0, metadata={"help": "passes over the training data (ignored with --max-steps)"}
+    )
+    max_steps: int | None = field(
+        default=None, metadata={"help": "optimizer steps to run (overrides --epochs)"}
+    )
     batch_size: int = field(default=8, metadata={"help": "examples per process per micro-batch"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     lr: float = field(default=5e-5, metadata={"help": "peak learning rate"})
@@ -42,31 +61,54 @@ class TrainArgs:
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps before the cosine decay"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of --lr"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
-    max_length: int | None = field(default=None, metadata={"help": "tokens per example / LM block (default: n_positions)"})
+    max_length: int | None = field(
+        default=None, metadata={"help": "tokens per example / LM block (default: n_positions)"}
+    )
     seed: int = field(default=123, metadata={"help": "seed for initialisation, data order and dropout"})
     split_seed: int = field(default=123, metadata={"help": "seed of the deterministic train/val/test split"})
-    balance: bool = field(default=False, metadata={"help": "classification: down-sample every class to the rarest"})
-    response_loss_only: bool = field(default=True, metadata={"help": "instruction: loss on response tokens only"})
+    balance: bool = field(
+        default=False, metadata={"help": "classification: down-sample every class to the rarest"}
+    )
+    response_loss_only: bool = field(
+        default=True, metadata={"help": "instruction: loss on response tokens only"}
+    )
     dropout: float | None = field(default=None, metadata={"help": "override all dropout rates of the model"})
-    mixed_precision: str = field(default="auto", metadata={"help": "auto | no | bf16 | fp16", "choices": PRECISIONS})
-    eval_every: int | None = field(default=None, metadata={"help": "evaluate every N optimizer steps (and at the end)"})
-    eval_max_batches: int | None = field(default=None, metadata={"help": "cap evaluation at N batches per split"})
+    mixed_precision: str = field(
+        default="auto", metadata={"help": "auto | no | bf16 | fp16", "choices": PRECISIONS}
+    )
+    eval_every: int | None = field(
+        default=None, metadata={"help": "evaluate every N optimizer steps (and at the end)"}
+    )
+    eval_max_batches: int | None = field(
+        default=None, metadata={"help": "cap evaluation at N batches per split"}
+    )
     save_every: int | None = field(default=None, metadata={"help": "checkpoint every N optimizer steps"})
     log_every: int = field(default=1, metadata={"help": "log the training loss every N optimizer steps"})
     stop_after: int | None = field(
-        default=None, metadata={"help": "checkpoint and stop after N steps (time-boxed jobs); resume with --resume-from latest"}
+        default=None,
+        metadata={
+            "help": "checkpoint and stop after N steps (time-boxed jobs); resume with --resume-from latest"
+        },
     )
-    resume_from: str | None = field(default=None, metadata={"help": "a checkpoint folder, or 'latest' in --output-dir"})
-    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per test response / LM sample"})
+    resume_from: str | None = field(
+        default=None, metadata={"help": "a checkpoint folder, or 'latest' in --output-dir"}
+    )
+    max_new_tokens: int = field(
+        default=64, metadata={"help": "tokens generated per test response / LM sample"}
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
-    lora_target_modules: str = field(default="c_attn,c_proj,c_fc", metadata={"help": "comma-separated module names"})
+    lora_target_modules: str = field(
+        default="c_attn,c_proj,c_fc", metadata={"help": "comma-separated module names"}
+    )
     last_n_blocks: int = field(default=1, metadata={"help": "last-block method: blocks left trainable"})
     merge: bool = field(default=False, metadata={"help": "LoRA: merge the adapter into a plain model folder"})
     tokenizer_dir: str | None = field(default=None, metadata={"help": "folder with encoder.json + vocab.bpe"})
     force: bool = field(default=False, metadata={"help": "replace an output folder that holds a run"})
-    config: str | None = field(default=None, metadata={"help": "YAML file of these options (CLI values override it)"})
+    config: str | None = field(
+        default=None, metadata={"help": "YAML file of these options (CLI values override it)"}
+    )
 
     def validate(self) -> TrainArgs:
         """Raise a ValueError naming the option for any value that cannot work; return self."""

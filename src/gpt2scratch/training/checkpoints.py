@@ -27,7 +27,9 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.glob(f"{PREFIX}*") if p.name[len(PREFIX) :].isdigit() and (p / STATE_FILE).is_file()]
+    found = [
+        p for p in folder.glob(f"{PREFIX}*") if p.name[len(PREFIX) :].isdigit() and (p / STATE_FILE).is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
@@ -77,7 +79,9 @@ def check_output_dir(output_dir: str | os.PathLike, resuming: bool, force: bool)
             f"--output-dir {folder} holds an unfinished run; pass --resume-from latest to continue it, "
             "or --force to start over."
         )
-    raise FileExistsError(f"--output-dir {folder} is not empty; choose an empty folder or pass --force to replace it.")
+    raise FileExistsError(
+        f"--output-dir {folder} is not empty; choose an empty folder or pass --force to replace it."
+    )
 
 
 def clear_output_dir(output_dir: str | os.PathLike) -> None:

@@ -38,11 +38,10 @@ SMS_URLS = (
     "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",
 )
 SMS_FILE = "SMSSpamCollection"
+SMS_DATASET = "uci:sms_spam"  # --dataset value that downloads the SMS Spam Collection (cached)
 PAD_ID = ENDOFTEXT_ID
 IGNORE_INDEX = -100
-ALPACA_HEADER = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
+ALPACA_HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 SPLIT_FRACTIONS = {"classification": (0.7, 0.1, 0.2), "instruction": (0.85, 0.05, 0.1)}
 HOLDOUT_FRACTION = 0.1
 READERS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".txt": "text"}
@@ -104,9 +103,10 @@ def read_table(path: str | os.PathLike):
 def _load_with_datasets(path: Path, kind: str):
     from datasets import load_dataset
 
-    builder, options = {"tsv": ("csv", {"delimiter": "\t"}), "text": ("text", {"sample_by": "paragraph"})}.get(
-        kind, (kind, {})
-    )
+    builder, options = {
+        "tsv": ("csv", {"delimiter": "\t"}),
+        "text": ("text", {"sample_by": "paragraph"}),
+    }.get(kind, (kind, {}))
     try:
         return load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as e:  # malformed CSV/JSON: pyarrow/pandas errors of many types
@@ -129,10 +129,16 @@ def _read_sms(path: Path):
     return Dataset.from_dict({"label": labels, "text": texts})
 
 
-def download_sms_spam(dest_dir: str | os.PathLike, urls: Sequence[str] = SMS_URLS) -> Path:
+def cache_dir() -> Path:
+    """Where downloaded data is kept: ``$GPT2SCRATCH_CACHE``, else ``~/.cache/gpt2scratch``."""
+    return Path(os.environ.get("GPT2SCRATCH_CACHE") or Path.home() / ".cache" / "gpt2scratch")
+
+
+def download_sms_spam(dest_dir: str | os.PathLike, urls: Sequence[str] | None = None) -> Path:
     """``dest_dir/SMSSpamCollection``, downloaded (UCI first, then the backup URL) and unzipped if absent."""
     from ..conversion.download import download_file
 
+    urls = urls or SMS_URLS
     dest_dir = Path(dest_dir)
     target = dest_dir / SMS_FILE
     if target.is_file():
@@ -156,7 +162,10 @@ def download_sms_spam(dest_dir: str | os.PathLike, urls: Sequence[str] = SMS_URL
 
 def load_splits(args) -> RawSplits:
     """Read the training data named by ``args`` and return checked train/validation(/test) splits."""
-    if args.dataset:
+    if args.dataset == SMS_DATASET:
+        path = download_sms_spam(cache_dir() / "sms_spam")
+        splits, sources = {"train": read_table(path)}, {"train": str(path)}
+    elif args.dataset:
         splits, sources = _hub_splits(args.dataset)
     else:
         splits = {"train": read_table(args.train_file)}
@@ -172,7 +181,9 @@ def load_splits(args) -> RawSplits:
     if args.task == "classification":
         raw.label_names = label_names(raw.splits["train"])
         if len(raw.label_names) < 2:
-            raise ValueError(f"{sources['train']}: the training data has only the label {raw.label_names}; two are needed.")
+            raise ValueError(
+                f"{sources['train']}: the training data has only the label {raw.label_names}; two are needed."
+            )
         for name, ds in raw.splits.items():
             check_labels(ds, raw.label_names, raw.sources[name], args.label_column)
     return raw
@@ -186,8 +197,16 @@ def _hub_splits(dataset_id: str):
         loaded = load_dataset(dataset_id)
     except Exception as e:
         raise ValueError(f"--dataset {dataset_id}: cannot be loaded ({e}).") from None
-    names = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "test": "test"}
-    splits = {names[k]: v.add_column(ROW, list(range(1, len(v) + 1))) for k, v in loaded.items() if k in names}
+    names = {
+        "train": "train",
+        "validation": "validation",
+        "valid": "validation",
+        "val": "validation",
+        "test": "test",
+    }
+    splits = {
+        names[k]: v.add_column(ROW, list(range(1, len(v) + 1))) for k, v in loaded.items() if k in names
+    }
     if "train" not in splits:
         raise ValueError(f"--dataset {dataset_id} has no 'train' split (it has {list(loaded)}).")
     return splits, {k: f"{dataset_id}[{k}]" for k in splits}
@@ -204,7 +223,9 @@ def _split_if_needed(raw: RawSplits, args) -> None:
         splits["train"], splits["validation"], splits["test"] = parts
         raw.sources["test"] = raw.sources["train"]
     else:
-        splits["train"], splits["validation"] = split_rows(train, (1 - HOLDOUT_FRACTION, HOLDOUT_FRACTION), args.split_seed)
+        splits["train"], splits["validation"] = split_rows(
+            train, (1 - HOLDOUT_FRACTION, HOLDOUT_FRACTION), args.split_seed
+        )
     raw.sources["validation"] = raw.sources["train"]
     raw.was_split = True
 
@@ -230,7 +251,9 @@ def balance(ds, seed: int):
     labels = np.array(ds["label"])
     classes, counts = np.unique(labels, return_counts=True)
     rng = np.random.default_rng(seed)
-    keep = np.concatenate([rng.choice(np.flatnonzero(labels == c), counts.min(), replace=False) for c in classes])
+    keep = np.concatenate(
+        [rng.choice(np.flatnonzero(labels == c), counts.min(), replace=False) for c in classes]
+    )
     log.info("balanced classes %s to %d rows each", list(classes), counts.min())
     return ds.select(np.sort(keep))
 
@@ -275,8 +298,11 @@ def standardise(ds, args, source: str):
     ds = ds.select_columns([*keep, ROW])
     if args.task == "classification":
         _check_no_missing(ds, args.label_column, source)
-        ds = ds.map(lambda b: {"label": [str(v).strip() for v in b[args.label_column]]}, batched=True,
-                    remove_columns=[args.label_column] if args.label_column != "label" else None)
+        ds = ds.map(
+            lambda b: {"label": [str(v).strip() for v in b[args.label_column]]},
+            batched=True,
+            remove_columns=[args.label_column] if args.label_column != "label" else None,
+        )
     if text_col != "text":
         ds = ds.rename_column(text_col, "text")
     if args.task == "lm":
@@ -295,7 +321,9 @@ def _check_instruction(ds, source: str):
     """Alpaca records need ``instruction`` and ``output``; ``input`` is optional."""
     for col in ("instruction", "output"):
         if col not in ds.column_names:
-            raise ValueError(f"{source}: the records have no {col!r} field; Alpaca records need instruction and output.")
+            raise ValueError(
+                f"{source}: the records have no {col!r} field; Alpaca records need instruction and output."
+            )
         _check_no_missing(ds, col, source)
     if "input" not in ds.column_names:
         ds = ds.add_column("input", [""] * len(ds))
@@ -333,7 +361,9 @@ def format_prompt(instruction: str, input_text: str = "") -> str:
     return prompt + "\n\n### Response:\n"
 
 
-def tokenize_splits(raw: RawSplits, task: str, encoding, max_length: int, response_loss_only: bool = True) -> dict:
+def tokenize_splits(
+    raw: RawSplits, task: str, encoding, max_length: int, response_loss_only: bool = True
+) -> dict:
     """Token ids for every split (``Dataset.map(batched=True)`` over the tiktoken encoder), truncated by the rule."""
     out = {}
     for name, ds in raw.splits.items():
@@ -341,7 +371,9 @@ def tokenize_splits(raw: RawSplits, task: str, encoding, max_length: int, respon
             out[name] = _tokenize_classification(ds, encoding, max_length, raw.label_names, name)
         elif task == "instruction":
             # the test split always scores response tokens only (the before/after response loss)
-            out[name] = _tokenize_instruction(ds, encoding, max_length, response_loss_only or name == "test", name)
+            out[name] = _tokenize_instruction(
+                ds, encoding, max_length, response_loss_only or name == "test", name
+            )
         else:
             out[name] = pack_blocks(ds, encoding, max_length, name)
     if task == "lm" and "validation" not in out:
@@ -358,7 +390,13 @@ def _map(ds, fn, name: str, **kwargs):
 def _log_truncated(ds, max_length: int, split: str) -> None:
     n = sum(1 for length in ds["n_tokens"] if length > max_length)
     if n:
-        log.warning("%s: %d of %d examples are longer than %d tokens and were truncated", split, n, len(ds), max_length)
+        log.warning(
+            "%s: %d of %d examples are longer than %d tokens and were truncated",
+            split,
+            n,
+            len(ds),
+            max_length,
+        )
 
 
 def _tokenize_classification(ds, encoding, max_length: int, names: list[str], split: str):
@@ -388,16 +426,24 @@ def _tokenize_instruction(ds, encoding, max_length: int, response_loss_only: boo
             ids.append(full)
             hidden = min(len(p), len(full)) if response_loss_only else 0
             labels.append([IGNORE_INDEX] * hidden + full[hidden:])
-        return {"input_ids": ids, "labels": labels, "n_tokens": [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]}
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "n_tokens": [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)],
+        }
 
     ds = _map(ds, tokenize, split)
     _log_truncated(ds, max_length, split)
     before = len(ds)
     ds = ds.filter(lambda row: any(t != IGNORE_INDEX for t in row["labels"][1:]), keep_in_memory=True)
     if len(ds) < before:
-        log.warning("%s: dropped %d examples whose response was truncated away entirely", split, before - len(ds))
+        log.warning(
+            "%s: dropped %d examples whose response was truncated away entirely", split, before - len(ds)
+        )
     if len(ds) == 0:
-        raise ValueError(f"{split}: no example keeps a response token within --max-length {max_length}; raise it.")
+        raise ValueError(
+            f"{split}: no example keeps a response token within --max-length {max_length}; raise it."
+        )
     return ds.select_columns(["input_ids", "labels"])
 
 

@@ -64,7 +64,9 @@ class RunState:
     step: int = 0
     history: dict = field(default_factory=lambda: defaultdict(list))  # name -> [(step, value)]
     before: dict = field(default_factory=dict)  # instruction: test metrics before training
-    window: dict = field(default_factory=lambda: defaultdict(list))  # training stats since the last evaluation
+    window: dict = field(
+        default_factory=lambda: defaultdict(list)
+    )  # training stats since the last evaluation
 
 
 # ----------------------------------------------------------------------------------------- setup
@@ -101,7 +103,9 @@ def load_for_task(args: TrainArgs, label_names: list[str]):
     from ..loading import load_model
 
     num_labels = len(label_names) if args.task == "classification" else None
-    loaded = load_model(args.model, task=MODEL_TASK[args.task], tokenizer_dir=args.tokenizer_dir, num_labels=num_labels)
+    loaded = load_model(
+        args.model, task=MODEL_TASK[args.task], tokenizer_dir=args.tokenizer_dir, num_labels=num_labels
+    )
     model = loaded.model
     if args.task == "classification":
         model.config.id2label = dict(enumerate(label_names))
@@ -138,7 +142,9 @@ def build_optimizer(model: torch.nn.Module, args: TrainArgs) -> torch.optim.Opti
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
+    fused = all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params
+    )
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, fused=fused or None)
 
 
@@ -157,7 +163,9 @@ def build_scheduler(optimizer, total: int, args: TrainArgs):
 
 
 def make_loader(ds, batch_size: int, train: bool):
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train, collate_fn=collate)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=train, drop_last=train, collate_fn=collate
+    )
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -216,7 +224,9 @@ def _prepare_output(accelerator, args: TrainArgs, out: Path, checkpoint: Path | 
             if args.force and checkpoint is None:
                 clear_output_dir(out)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "training_args.yaml").write_text(yaml.safe_dump(args.to_dict(), sort_keys=False), encoding="utf-8")
+            (out / "training_args.yaml").write_text(
+                yaml.safe_dump(args.to_dict(), sort_keys=False), encoding="utf-8"
+            )
             if raw.was_split and checkpoint is None:
                 write_splits(raw, out / "data", args.task)
             if checkpoint is None:
@@ -242,7 +252,13 @@ class Trainer:
     """Holds the prepared objects of one run; ``fit`` trains, evaluates, checkpoints and saves."""
 
     def __init__(self, args: TrainArgs, accelerator, model, tokens: dict, raw, encoding, vocab: Path):
-        self.args, self.accelerator, self.encoding, self.vocab, self.raw = args, accelerator, encoding, vocab, raw
+        self.args, self.accelerator, self.encoding, self.vocab, self.raw = (
+            args,
+            accelerator,
+            encoding,
+            vocab,
+            raw,
+        )
         self.out = Path(args.output_dir)
         self.config = model.config
         self.num_labels = len(raw.label_names)
@@ -277,12 +293,16 @@ class Trainer:
         log.info(
             "Global batch %d = %d per process × %d process(es) × %d accumulation; %d optimizer steps (%d per epoch)",
             args.batch_size * acc.num_processes * args.gradient_accumulation_steps,
-            args.batch_size, acc.num_processes, args.gradient_accumulation_steps,
-            self.total_steps, self.steps_per_epoch,
+            args.batch_size,
+            acc.num_processes,
+            args.gradient_accumulation_steps,
+            self.total_steps,
+            self.steps_per_epoch,
         )
         progress = _progress(self.total_steps, self.state.step, acc.is_local_main_process)
         start = time.perf_counter()
-        for batches in self._optimizer_batches(self.state.step):
+        remaining = self._optimizer_batches(self.state.step) if self.state.step < self.total_steps else ()
+        for batches in remaining:
             stats = self.train_step(batches)
             self.state.step += 1
             step = self.state.step
@@ -310,7 +330,11 @@ class Trainer:
         epoch, within = divmod(start, self.steps_per_epoch)
         while True:
             self.train_loader.set_epoch(epoch)
-            loader = self.accelerator.skip_first_batches(self.train_loader, within * accum) if within else self.train_loader
+            loader = (
+                self.accelerator.skip_first_batches(self.train_loader, within * accum)
+                if within
+                else self.train_loader
+            )
             batches = iter(loader)
             for _ in range(self.steps_per_epoch - within):
                 yield [next(batches) for _ in range(accum)]
@@ -335,8 +359,12 @@ class Trainer:
             loss_sum += out.loss.detach().float() / len(batches)
             tokens += batch["attention_mask"].sum()
             if args.task == "classification":
-                correct += torch.stack([(out.logits.argmax(-1) == batch["labels"]).sum(), torch.tensor(len(batch["labels"]))]).to(correct)
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm) if args.max_grad_norm else None
+                correct += torch.stack(
+                    [(out.logits.argmax(-1) == batch["labels"]).sum(), torch.tensor(len(batch["labels"]))]
+                ).to(correct)
+        grad_norm = (
+            acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm) if args.max_grad_norm else None
+        )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -351,7 +379,11 @@ class Trainer:
             stats["accuracy"] = right / total
         seq_len = max(b["input_ids"].shape[1] for b in batches)
         if self.peak_flops:
-            stats["mfu"] = self.flops_per_token_fn(seq_len) * stats["tokens_per_s"] / (self.peak_flops * acc.num_processes)
+            stats["mfu"] = (
+                self.flops_per_token_fn(seq_len)
+                * stats["tokens_per_s"]
+                / (self.peak_flops * acc.num_processes)
+            )
         return stats
 
     def _log_step(self, step: int, stats: dict) -> None:
@@ -401,7 +433,9 @@ class Trainer:
         for i, batch in enumerate(self.eval_loaders[split]):
             if limit and i >= limit:
                 break
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
             if self.args.task == "classification":
                 loss = F.cross_entropy(logits, batch["labels"], reduction="none")
                 count = torch.ones_like(loss)
@@ -442,10 +476,18 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         length = max(len(p) for p in prompts)
-        ids = torch.tensor([[PAD_ID] * (length - len(p)) + p for p in prompts], device=self.accelerator.device)
-        mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=self.accelerator.device)
+        ids = torch.tensor(
+            [[PAD_ID] * (length - len(p)) + p for p in prompts], device=self.accelerator.device
+        )
+        mask = torch.tensor(
+            [[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=self.accelerator.device
+        )
         out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=PAD_ID
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=PAD_ID,
         )
         model.train()
         results = []
@@ -460,12 +502,21 @@ class Trainer:
         records = self.raw.splits["test"].remove_columns(["_row"]).to_list()
         room = self.config.n_positions - self.args.max_new_tokens
         if room < 1:
-            raise ValueError(f"--max-new-tokens {self.args.max_new_tokens} leaves no room for a prompt in n_positions.")
+            raise ValueError(
+                f"--max-new-tokens {self.args.max_new_tokens} leaves no room for a prompt in n_positions."
+            )
         responses = []
         for i in range(0, len(records), self.args.batch_size):
             chunk = records[i : i + self.args.batch_size]
-            prompts = [self.encoding.encode(format_prompt(r["instruction"], r["input"]), allowed_special="all")[-room:] for r in chunk]
-            responses += [self.encoding.decode(ids).strip() for ids in self._generate(prompts, self.args.max_new_tokens)]
+            prompts = [
+                self.encoding.encode(format_prompt(r["instruction"], r["input"]), allowed_special="all")[
+                    -room:
+                ]
+                for r in chunk
+            ]
+            responses += [
+                self.encoding.decode(ids).strip() for ids in self._generate(prompts, self.args.max_new_tokens)
+            ]
         for record, response in zip(records, responses, strict=True):
             record["response"] = response
         return records, rouge_l(responses, [r["output"] for r in records])
@@ -488,16 +539,27 @@ class Trainer:
         return self.out / f"checkpoint-{step}"
 
     def _trainer_state(self) -> dict:
-        return {"step": self.state.step, "history": dict(self.state.history), "before": self.state.before,
-                "window": dict(self.state.window), "total_steps": self.total_steps}
+        return {
+            "step": self.state.step,
+            "history": dict(self.state.history),
+            "before": self.state.before,
+            "window": dict(self.state.window),
+            "total_steps": self.total_steps,
+        }
 
     def _resume(self, checkpoint: Path) -> None:
         self.accelerator.load_state(str(checkpoint / "state"))
         saved = read_trainer_state(checkpoint)
         if saved["total_steps"] != self.total_steps:
-            log.warning("resuming a run planned for %d steps with a plan of %d", saved["total_steps"], self.total_steps)
+            log.warning(
+                "resuming a run planned for %d steps with a plan of %d",
+                saved["total_steps"],
+                self.total_steps,
+            )
         self.state.step = saved["step"]
-        self.state.history = defaultdict(list, {k: [tuple(x) for x in v] for k, v in saved["history"].items()})
+        self.state.history = defaultdict(
+            list, {k: [tuple(x) for x in v] for k, v in saved["history"].items()}
+        )
         self.state.before = saved.get("before", {})
         self.state.window = defaultdict(list, saved.get("window", {}))
         if self.accelerator.is_main_process:
@@ -520,7 +582,10 @@ class Trainer:
 
     def _stop(self, progress) -> None:
         progress.close()
-        if not list_checkpoints(self.out) or list_checkpoints(self.out)[-1].name != f"checkpoint-{self.state.step}":
+        if (
+            not list_checkpoints(self.out)
+            or list_checkpoints(self.out)[-1].name != f"checkpoint-{self.state.step}"
+        ):
             self.save_checkpoint()
         if self.accelerator.is_main_process:
             write_run(self.out, finished=False, step=self.state.step)
@@ -535,7 +600,9 @@ class Trainer:
         extra = {}
         if args.task == "instruction" and "test" in self.eval_loaders and acc.is_main_process:
             records, rouge = self.instruction_responses()
-            (self.out / "test-responses.json").write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
+            (self.out / "test-responses.json").write_text(
+                json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8"
+            )
             metrics["test"].update(
                 response_loss_before=self.state.before.get("response_loss"),
                 response_loss_after=metrics["test"]["loss"],
@@ -545,7 +612,9 @@ class Trainer:
         if acc.is_main_process:
             extra = self._summary(train_seconds)
             self._save_final()
-            (self.out / "metrics.json").write_text(json.dumps({**metrics, **extra}, indent=1), encoding="utf-8")
+            (self.out / "metrics.json").write_text(
+                json.dumps({**metrics, **extra}, indent=1), encoding="utf-8"
+            )
             (self.out / "history.json").write_text(json.dumps(self.state.history, indent=1), encoding="utf-8")
             from .plots import save_plots
 
@@ -565,7 +634,9 @@ class Trainer:
             "method": self.args.method,
             "steps": self.state.step,
             "processes": self.accelerator.num_processes,
-            "global_batch": self.args.batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps,
+            "global_batch": self.args.batch_size
+            * self.accelerator.num_processes
+            * self.args.gradient_accumulation_steps,
             "train_seconds": train_seconds,
             "tokens_per_s": _mean([r["tokens_per_s"] for r in logged]),
             "mfu": _mean(mfu) if mfu else None,
@@ -596,7 +667,9 @@ class Trainer:
 def _token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row sum of next-token cross-entropy over target tokens, and the number of those tokens."""
     logits, labels = logits[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1)
-    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    flat = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    )
     loss = flat.view(labels.shape)  # (B, T-1); a (B, V, T) layout is ten times slower on CPU
     count = (labels != IGNORE_INDEX).float()
     return (loss * count).sum(-1), count.sum(-1)

@@ -47,8 +47,10 @@ def add_lora(
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in target_modules if t not in names]
     if missing or not target_modules:
-        raise ValueError(f"--lora-target-modules {list(target_modules)}: {missing or 'none'} not in the model; "
-                         "GPT-2's linear layers are c_attn, c_proj and c_fc.")
+        raise ValueError(
+            f"--lora-target-modules {list(target_modules)}: {missing or 'none'} not in the model; "
+            "GPT-2's linear layers are c_attn, c_proj and c_fc."
+        )
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM,
         r=r,
