@@ -14,6 +14,7 @@ and a download (see NOTES.md, "Hub"):
 
     POST /api/repos/create                               create a repo (409 if it exists)
     POST /api/validate-yaml                              README front matter must be a YAML mapping
+    GET  /api/agent-harnesses                            an empty registry (huggingface_hub asks daily)
     GET  /api/whoami-v2                                  the token's user
     GET  /api/{models,datasets}/{repo}[/revision/{rev}]  repo info (sha, siblings, private)
     GET  /api/{models,datasets}/{repo}/tree/{rev}[/{path}][?recursive=]   listing; 404 EntryNotFound
@@ -213,6 +214,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._create_repo(json.loads(body or b"{}"))
         if parts == ["api", "validate-yaml"] and method == "POST":
             return self._validate_yaml(json.loads(body or b"{}"))
+        if parts == ["api", "agent-harnesses"]:  # huggingface_hub's agent-detection registry: empty
+            return _json({"standardEnvVars": [], "harnesses": {}})
         if parts == ["api", "whoami-v2"]:
             self._require_token()
             return _json(

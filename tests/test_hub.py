@@ -132,9 +132,11 @@ def pushes(hub, local):
         "incomplete": [str(local["incomplete"]), "user/incomplete"],
         "adapter-no-id": [str(local["adapter"]), "user/lora-no-id"],
         "bad-token": [str(local["folder"]), "user/tiny", "--token", "hf_wrong"],
+        "other-namespace": [str(local["folder"]), "alice/tiny"],
         "model": [str(local["folder"]), "user/tiny", "--commit-message", "first push"],
         "again": [str(local["folder"]), "user/tiny"],
         "adapter": [str(local["adapter"]), "user/tiny-lora", "--base-model-id", "user/tiny", "--private"],
+        "no-branch": [str(local["folder"]), "user/tiny", "--revision", "dev"],
     }
     out = local["root"] / "push-results.json"
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "PYTHONPATH")}
@@ -208,6 +210,16 @@ def test_bad_token_is_a_clear_error(hub, pushes):
     assert result["rc"] == 2
     assert "rejected the token (401)" in result["err"] and "--token" in result["err"]
     assert "Traceback" not in result["err"]
+
+
+def test_hub_refusals_are_clear_errors(hub, pushes):
+    server, _ = hub
+    other = pushes["other-namespace"]
+    assert other["rc"] == 2 and "may not write to alice/tiny (403)" in other["err"], other["err"]
+    assert ("model", "alice/tiny") not in server.repos
+    branch = pushes["no-branch"]
+    assert branch["rc"] == 2 and "user/tiny has no branch 'dev'" in branch["err"], branch["err"]
+    assert "Traceback" not in other["err"] + branch["err"]
 
 
 def test_incomplete_folder_is_refused_before_any_request(hub, pushes):
@@ -374,6 +386,35 @@ def test_run_folder_leftovers_are_not_uploaded(local, tmp_path):
     names = {str(p) for p in files_to_upload(run)}
     assert "metrics.json" in names and "model.safetensors" in names
     assert not any(n.startswith(("checkpoint-", "base", "data", ".")) for n in names)
+
+
+def test_card_of_a_finetune_run_folder_lists_options_and_metrics(local, tmp_path):
+    from gpt2scratch.hub import card_for
+
+    run = tmp_path / "run"
+    shutil.copytree(local["folder"], run)
+    (run / "README.md").unlink(missing_ok=True)
+    options = {
+        "task": "lm",
+        "method": "full",
+        "model": str(local["folder"]),
+        "lr": 0.0003,
+        "train_file": "/home/me/secret/the-verdict.txt",
+        "output_dir": str(run),
+        "force": True,
+    }
+    (run / "training_args.yaml").write_text(yaml.safe_dump(options))
+    (run / "metrics.json").write_text(json.dumps({"val": {"loss": 3.25, "perplexity": 25.79}, "steps": 40}))
+    card = card_for(run, "user/verdict", "user/tiny", None)
+    assert "Fine-tuned with `gpt2scratch finetune` (task `lm`, method `full`) starting from `model`" in card
+    assert "| lr | 0.0003 |" in card and "| train_file | the-verdict.txt |" in card
+    assert "/home/me" not in card and str(run) not in card and "force" not in card
+    assert (
+        "| split | loss | perplexity |" in card
+        and "| val | 3.25 | 25.79 |" in card
+        and "| steps | 40 |" in card
+    )
+    assert yaml.safe_load(card.split("---\n")[1])["base_model"] == "user/tiny"
 
 
 def test_model_card_for_a_classifier_with_training_and_metrics():

@@ -104,10 +104,15 @@ def adapter_base(folder: Path, base_model_id: str | None) -> tuple[str, str | No
         check_repo_id(base_model_id, "--base-model-id")
         return base_model_id, local
     if not recorded or local:
+        where = (
+            f"by the local path {recorded!r}, which nobody loading from the Hub can open"
+            if recorded
+            else "at all"
+        )
         raise ValueError(
-            f"{folder / 'adapter_config.json'} names its base model by the local path {recorded!r}, which nobody "
-            "loading from the Hub can open. Push the base model first and pass its Hub id with --base-model-id "
-            "(e.g. --base-model-id alice/gpt2-base); nothing was uploaded."
+            f"{folder / 'adapter_config.json'} does not name its base model by a Hub id ({where}). Push the base "
+            "model first and pass its Hub id with --base-model-id (e.g. --base-model-id alice/gpt2-base); "
+            "nothing was uploaded."
         )
     return recorded, None
 
@@ -186,8 +191,10 @@ def _run_files(folder: Path) -> tuple[dict | None, dict | None]:
 
 
 def _basename_if_path(key: str, value):
-    """Data files by name only: the card should not publish the trainer's directory layout."""
-    return Path(value).name if key.endswith("_file") or key == "model" and os.sep in str(value) else value
+    """Local files and folders by name only: the card should not publish the trainer's directory layout."""
+    if key.endswith("_file") or (key == "model" and (os.path.isabs(str(value)) or Path(str(value)).exists())):
+        return Path(value).name
+    return value
 
 
 def _source(training: dict | None, adapter: bool, base_model_id: str | None) -> str:
@@ -305,12 +312,14 @@ def _upload(
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=message, revision=revision)
     except HfHubHTTPError as e:
-        raise _explain(e, repo_id) from e
+        raise _explain(e, repo_id, revision) from e
     return str(url)
 
 
-def _explain(error, repo_id: str) -> Exception:
+def _explain(error, repo_id: str, revision: str | None) -> Exception:
     """A one-line, actionable error for the Hub's refusals; other errors pass through unchanged."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
     status = error.response.status_code if error.response is not None else None
     server = (error.server_message or "").strip().splitlines()[0:1]
     detail = f" (the Hub said: {server[0]})" if server else ""
@@ -321,6 +330,10 @@ def _explain(error, repo_id: str) -> Exception:
     if status == 403:
         return PermissionError(
             f"The token may not write to {repo_id} (403){detail}. Use a token with write access to that namespace."
+        )
+    if isinstance(error, RevisionNotFoundError):
+        return ValueError(
+            f"{repo_id} has no branch {revision!r}{detail}; create it first, or leave out --revision."
         )
     if status == 400:
         return ValueError(f"The Hub refused the upload to {repo_id} (400){detail}.")
