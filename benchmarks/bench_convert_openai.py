@@ -101,7 +101,8 @@ def machine() -> dict:
 
     return {
         "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "note": "CPU shared with other jobs; best of the repeats kept",
+        "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
+        "note": "CPU shared with other jobs; best of the repeats kept",
     }  # fmt: skip
 
 
@@ -147,6 +148,7 @@ def main() -> None:
     prepare(args.ckpt_dir, args.vocab_dir)
     result = {"benchmark": "convert_openai", "date": datetime.date.today().isoformat(), "machine": machine()}
     result |= bench(args.ckpt_dir, args.repeat, args.dtype)
+    result["machine"]["load_average_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"convert_openai-{result['date']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -94,6 +94,8 @@ def read_hparams(ckpt_dir: str | os.PathLike) -> dict:
         hparams = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(hparams, dict):
+        raise ValueError(f"{path} should hold a JSON object with keys {list(HPARAM_KEYS)}.")
     bad = [k for k in HPARAM_KEYS if not isinstance(hparams.get(k), int) or hparams[k] <= 0]
     if bad:
         raise ValueError(f"{path}: {bad} must be positive integers (expected keys {list(HPARAM_KEYS)}).")
