@@ -3,9 +3,11 @@
     from hub_server import LocalHub
 
     hub = LocalHub(token="hf_test", user="user")
-    with hub as url:                       # "http://127.0.0.1:PORT": set HF_ENDPOINT to it
+    with hub as url:                       # "http://127.0.0.1:PORT"
         hub.add_dataset("user/ds", {"train.csv": b"text,label\\nhi,0\\n"})
+        env = {**os.environ, **hub.client_env(tmp_path / "hf")}   # HF_ENDPOINT, HF_TOKEN, HF_HOME, ...
         ...                                # push_to_hub / from_pretrained / load_dataset in a subprocess
+                                           # with env (drop HF_HUB_OFFLINE=1 if your runner sets it)
         hub.files("user/model")            # {path: bytes} at main
         hub.requests                       # [(method, path), ...] in arrival order
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -106,6 +109,18 @@ class LocalHub:
         self._server.server_close()
 
     # --- helpers for tests ---------------------------------------------------------------------
+
+    def client_env(self, hf_home: str | os.PathLike) -> dict[str, str]:
+        """Environment for a client subprocess (set before huggingface_hub is imported) that talks to
+        this server with its token, caches under ``hf_home``, and never tries Xet storage."""
+        return {
+            "HF_ENDPOINT": self.url,
+            "HF_TOKEN": self.token,
+            "HF_HOME": str(hf_home),
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
 
     def add_repo(
         self, repo_id: str, files: dict[str, bytes], repo_type: str = "model", private: bool = False

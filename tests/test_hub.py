@@ -54,17 +54,6 @@ with open(sys.argv[2], "w") as f:
 """
 
 
-def hub_env(url: str, home: Path) -> dict[str, str]:
-    return {
-        "HF_ENDPOINT": url,
-        "HF_TOKEN": TOKEN,
-        "HF_HOME": str(home),
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
-
-
 def isolated_prelude(env: dict[str, str]) -> str:
     """Code that points the isolated interpreter at the local Hub before anything imports huggingface_hub."""
     return f"import os, json\nos.environ.pop('HF_HUB_OFFLINE', None)\nos.environ.update(json.loads({json.dumps(env)!r}))\n"
@@ -127,7 +116,7 @@ def hub():
 @pytest.fixture(scope="module")
 def pushes(hub, local):
     """Every push, in order, through the real command in one subprocess; results keyed by name."""
-    server, url = hub
+    server, _ = hub
     runs = {
         "incomplete": [str(local["incomplete"]), "user/incomplete"],
         "adapter-no-id": [str(local["adapter"]), "user/lora-no-id"],
@@ -140,7 +129,7 @@ def pushes(hub, local):
     }
     out = local["root"] / "push-results.json"
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "PYTHONPATH")}
-    env.update(hub_env(url, local["root"] / "hf-home-push"))
+    env.update(server.client_env(local["root"] / "hf-home-push"))
     proc = subprocess.run(
         [sys.executable, "-c", PUSH_SCRIPT, json.dumps(list(runs.values())), str(out)],
         cwd=REPO,
@@ -260,11 +249,11 @@ def test_adapter_is_pushed_with_the_hub_base_id(hub, pushes, local):
 
 
 def test_pushed_model_loads_by_repo_id_with_the_same_logits(hub, pushes, local, vocab_dir):
-    server, url = hub
+    server, _ = hub
     assert pushes["model"]["rc"] == 0
     out = local["root"] / "loaded-model.pt"
     code = (
-        isolated_prelude(hub_env(url, local["root"] / "hf-home-model"))
+        isolated_prelude(server.client_env(local["root"] / "hf-home-model"))
         + f"""
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -287,12 +276,12 @@ torch.save({{"ids": ids, "logits": logits, "module": type(model).__module__}}, {
 
 
 def test_pushed_adapter_loads_by_repo_id_with_the_same_logits(hub, pushes, local):
-    server, url = hub
+    server, _ = hub
     assert pushes["adapter"]["rc"] == 0
     out = local["root"] / "loaded-adapter.pt"
     ids = torch.tensor([[464, 1110, 318, 257, 1332, 13, 198, 50256]])
     code = (
-        isolated_prelude(hub_env(url, local["root"] / "hf-home-adapter"))
+        isolated_prelude(server.client_env(local["root"] / "hf-home-adapter"))
         + f"""
 import torch
 from peft import AutoPeftModelForCausalLM
@@ -316,29 +305,45 @@ torch.save(logits, {str(out)!r})
 
 
 def test_load_dataset_from_local_hub(hub, tmp_path):
-    server, url = hub
+    server, _ = hub
     train = b'text,label\n"Free entry, win a prize",1\nSee you at noon,0\nOk lar... Joking wif u oni,0\n'
     test = b"text,label\nURGENT! Call now,1\n"
     server.add_dataset("user/sms", {"train.csv": train, "test.csv": test, "README.md": b"# sms\n"})
+    records = [
+        {"instruction": "Add", "input": "2 and 3", "output": "5"},
+        {"instruction": "Greet", "input": "", "output": "Hi"},
+    ]
+    lines = "".join(json.dumps(r) + "\n" for r in records).encode()
+    server.add_dataset(
+        "user/instr", {"data/train.jsonl": lines, "data/validation.jsonl": lines[: lines.index(b"\n") + 1]}
+    )
     out = tmp_path / "rows.json"
     code = (
-        isolated_prelude(hub_env(url, tmp_path / "hf-home"))
+        isolated_prelude(server.client_env(tmp_path / "hf-home"))
         + f"""
 import datasets
-ds = datasets.load_dataset("user/sms")
-json.dump({{split: ds[split].to_dict() for split in ds}}, open({str(out)!r}, "w"))
+rows = {{}}
+for repo in ("user/sms", "user/instr"):
+    ds = datasets.load_dataset(repo)
+    rows[repo] = {{split: ds[split].to_list() for split in ds}}
+json.dump(rows, open({str(out)!r}, "w"))
 """
     )
     proc = run_isolated(code, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert rows == {
-        "train": {
-            "text": ["Free entry, win a prize", "See you at noon", "Ok lar... Joking wif u oni"],
-            "label": [1, 0, 0],
-        },
-        "test": {"text": ["URGENT! Call now"], "label": [1]},
+    assert rows["user/sms"] == {
+        "train": [
+            {"text": "Free entry, win a prize", "label": 1},
+            {"text": "See you at noon", "label": 0},
+            {"text": "Ok lar... Joking wif u oni", "label": 0},
+        ],
+        "test": [{"text": "URGENT! Call now", "label": 1}],
     }
+    assert rows["user/instr"] == {
+        "train": records,
+        "validation": records[:1],
+    }  # data/ folder layout, JSON lines
 
 
 # --- local checks and the card, in process -------------------------------------------------------------

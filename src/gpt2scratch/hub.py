@@ -258,9 +258,14 @@ def stage(folder: Path, staging: Path, repo_id: str, base_model_id: str | None) 
             _link(folder / rel, target)
 
 
+def _staging_parent(folder: Path) -> str | None:
+    """Beside ``folder`` (same file system, so files are linked, not copied) when writable, else the temp dir."""
+    return str(folder.parent) if os.access(folder.parent, os.W_OK) else None
+
+
 def _link(source: Path, target: Path) -> None:
     try:
-        os.link(source, target)
+        os.link(os.path.realpath(source), target)
     except OSError:  # another file system, or links not allowed: copy
         shutil.copy2(source, target)
 
@@ -289,7 +294,7 @@ def push_to_hub(
     if needs_card(folder):
         card = card_for(folder, repo_id, hub_base, local_base)
         (folder / "README.md").write_text(card.replace(REPO_PLACEHOLDER, repo_id), encoding="utf-8")
-    with tempfile.TemporaryDirectory(prefix=f".{folder.name}.push-", dir=folder.parent) as staging:
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}.push-", dir=_staging_parent(folder)) as staging:
         stage(folder, Path(staging), repo_id, hub_base if is_adapter_folder(folder) else None)
         return _upload(
             Path(staging),
