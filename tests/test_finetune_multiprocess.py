@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_finetune import REPO_SCRIPTS, one_thread, sms_subset, train  # noqa: F401
 
-pytestmark = pytest.mark.xdist_group("finetune")
+pytestmark = pytest.mark.xdist_group("finetune_multiprocess")
 
 
 def free_port() -> int:

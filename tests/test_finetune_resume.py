@@ -14,7 +14,7 @@ from test_finetune import sms_subset, train
 
 from gpt2scratch.cli import main as cli_main
 
-pytestmark = pytest.mark.xdist_group("finetune")
+pytestmark = pytest.mark.xdist_group("finetune_resume")
 
 
 @pytest.fixture(scope="module", autouse=True)
