@@ -16,12 +16,11 @@ from types import SimpleNamespace
 import pytest
 from http_fixtures import http_server
 
-pytestmark = pytest.mark.xdist_group("finetune_data")
-
 from gpt2scratch.cli import main as cli_main
 from gpt2scratch.training import data
 from gpt2scratch.training.args import TrainArgs, load_yaml, parse_args
 
+pytestmark = pytest.mark.xdist_group("finetune_data")
 REPO = Path(__file__).resolve().parents[1]
 
 
