@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,13 @@ with open(sys.argv[2], "w") as f:
 def isolated_prelude(env: dict[str, str]) -> str:
     """Code that points the isolated interpreter at the local Hub before anything imports huggingface_hub."""
     return f"import os, json\nos.environ.pop('HF_HUB_OFFLINE', None)\nos.environ.update(json.loads({json.dumps(env)!r}))\n"
+
+
+def card_snippets(readme: bytes) -> str:
+    """The model card's Python code blocks, run after the test's own code: the card's usage must work."""
+    blocks = re.findall(r"```python\n(.*?)```", readme.decode(), re.S)
+    assert blocks, "the model card has no Python example"
+    return "\n".join(blocks)
 
 
 # --- fixtures: a model, an adapter, a server, and one round of pushes ---------------------------------
@@ -264,9 +272,11 @@ with torch.no_grad():
     logits = model(ids).logits
 torch.save({{"ids": ids, "logits": logits, "module": type(model).__module__}}, {str(out)!r})
 """
+        + card_snippets(server.files("user/tiny")["README.md"])
     )
     proc = run_isolated(code, cwd=local["root"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Every effort moves you") == 2  # the card's generate and pipeline examples ran
     loaded = torch.load(out)
     assert loaded["module"].startswith("transformers_modules.")  # the code came from the repo
     assert loaded["ids"][0].tolist() == encode(load_encoding(vocab_dir), TEXT)
@@ -290,6 +300,7 @@ with torch.no_grad():
     logits = model(torch.tensor({ids.tolist()})).logits
 torch.save(logits, {str(out)!r})
 """
+        + card_snippets(server.files("user/tiny-lora")["README.md"])
     )
     proc = run_isolated(code, cwd=local["root"])
     assert proc.returncode == 0, proc.stderr[-3000:]
