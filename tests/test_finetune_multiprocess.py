@@ -28,17 +28,17 @@ def launch(args: list[str], use_cpu: bool, timeout: int = 300) -> subprocess.Com
     env.pop("ACCELERATE_USE_CPU", None)
     if use_cpu:
         env["ACCELERATE_USE_CPU"] = "yes"
+    # with ACCELERATE_USE_CPU: configs/accelerate_cpu_2proc.yaml; without: the same launch as command-line flags
+    how = (
+        ["--config_file", str(REPO_SCRIPTS.parent / "configs/accelerate_cpu_2proc.yaml")]
+        if use_cpu
+        else ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    )
     command = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
+        *how,
         "--dynamo_backend",
         "no",
         "--main_process_port",
