@@ -521,12 +521,13 @@ def _mb(entry) -> str:
     return str(entry["peak_rss_mb"]) if isinstance(entry, dict) else "–"
 
 
-def save(result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def save(result: dict, out: Path) -> Path:
+    """Write the dated JSON result and the markdown table (``speed-latest.md``) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
     stamp = result["date"].replace(":", "").replace("-", "")
-    path = RESULTS / f"speed-{stamp}{'-' + result['label'] if result['label'] else ''}.json"
+    path = out / f"speed-{stamp}{'-' + result['label'] if result['label'] else ''}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "speed-latest.md").write_text(markdown(result))
+    (out / "speed-latest.md").write_text(markdown(result))
     return path
 
 
@@ -547,6 +548,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-paths", nargs="*", default=[], help="opt-in decode paths not to run")
     p.add_argument("--label", default="", help="suffix of the result file name (e.g. baseline)")
     p.add_argument("--no-gpu", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
     p.add_argument("--child-memory", help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -585,7 +587,7 @@ def main(argv=None) -> Path | None:
             except Exception:  # noqa: BLE001  (the CPU figures are still worth keeping)
                 result["gpu"] = {"failed": traceback.format_exc()[-2000:]}
     result["ratios"] = summarise(result)
-    path = save(result)
+    path = save(result, args.out)
     print(markdown(result))
     print(f"wrote {path}")
     return path

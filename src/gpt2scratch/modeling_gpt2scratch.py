@@ -165,6 +165,10 @@ def _check_inputs(config, input_ids, attention_mask, position_ids, past_length: 
     if input_ids is not None and input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (batch, sequence), got {tuple(input_ids.shape)}.")
     shape = input_ids.shape if input_ids is not None else None
+    if isinstance(past_length, torch.Tensor):  # a static cache keeps its length on the device
+        if not sync_checks:
+            return  # checked once up front; reading it here would sync (and break torch.compile graphs)
+        past_length = int(past_length)
     if shape is not None and past_length + shape[1] > config.n_positions:
         raise ValueError(
             f"The input is {past_length + shape[1]} tokens long (including {past_length} cached), but this model "
@@ -234,7 +238,6 @@ def small_call_threads(tokens: int, device: torch.device):
         device.type == "cpu"
         and threads > 1
         and tokens <= SMALL_CALL_TOKENS
-        and not torch.compiler.is_compiling()
         and _one_thread_is_faster(threads)
     )
     if not serial:
@@ -253,7 +256,7 @@ def _with_thread_policy(forward):
     @functools.wraps(forward)
     def wrapped(self, input_ids=None, *args, **kwargs):
         x = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
-        if x is None or x.dim() < 2:
+        if x is None or x.dim() < 2 or torch.compiler.is_compiling():
             return forward(self, input_ids, *args, **kwargs)
         with small_call_threads(x.shape[0] * x.shape[1], x.device):
             return forward(self, input_ids, *args, **kwargs)
