@@ -108,21 +108,23 @@ def val_loss_fell(out: Path) -> None:
     assert history[-1][1] < history[0][1], f"validation loss went from {history[0][1]} to {history[-1][1]}"
 
 
-def classify_csv(folder: Path, csv: Path, max_length: int = 64) -> tuple[list[int], list[int]]:
-    """Predictions of the saved folder (Auto classes + trust_remote_code + its tokenizer) on a split CSV."""
+def classify_csv(folder: Path, csv: Path, max_length: int = 64) -> tuple[list[int], list[int], list[float]]:
+    """Predictions and per-example losses of the saved folder (Auto classes + trust_remote_code + its
+    tokenizer) on a split CSV, one message at a time (no padding)."""
     import pandas as pd
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     rows = pd.read_csv(csv, keep_default_na=False)
-    preds = []
-    with torch.no_grad():
-        for text in rows["text"]:
-            ids = tok(text, truncation=True, max_length=max_length, return_tensors="pt")
-            preds.append(int(model(**ids).logits.argmax(-1)))
     refs = [model.config.label2id[str(label)] for label in rows["label"]]
-    return preds, refs
+    preds, losses = [], []
+    with torch.no_grad():
+        for text, ref in zip(rows["text"], refs, strict=True):
+            logits = model(**tok(text, truncation=True, max_length=max_length, return_tensors="pt")).logits
+            preds.append(int(logits.argmax(-1)))
+            losses.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor([ref]))))
+    return preds, refs, losses
 
 
 # ----------------------------------------------------------------------------------------- classification
@@ -168,9 +170,11 @@ def test_classification_loss_falls(cls_full):
 
 
 def test_metrics_equal_predictions_of_reloaded_folder(cls_full):
-    """metrics.json (computed by the in-memory model) = accuracy/F1 counted by hand from the reloaded folder."""
-    preds, refs = classify_csv(cls_full, cls_full / "data/test.csv")
+    """metrics.json (computed by the in-memory model on padded batches) = loss, accuracy and F1 counted by
+    hand from the reloaded folder's predictions."""
+    preds, refs, losses = classify_csv(cls_full, cls_full / "data/test.csv")
     test = read_metrics(cls_full)["test"]
+    assert test["loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-5)
     tp = sum(p == r == 1 for p, r in zip(preds, refs, strict=True))
     fp = sum(p == 1 and r == 0 for p, r in zip(preds, refs, strict=True))
     fn = sum(p == 0 and r == 1 for p, r in zip(preds, refs, strict=True))
