@@ -367,6 +367,13 @@ def test_check_folder_names_each_missing_file(local, tmp_path):
         check_folder(local["incomplete"])
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         check_folder(tmp_path / "nope")
+    no_map = tmp_path / "no-auto-map"
+    shutil.copytree(local["folder"], no_map)
+    config = json.loads((no_map / "config.json").read_text())
+    del config["auto_map"]
+    (no_map / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="auto_map"):
+        check_folder(no_map)
     bare = tmp_path / "adapter"
     shutil.copytree(local["adapter"], bare)
     (bare / "tokenizer.json").unlink()

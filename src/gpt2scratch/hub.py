@@ -61,6 +61,20 @@ def check_folder(folder: Path) -> None:
             "gpt2scratch (convert-openai, convert-hf, init, finetune, or io.save_model_folder) and push that "
             "folder; nothing was uploaded."
         )
+    if not is_adapter_folder(folder):
+        _check_auto_map(folder / "config.json")
+
+
+def _check_auto_map(config_file: Path) -> None:
+    """Without ``auto_map`` naming the shipped code, ``trust_remote_code`` has nothing to load."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    auto_map = config.get("auto_map") or {}
+    if config.get("model_type") != "gpt2scratch" or "AutoModelForCausalLM" not in auto_map:
+        raise ValueError(
+            f"{config_file} is not a gpt2scratch config with an auto_map (model_type {config.get('model_type')!r}, "
+            f"auto_map {sorted(auto_map)}), so the pushed model could not be loaded with trust_remote_code. "
+            "Re-save the model with gpt2scratch.io.save_model_folder; nothing was uploaded."
+        )
 
 
 def _has_weights(folder: Path) -> bool:
