@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "gpt2scratch.conversion.torch_checkpoints",  # convert-torch
     "gpt2scratch.training.cli",  # finetune
     "gpt2scratch.training.commands",  # classify, evaluate
+    "gpt2scratch.hub",  # push
 )
 # Errors a user can act on: printed as one line, exit code 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, KeyError)
