@@ -54,14 +54,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--n-positions", type=int, default=128)
-    p.add_argument("--pretrain-steps", type=int, default=60)
+    p.add_argument("--pretrain-steps", type=int, default=300)
     p.add_argument("--pretrain-batch", type=int, default=8)
     p.add_argument("--pretrain-block", type=int, default=64, help="tokens per pre-training block")
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
-    p.add_argument("--finetune-epochs", type=float, default=3)
+    p.add_argument("--finetune-epochs", type=float, default=4)
     p.add_argument("--finetune-batch", type=int, default=16)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--label", default="", help="suffix of the result files: sms-recorded-run-<date>-<label>")
     p.add_argument(
         "--threads",
         type=int,
@@ -242,12 +243,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     date = started.strftime("%Y-%m-%d")
-    work = Path(args.work_dir or REPO / "benchmarks" / "runs" / f"sms-recorded-{date}")
+    name = f"sms-recorded-run-{date}" + (f"-{args.label}" if args.label else "")
+    work = Path(args.work_dir or REPO / "benchmarks" / "runs" / name)
     work.mkdir(parents=True, exist_ok=True)
     info = machine()
 
     split = make_split(args.sms_file, work / "sms")
-    held_out = {t.strip() for name in ("validation", "test") for t in read_texts(split[name])}
+    held_out = {t.strip() for part in ("validation", "test") for t in read_texts(split[part])}
     rows, corpus = pretraining_rows(args, held_out)
     corpus_csv = write_rows(rows, work / "pretrain.csv")
     init_dir, params = init_model(args, work / "init")
@@ -306,9 +308,9 @@ def main(argv=None) -> int:
     }
     results = REPO / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    write_report(result, results / f"sms-recorded-run-{date}")
+    write_report(result, results / name)
     print(f"test accuracy {result['test']['accuracy']:.2%}, F1 {result['test']['f1']:.4f}; "
-          f"{result['total_minutes']:.1f} min; wrote {results}/sms-recorded-run-{date}.md")  # fmt: skip
+          f"{result['total_minutes']:.1f} min; wrote {results}/{name}.md")  # fmt: skip
     return 0
 
 
