@@ -302,3 +302,21 @@ def test_empty_csv_and_no_input(capsys, tmp_path, classifier_dir):
     assert code == 2 and "empty.csv is empty" in err
     code, _, err = _cli(capsys, "classify", classifier_dir)
     assert code == 2 and "Nothing to classify" in err
+
+
+def test_malformed_csv_names_the_line(capsys, tmp_path, classifier_dir):
+    src = tmp_path / "broken.csv"
+    src.write_text('text,label\nhello,ham\n"quoted"tail,spam\n', encoding="utf-8")
+    code, _, err = _cli(capsys, "evaluate", classifier_dir, "--task", "classification", "--data", src)
+    assert code == 2 and "broken.csv, line 3: not valid CSV" in err
+
+
+def test_a_text_longer_than_the_csv_module_default_field_limit(capsys, tmp_path, classifier_dir, reference):
+    long_text = "spam and eggs " * 20_000  # 280,000 characters, over csv's default 131,072 limit
+    src = _write_csv(tmp_path / "long.csv", ["text"], [[long_text], ["short"]])
+    out = tmp_path / "out.csv"
+    code, _, err = _cli(capsys, "classify", classifier_dir, "--input-file", src, "--output-file", out)
+    assert code == 0, err
+    assert "1 of 2 texts were longer than 128 tokens and kept their first 128 tokens" in err
+    rows = list(csv.reader(out.open(encoding="utf-8")))
+    assert float(rows[1][2]) == pytest.approx(float(reference(long_text).max()), abs=2e-6)

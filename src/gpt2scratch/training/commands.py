@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PAD_ID = 50256  # <|endoftext|>
+FIELD_LIMIT = (
+    1 << 24
+)  # characters in one CSV field (the csv module's default, 128 KiB, is too small for long texts)
 
 
 def register(subparsers) -> None:
@@ -130,18 +133,34 @@ class Table:
 
 @contextmanager
 def open_table(path: str | os.PathLike) -> Iterator[Table]:
-    """Open a CSV (``.tsv``: tab-separated) with a header row, streamed row by row."""
+    """Open a CSV (``.tsv``: tab-separated) with a header row, streamed row by row.
+
+    Parsing is strict: a quote left open, or text right after a closing quote, is an error naming the
+    line rather than rows silently merged into one.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Input file {path} does not exist (or is not a file).")
     with path.open("rb") as fh:
-        reader = csv.reader(_decoded_lines(fh, path), delimiter=_delimiter(path))
-        header = next(reader, None)
+        csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+        reader = csv.reader(_decoded_lines(fh, path), delimiter=_delimiter(path), strict=True)
+        rows = _csv_rows(reader, path)
+        _, header = next(rows, (0, None))
         if not header:
             raise ValueError(
                 f"{path} is empty: expected a header row naming the columns, then one row per text."
             )
-        yield Table(path, header, ((reader.line_num, row) for row in reader if row))
+        yield Table(path, header, rows)
+
+
+def _csv_rows(reader, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) for each non-blank row; malformed CSV becomes an error naming the line."""
+    try:
+        for row in reader:
+            if row:
+                yield reader.line_num, row
+    except csv.Error as e:
+        raise ValueError(f"{path}, line {reader.line_num}: not valid CSV ({e}).") from None
 
 
 def _cell(table: Table, line: int, row: list[str], index: int) -> str:
