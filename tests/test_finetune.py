@@ -432,3 +432,15 @@ def test_lm(method, shared_data, vocab_dir, tmp_path):
         assert (out / "adapter_config.json").is_file() and (out / "base/config.json").is_file()
     else:
         AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+
+
+def test_model_may_be_a_checkpoint_of_another_run(cls_full, sms, vocab_dir, tmp_path):
+    """--model checkpoint-<step>/ continues from those weights: the step-0 validation loss is the checkpoint's,
+    below the random initialisation's."""
+    out = tmp_path / "continued"
+    train(out, "--model", str(cls_full / "checkpoint-6"), "--train-file", str(sms), "--balance",
+          "--max-steps", "1", "--max-length", "64")  # fmt: skip
+    start = json.loads((out / "history.json").read_text())["val_loss"][0]
+    fresh = json.loads((cls_full / "history.json").read_text())["val_loss"][0]
+    assert start[0] == fresh[0] == 0
+    assert start[1] < fresh[1] - 0.05
