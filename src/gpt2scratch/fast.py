@@ -62,7 +62,9 @@ def _padded_embedding(wte: nn.Embedding, rows: int) -> nn.Embedding:
     return new
 
 
-def prepare_for_training(model: nn.Module, pad_multiple: int | None = None, compile: bool = False) -> nn.Module:
+def prepare_for_training(
+    model: nn.Module, pad_multiple: int | None = None, compile: bool = False
+) -> nn.Module:
     """The training-speed options in one call: vocabulary padding (default: to 64 rows on GPU, where
     tensor-core shapes pay; none on CPU) and, optionally, ``torch.compile``."""
     if pad_multiple is None:
@@ -92,12 +94,14 @@ def static_cache(model: nn.Module) -> Callable:
     return generate
 
 
-def static_compiled(model: nn.Module) -> Callable:
-    """``generate`` with a static KV cache and the decode step compiled by ``torch.compile`` (also on CPU)."""
+def static_compiled(model: nn.Module, backend: str = "inductor") -> Callable:
+    """``generate`` with a static KV cache and the decode step compiled by ``torch.compile`` as one graph
+    (CUDA graphs on GPU; on CPU too, where the first call spends minutes compiling)."""
     from transformers import CompileConfig
 
+    cuda_graphs = model.device.type == "cuda" and backend == "inductor"
     config = CompileConfig(
-        fullgraph=True, mode="default" if model.device.type == "cpu" else "reduce-overhead"
+        fullgraph=True, backend=backend, mode="reduce-overhead" if cuda_graphs else "default"
     )
     config._compile_all_devices = True
 

@@ -1,0 +1,242 @@
+"""Each speed path is taken when it should be, and gives the eager path's outputs.
+
+Paths in the model file (every user gets them): the fused tanh-GELU, the CPU thread policy for small
+calls, SDPA with ``is_causal`` and no mask when nothing is padded. Opt-in paths (``gpt2scratch.fast``):
+vocabulary padding, fused AdamW, static-cache generation, static cache + ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers.activations import ACT2FN
+
+import gpt2scratch.modeling_gpt2scratch as modeling
+from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, fast
+
+
+@pytest.fixture
+def model(tiny_config) -> GPT2ScratchForCausalLM:
+    torch.manual_seed(0)
+    m = GPT2ScratchForCausalLM(tiny_config).eval()
+    m.generation_config.pad_token_id = tiny_config.eos_token_id
+    return m
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    return torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    saved = dict(modeling._ONE_THREAD_FASTER)
+    yield
+    torch.set_num_threads(threads)
+    modeling._ONE_THREAD_FASTER.clear()
+    modeling._ONE_THREAD_FASTER.update(saved)
+
+
+# ----------------------------------------------------------------------------------------- fused GELU
+def test_gelu_new_runs_as_torch_fused_kernel_with_same_outputs(model, ids):
+    act = model.transformer.h[0].mlp.act
+    assert type(act) is type(ACT2FN["gelu_pytorch_tanh"]), "gelu_new should map to torch's fused tanh GELU"
+    x = torch.randn(4, 300) * 4
+    torch.testing.assert_close(act(x), ACT2FN["gelu_new"](x), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        fused = model(ids).logits
+        for block in model.transformer.h:
+            block.mlp.act = ACT2FN["gelu_new"]
+        reference = model(ids).logits
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------- thread policy
+def _threads_inside_forward(model, ids) -> list[int]:
+    seen = []
+    hook = model.transformer.h[0].register_forward_hook(lambda *a: seen.append(torch.get_num_threads()))
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_small_calls_run_on_one_thread_and_restore_the_callers_setting(model, restore_threads):
+    torch.set_num_threads(2)
+    modeling._ONE_THREAD_FASTER[2] = True  # as measured on small VMs
+    small = torch.randint(0, 1000, (1, modeling.SMALL_CALL_TOKENS))
+    large = torch.randint(0, 1000, (1, modeling.SMALL_CALL_TOKENS + 1))
+    assert _threads_inside_forward(model, small) == [1]
+    assert torch.get_num_threads() == 2, "the caller's thread count must be restored"
+    assert _threads_inside_forward(model, large) == [2]
+    modeling._ONE_THREAD_FASTER[2] = False  # where parallel regions are cheap, nothing changes
+    assert _threads_inside_forward(model, small) == [2]
+
+
+def test_thread_policy_restores_threads_when_forward_raises(model, restore_threads):
+    torch.set_num_threads(2)
+    modeling._ONE_THREAD_FASTER[2] = True
+    with pytest.raises(ValueError, match="outside this model's vocabulary"):
+        model(torch.tensor([[50257]]))
+    assert torch.get_num_threads() == 2
+
+
+def test_thread_policy_gives_the_same_generation(model, ids, restore_threads):
+    torch.set_num_threads(2)
+    modeling._ONE_THREAD_FASTER[2] = True
+    serial = model.generate(ids, max_new_tokens=6, do_sample=False)
+    modeling._ONE_THREAD_FASTER[2] = False
+    parallel = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert torch.equal(serial, parallel)
+    assert torch.get_num_threads() == 2
+
+
+def test_thread_calibration_measures_and_restores(restore_threads):
+    torch.set_num_threads(2)
+    modeling._ONE_THREAD_FASTER.clear()
+    assert isinstance(modeling._one_thread_is_faster(2), bool)
+    assert 2 in modeling._ONE_THREAD_FASTER
+    assert torch.get_num_threads() == 2
+
+
+# ------------------------------------------------------------------------------- SDPA without a mask
+def test_unpadded_generate_uses_sdpa_is_causal_without_masks(model, ids, monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kwargs):
+        calls.append((q.shape[-2], attn_mask is None, is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+    n_layer = model.config.n_layer
+    assert len(calls) == 3 * n_layer
+    assert calls[:n_layer] == [(ids.shape[1], True, True)] * n_layer  # prefill: causal kernel, no mask tensor
+    assert calls[n_layer:] == [(1, True, False)] * (2 * n_layer)  # decode: one query sees all keys, no mask
+    monkeypatch.undo()
+    masked = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+    assert torch.equal(out, masked)
+
+
+def test_padded_rows_still_get_a_mask_and_match_the_row_alone(model):
+    row = torch.randint(0, 1000, (1, 6), generator=torch.Generator().manual_seed(5))
+    padded = torch.cat([torch.full((1, 3), 50256), row], 1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 6, dtype=torch.long)], 1)
+    alone = model.generate(row, max_new_tokens=5, do_sample=False)
+    batched = model.generate(padded, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    assert torch.equal(batched[:, 3:], alone)
+
+
+# ---------------------------------------------------------------------------------- vocabulary padding
+def test_pad_vocab_keeps_logits_loss_and_generation(model, ids):
+    with torch.no_grad():
+        reference = model(ids, labels=ids)
+    expected_tokens = model.generate(ids, max_new_tokens=5, do_sample=False)
+    fast.pad_vocab(model, 64)
+    assert model.transformer.wte.weight.shape[0] == 50304 == model.config.padded_vocab_size
+    assert model.lm_head.weight is model.transformer.wte.weight, "the head must stay tied"
+    out = model(ids, labels=ids)
+    assert out.logits.shape[-1] == 50257
+    torch.testing.assert_close(out.logits, reference.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, reference.loss, atol=1e-6, rtol=0)
+    out.loss.backward()
+    assert model.transformer.wte.weight.grad[50257:].abs().max() == 0, "padding rows must get no gradient"
+    assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), expected_tokens)
+
+
+def test_prepare_for_training_pads_only_on_gpu_by_default(model):
+    fast.prepare_for_training(model)
+    assert model.transformer.wte.weight.shape[0] == 50257
+    fast.prepare_for_training(model, pad_multiple=100)
+    assert model.transformer.wte.weight.shape[0] == 50300
+
+
+# -------------------------------------------------------------------------------------- fused AdamW
+def test_fused_adamw_is_fused_and_steps_like_the_default(tiny_config, ids):
+    torch.manual_seed(0)
+    a = GPT2ScratchForCausalLM(tiny_config)
+    b = GPT2ScratchForCausalLM(tiny_config)
+    b.load_state_dict(a.state_dict())
+    fused = fast.make_optimizer(a, lr=1e-3)
+    plain = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=0.01)
+    assert fused.defaults["fused"] is True
+    for model, opt in ((a, fused), (b, plain)):
+        model.eval()  # no dropout: both see the same function
+        for _ in range(2):
+            model(ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        # atol: the key bias gets ~0 gradient (softmax ignores it), where Adam amplifies rounding noise
+        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+# ---------------------------------------------------------------------------------- static KV cache
+def test_static_cache_generate_uses_a_static_cache_and_matches(model, ids, monkeypatch):
+    from transformers.cache_utils import StaticCache
+
+    seen = []
+    forward = modeling.GPT2ScratchModel.forward
+
+    def spy(self, *args, cache=None, **kwargs):
+        seen.append(type(cache))
+        return forward(self, *args, cache=cache, **kwargs)
+
+    expected = model.generate(ids, max_new_tokens=6, do_sample=False)
+    monkeypatch.setattr(modeling.GPT2ScratchModel, "forward", spy)
+    out = fast.static_cache(model)(ids, max_new_tokens=6, do_sample=False)
+    assert seen and all(issubclass(t, StaticCache) for t in seen)
+    assert torch.equal(out, expected)
+
+
+def test_compiled_static_generate_traces_one_graph_and_matches(model, ids):
+    """torch.compile(fullgraph=True) with the 'eager' backend: proves the decode step is one graph with no
+    breaks (the thread policy and input checks stay outside) without minutes of inductor codegen on CPU."""
+    torch._dynamo.reset()
+    expected = model.generate(ids[:1], max_new_tokens=5, do_sample=False)
+    generate = fast.static_compiled(model, backend="eager")
+    out = generate(ids[:1], max_new_tokens=5, do_sample=False)
+    assert torch.equal(out, expected)
+    assert getattr(model, "_compiled_call", None) is not None, "generate did not take the compiled path"
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+
+# ---------------------------------------------------------------------------------------------- MFU
+def test_mfu_uses_nanogpt_formula_and_real_peaks():
+    config = GPT2ScratchConfig.from_preset("gpt2")
+    per_token = fast.training_flops_per_token(config, 1024)
+    assert per_token == pytest.approx(6 * 124.3e6 + 12 * 12 * 768 * 1024, rel=0.01)
+    assert fast.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert fast.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert fast.peak_flops("cpu") is None
+    assert fast.mfu(100_000, config, 1024, "NVIDIA H100 80GB HBM3") == pytest.approx(
+        100_000 * per_token / 989e12
+    )
+
+
+# --------------------------------------------------------------------------------- the benchmark itself
+def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_speed", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--preset", "tiny", "--threads", "1", "--repeats", "1", "--new-tokens", "3", "--no-gpu"]
+    argv += ["--sections", "prefill", "decode", "--skip-paths", "static_compiled", "--out", str(tmp_path)]
+    path = bench.main(argv)
+    result = json.loads(path.read_text())
+    cpu = result["cpu"][0]
+    assert cpu["max_abs_logit_diff"] < 1e-4, "the two models must carry the same weights"
+    assert {"ours", "transformers", "ours_static"} <= set(cpu["decode_b1"])
+    assert all(v > 0 for v in cpu["decode_b8"].values())
+    assert "prefill_4x256/ours/1thr" in result["ratios"]
+    assert "| greedy generate() batch 1" in (tmp_path / "speed-latest.md").read_text()
