@@ -54,13 +54,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--n-positions", type=int, default=128)
-    p.add_argument("--pretrain-steps", type=int, default=300)
+    p.add_argument("--pretrain-steps", type=int, default=400)
     p.add_argument("--pretrain-batch", type=int, default=8)
     p.add_argument("--pretrain-block", type=int, default=64, help="tokens per pre-training block")
-    p.add_argument("--pretrain-lr", type=float, default=3e-3)
-    p.add_argument("--finetune-epochs", type=float, default=4)
+    p.add_argument("--pretrain-lr", type=float, default=2e-3)
+    p.add_argument("--finetune-epochs", type=float, default=3)
     p.add_argument("--finetune-batch", type=int, default=16)
-    p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--finetune-lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--label", default="", help="suffix of the result files: sms-recorded-run-<date>-<label>")
     p.add_argument(
@@ -235,8 +235,27 @@ def write_report(result: dict, stem: Path) -> None:
         "",
         "Reproduce: `.venv/bin/python benchmarks/sms_recorded_run.py` (options in `--help`); the exact "
         "commands are in the JSON file beside this one.",
+        *_same_day_runs(stem),
     ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _same_day_runs(stem: Path) -> list[str]:
+    """A table of every recorded run of the same day (so no run is left out of the record)."""
+    rows = []
+    for path in sorted(stem.parent.glob(f"{stem.name[: len('sms-recorded-run-YYYY-MM-DD')]}*.json")):
+        r = json.loads(path.read_text(encoding="utf-8"))
+        rows.append(
+            f"| {path.stem} | {r['pretrain']['steps']} | {r['finetune']['metrics'].get('steps', '?')} | "
+            f"{r['test']['accuracy']:.2%} | {r['test']['f1']:.4f} | {r['total_minutes']:.1f} |"
+        )
+    header = [
+        "",
+        "All runs recorded that day:",
+        "",
+        "| run | LM steps | fine-tune steps | test accuracy | test F1 | minutes |",
+    ]
+    return [*header, "|---|---|---|---|---|---|", *rows] if len(rows) > 1 else []
 
 
 def main(argv=None) -> int:
