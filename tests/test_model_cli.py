@@ -10,8 +10,23 @@ from conftest import run_cli
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
+from gpt2scratch.cli import main
 from gpt2scratch.conversion.hf_gpt2 import to_hf_model
 from gpt2scratch.tokenizer import hf_tokenizer
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``gpt2scratch ARGS`` in this process (a subprocess costs a full torch + transformers import);
+    returns (exit code, stdout, stderr). One test below runs the real console command."""
+
+    def run(*args: str):
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +40,10 @@ def hf_folder(tmp_path_factory, vocab_dir):
     return out
 
 
-def test_round_trip_hf_to_ours_to_hf_identical_tensors(hf_folder, tmp_path):
+def test_round_trip_hf_to_ours_to_hf_identical_tensors(hf_folder, tmp_path, cli):
     ours, back = tmp_path / "ours", tmp_path / "back"
-    r1 = run_cli("convert-hf", str(hf_folder), str(ours))
-    assert r1.returncode == 0, r1.stderr
-    r2 = run_cli("export-hf", str(ours), str(back))
-    assert r2.returncode == 0, r2.stderr
+    assert cli("convert-hf", str(hf_folder), str(ours))[0] == 0
+    assert cli("export-hf", str(ours), str(back))[0] == 0
     original, returned = load_file(hf_folder / "model.safetensors"), load_file(back / "model.safetensors")
     assert set(original) == set(returned)
     for key, value in original.items():
@@ -44,16 +57,15 @@ def test_round_trip_hf_to_ours_to_hf_identical_tensors(hf_folder, tmp_path):
     assert (ours / "vocab.json").exists() and (back / "tokenizer.json").exists()
 
 
-def test_convert_hf_without_tokenizer_needs_tokenizer_dir(hf_folder, tmp_path, vocab_dir):
+def test_convert_hf_without_tokenizer_needs_tokenizer_dir(hf_folder, tmp_path, vocab_dir, cli):
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
         (bare / name).write_bytes((hf_folder / name).read_bytes())
-    result = run_cli("convert-hf", str(bare), str(tmp_path / "out"))
-    assert result.returncode == 2 and "--tokenizer-dir" in result.stderr
+    code, _, err = cli("convert-hf", str(bare), str(tmp_path / "out"))
+    assert code == 2 and "--tokenizer-dir" in err
     assert not (tmp_path / "out").exists()
-    result = run_cli("convert-hf", str(bare), str(tmp_path / "out"), "--tokenizer-dir", str(vocab_dir))
-    assert result.returncode == 0, result.stderr
+    assert cli("convert-hf", str(bare), str(tmp_path / "out"), "--tokenizer-dir", str(vocab_dir))[0] == 0
 
 
 def test_export_refuses_models_transformers_cannot_hold():
