@@ -15,7 +15,9 @@ __version__ = "0.1.0"
 AutoConfig.register("gpt2scratch", GPT2ScratchConfig, exist_ok=True)
 AutoModel.register(GPT2ScratchConfig, GPT2ScratchModel, exist_ok=True)
 AutoModelForCausalLM.register(GPT2ScratchConfig, GPT2ScratchForCausalLM, exist_ok=True)
-AutoModelForSequenceClassification.register(GPT2ScratchConfig, GPT2ScratchForSequenceClassification, exist_ok=True)
+AutoModelForSequenceClassification.register(
+    GPT2ScratchConfig, GPT2ScratchForSequenceClassification, exist_ok=True
+)
 
 __all__ = [
     "GPT2ScratchConfig",

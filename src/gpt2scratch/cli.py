@@ -24,7 +24,9 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpt2scratch", description="GPT-2 from scratch, as a Hugging Face model.")
+    parser = argparse.ArgumentParser(
+        prog="gpt2scratch", description="GPT-2 from scratch, as a Hugging Face model."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

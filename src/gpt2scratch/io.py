@@ -29,7 +29,9 @@ def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
     """
     out = Path(out)
     if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; choose another output folder or pass --force to replace it.")
+        raise FileExistsError(
+            f"{out} already exists; choose another output folder or pass --force to replace it."
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

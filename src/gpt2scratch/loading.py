@@ -54,7 +54,9 @@ def resolve_folder(spec: str | os.PathLike) -> tuple[Path, str]:
     """The folder that holds the weights for ``spec``, and what kind it is."""
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"Model {spec} does not exist: give a model folder, a checkpoint, or init:PRESET.")
+        raise FileNotFoundError(
+            f"Model {spec} does not exist: give a model folder, a checkpoint, or init:PRESET."
+        )
     if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         if (path / "model").is_dir():  # a training checkpoint-<step>/ folder
             return resolve_folder(path / "model")[0], "checkpoint"
@@ -63,7 +65,9 @@ def resolve_folder(spec: str | os.PathLike) -> tuple[Path, str]:
             return resolve_folder(checkpoints[-1])[0], "checkpoint"
         if (path / "hparams.json").exists():
             return path, "openai"
-        raise FileNotFoundError(f"{path} holds no model: expected config.json, adapter_config.json or hparams.json.")
+        raise FileNotFoundError(
+            f"{path} holds no model: expected config.json, adapter_config.json or hparams.json."
+        )
     if (path / "adapter_config.json").exists():
         return path, "adapter"
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
@@ -129,7 +133,9 @@ def _from_lm_weights(cls, config: GPT2ScratchConfig, state: dict, extra: dict, s
     missing = [k for k in missing if not k.startswith("score.")]
     unexpected = [k for k in unexpected if not k.startswith("lm_head.")]
     if missing or unexpected:
-        raise ValueError(f"{source}: weights do not match GPT-2 (missing {missing}, unexpected {unexpected}).")
+        raise ValueError(
+            f"{source}: weights do not match GPT-2 (missing {missing}, unexpected {unexpected})."
+        )
     return model
 
 
@@ -140,7 +146,9 @@ def _load_hf_gpt2(folder: Path, cls, extra: dict):
     from .conversion.hf_gpt2 import config_from_hf, state_dict_from_hf
 
     hf = GPT2LMHeadModel.from_pretrained(folder)
-    return _from_lm_weights(cls, config_from_hf(hf.config), state_dict_from_hf(hf.state_dict()), extra, folder)
+    return _from_lm_weights(
+        cls, config_from_hf(hf.config), state_dict_from_hf(hf.state_dict()), extra, folder
+    )
 
 
 def _load_openai(folder: Path, cls, extra: dict):

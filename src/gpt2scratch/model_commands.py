@@ -35,7 +35,9 @@ def cmd_init(args) -> None:
         raise ValueError(f"Unknown config field(s) {unknown}; see `gpt2scratch info` for the field names.")
     vocab = args.tokenizer_dir or default_vocab_dir()
     if vocab is None:
-        raise FileNotFoundError("No GPT-2 vocabulary found; pass --tokenizer-dir with encoder.json + vocab.bpe.")
+        raise FileNotFoundError(
+            "No GPT-2 vocabulary found; pass --tokenizer-dir with encoder.json + vocab.bpe."
+        )
     torch.manual_seed(args.seed)
     model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset(args.preset, **overrides))
     save_model_folder(model, args.out, vocab, force=args.force)
@@ -111,7 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("generate", help="generate text, printing tokens as they come")
-    p.add_argument("model", help="model folder, checkpoint, OpenAI folder, transformers GPT-2 folder or init:PRESET")
+    p.add_argument(
+        "model", help="model folder, checkpoint, OpenAI folder, transformers GPT-2 folder or init:PRESET"
+    )
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
