@@ -32,12 +32,15 @@ def ids() -> torch.Tensor:
 
 @pytest.fixture
 def restore_threads():
+    """Restore thread count and measurements; decisions a test sets by hand are not re-measured."""
     threads = torch.get_num_threads()
-    saved = dict(modeling._ONE_THREAD_FASTER)
+    saved = dict(modeling._ONE_THREAD_FASTER), dict(modeling._MEASURED_AT)
+    modeling._MEASURED_AT.clear()
     yield
     torch.set_num_threads(threads)
-    modeling._ONE_THREAD_FASTER.clear()
-    modeling._ONE_THREAD_FASTER.update(saved)
+    for table, entries in zip((modeling._ONE_THREAD_FASTER, modeling._MEASURED_AT), saved, strict=True):
+        table.clear()
+        table.update(entries)
 
 
 # ----------------------------------------------------------------------------------------- fused GELU
@@ -96,12 +99,18 @@ def test_thread_policy_gives_the_same_generation(model, ids, restore_threads):
     assert torch.get_num_threads() == 2
 
 
-def test_thread_calibration_measures_and_restores(restore_threads):
+def test_thread_calibration_measures_restores_and_remeasures_when_stale(restore_threads, monkeypatch):
     torch.set_num_threads(2)
     modeling._ONE_THREAD_FASTER.clear()
     assert isinstance(modeling._one_thread_is_faster(2), bool)
     assert 2 in modeling._ONE_THREAD_FASTER
     assert torch.get_num_threads() == 2
+    first = modeling._MEASURED_AT[2]
+    modeling._one_thread_is_faster(2)
+    assert modeling._MEASURED_AT[2] == first, "a fresh measurement is reused"
+    modeling._MEASURED_AT[2] = first - modeling.REMEASURE_S - 1  # as if measured long ago
+    modeling._one_thread_is_faster(2)
+    assert modeling._MEASURED_AT[2] > first, "a stale measurement is taken again (the machine's load changes)"
 
 
 # ------------------------------------------------------------------------------- SDPA without a mask

@@ -203,14 +203,19 @@ def _check_inputs(config, input_ids, attention_mask, position_ids, past_length: 
 
 # CPU thread policy. A forward over few new tokens (a decode step, a short prompt) is dozens of small ops;
 # where starting a parallel region costs more than such an op takes (~1 ms per region on small VMs),
-# these calls run on one thread. Measured once per thread count; the caller's setting is restored after.
+# these calls run on one thread. That cost depends on what else the machine runs, so it is measured per
+# thread count and again every REMEASURE_S seconds (well under 1 ms on a quiet machine); the caller's
+# setting is restored after each call.
 SMALL_CALL_TOKENS = 64
+REMEASURE_S = 10.0
 _ONE_THREAD_FASTER: dict[int, bool] = {}
+_MEASURED_AT: dict[int, float] = {}  # time.monotonic() of each measurement; absent = never re-measure
 
 
 def _one_thread_is_faster(threads: int) -> bool:
     """Whether a small parallel op (an add over 128k floats) runs faster on one thread than on ``threads``."""
-    if threads not in _ONE_THREAD_FASTER:
+    measured = _MEASURED_AT.get(threads)
+    if threads not in _ONE_THREAD_FASTER or (measured is not None and time.monotonic() - measured > REMEASURE_S):
         x = torch.ones(1 << 17)
 
         def best_time(n: int) -> float:
@@ -224,6 +229,7 @@ def _one_thread_is_faster(threads: int) -> bool:
 
         try:
             _ONE_THREAD_FASTER[threads] = best_time(1) < best_time(threads)
+            _MEASURED_AT[threads] = time.monotonic()
         finally:
             torch.set_num_threads(threads)
     return _ONE_THREAD_FASTER[threads]
