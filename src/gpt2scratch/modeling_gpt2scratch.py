@@ -68,7 +68,9 @@ class GPT2ScratchAttention(nn.Module):
 
     def forward(self, x, attention_mask=None, cache: Cache | None = None, output_attentions=False, **kwargs):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        q, k, v = (
+            self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        )  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         impl = "eager" if output_attentions else self.config._attn_implementation
@@ -117,7 +119,9 @@ class GPT2ScratchBlock(GradientCheckpointingLayer):
         self.mlp = GPT2ScratchMLP(config)
 
     def forward(self, x, attention_mask=None, cache=None, output_attentions=False, **kwargs):
-        a, weights = self.attn(self.ln_1(x), attention_mask, cache=cache, output_attentions=output_attentions, **kwargs)
+        a, weights = self.attn(
+            self.ln_1(x), attention_mask, cache=cache, output_attentions=output_attentions, **kwargs
+        )
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, weights
@@ -160,7 +164,9 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
             self._skip_input_checks = False
 
 
-def _check_inputs(config, input_ids, attention_mask, position_ids, past_length: int, sync_checks: bool) -> None:
+def _check_inputs(
+    config, input_ids, attention_mask, position_ids, past_length: int, sync_checks: bool
+) -> None:
     """Raise a ValueError a user can act on for out-of-range ids, over-long inputs and misshaped masks."""
     if input_ids is not None and input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (batch, sequence), got {tuple(input_ids.shape)}.")
@@ -189,7 +195,11 @@ def _check_inputs(config, input_ids, attention_mask, position_ids, past_length: 
         )
     if not sync_checks:
         return
-    if input_ids is not None and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+    if (
+        input_ids is not None
+        and input_ids.numel()
+        and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size)
+    ):
         bad = input_ids[(input_ids < 0) | (input_ids >= config.vocab_size)][0].item()
         raise ValueError(
             f"input_ids contains token id {bad}, outside this model's vocabulary [0, {config.vocab_size}). "
@@ -215,7 +225,9 @@ _MEASURED_AT: dict[int, float] = {}  # time.monotonic() of each measurement; abs
 def _one_thread_is_faster(threads: int) -> bool:
     """Whether a small parallel op (an add over 128k floats) runs faster on one thread than on ``threads``."""
     measured = _MEASURED_AT.get(threads)
-    if threads not in _ONE_THREAD_FASTER or (measured is not None and time.monotonic() - measured > REMEASURE_S):
+    if threads not in _ONE_THREAD_FASTER or (
+        measured is not None and time.monotonic() - measured > REMEASURE_S
+    ):
         x = torch.ones(1 << 17)
 
         def best_time(n: int) -> float:
@@ -314,7 +326,9 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
     ) -> BaseModelOutputWithPast | tuple:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        output_attentions = bool(
+            output_attentions if output_attentions is not None else self.config.output_attentions
+        )
         output_hidden_states = bool(
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -351,7 +365,9 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         hidden_states = (x,) if output_hidden_states else None
         attentions = () if output_attentions else None
         for block in self.h:
-            x, weights = block(x, attention_mask=mask, cache=cache, output_attentions=output_attentions, **kwargs)
+            x, weights = block(
+                x, attention_mask=mask, cache=cache, output_attentions=output_attentions, **kwargs
+            )
             if output_attentions:
                 attentions += (weights,)
             if output_hidden_states and block is not self.h[-1]:
@@ -418,7 +434,11 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         result = CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states, attentions=out.attentions
+            loss=loss,
+            logits=logits,
+            cache=out.cache,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
         )
         return result if return_dict is not False else result.to_tuple()
 
@@ -427,7 +447,9 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         """transformers' ``generate`` with the inputs checked once up front (not at every decode step)."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if isinstance(input_ids, torch.Tensor) and input_ids.dtype in (torch.long, torch.int):
-            _check_inputs(self.config, input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"), 0, True)
+            _check_inputs(
+                self.config, input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"), 0, True
+            )
             new = kwargs.get("max_new_tokens")
             if new is not None and input_ids.shape[1] + new > self.config.n_positions:
                 raise ValueError(
@@ -485,7 +507,11 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
         logits = self.score(pooled)  # (B, num_labels)
         loss = self._loss(logits, labels) if labels is not None else None
         result = SequenceClassifierOutputWithPast(
-            loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states, attentions=out.attentions
+            loss=loss,
+            logits=logits,
+            cache=out.cache,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
         )
         return result if return_dict is not False else result.to_tuple()
 

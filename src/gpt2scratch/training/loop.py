@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..fast import make_optimizer, peak_flops, training_flops_per_token
 from .args import TrainArgs
 from .checkpoints import (
     check_output_dir,
@@ -44,8 +45,6 @@ from .data import IGNORE_INDEX, PAD_ID, collate, format_prompt, load_splits, tok
 log = logging.getLogger("gpt2scratch.finetune")
 
 MODEL_TASK = {"classification": "classification", "instruction": "causal-lm", "lm": "causal-lm"}
-# Dense bf16 peak FLOP/s per device, for MFU (H200 has H100's compute).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 LAUNCH_HELP = (
     "The launcher started {n} processes, but each one sees a single-process run (no GPU, so "
     "--multi_gpu does not connect them): every process would train the same model alone. On CPU launch "
@@ -133,19 +132,8 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainArgs) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices (dim >= 2) only; biases, LayerNorms and vectors are not decayed.
-
-    The fused implementation is used where it exists (CPU and CUDA): on CPU it is twice as fast as the loop.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    fused = all(
-        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params
-    )
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, fused=fused or None)
+    """AdamW with decay on matrices only, fused where possible (``gpt2scratch.fast.make_optimizer``)."""
+    return make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -278,8 +266,8 @@ class Trainer:
         self.total_steps = args.max_steps or math.ceil(args.epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, args)
         accelerator.register_for_checkpointing(self.scheduler)
-        self.peak_flops = _peak_flops(accelerator)
-        self.flops_per_token_fn = _flops_per_token(self.config, model)
+        on_gpu = accelerator.device.type == "cuda"
+        self.peak_flops = peak_flops(torch.cuda.get_device_name(accelerator.device)) if on_gpu else None
 
     # ------------------------------------------------------------------------------------- fit
 
@@ -380,7 +368,7 @@ class Trainer:
         seq_len = max(b["input_ids"].shape[1] for b in batches)
         if self.peak_flops:
             stats["mfu"] = (
-                self.flops_per_token_fn(seq_len)
+                training_flops_per_token(self.config, seq_len)
                 * stats["tokens_per_s"]
                 / (self.peak_flops * acc.num_processes)
             )
@@ -690,19 +678,3 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc="finetune", dynamic_ncols=True)
-
-
-def _peak_flops(accelerator) -> float | None:
-    """The device's dense bf16 peak FLOP/s, or None where unknown (CPU: MFU is reported as n/a)."""
-    if accelerator.device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(accelerator.device)
-    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
-
-
-def _flops_per_token(config, model):
-    """nanoGPT's estimate: 6N + 12·L·H·Q·T FLOPs per token (N: parameters without position embeddings)."""
-    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    n -= config.n_positions * config.n_embd
-    layers, heads, head_dim = config.n_layer, config.n_head, config.n_embd // config.n_head
-    return lambda seq_len: 6 * n + 12 * layers * heads * head_dim * seq_len
