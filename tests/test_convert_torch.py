@@ -297,7 +297,7 @@ def test_nanogpt_padded_vocab_keeps_spare_rows_as_padding(tmp_path, vocab_dir):
     ids = _ids(vocab=50257)
     expected = nanogpt_forward(ckpt, ids)[..., :50257]
     torch.testing.assert_close(_logits(model, ids), expected, atol=1e-5, rtol=0)
-    assert "| vocab_size | 50257 |" in (tmp_path / "out" / "README.md").read_text()
+    assert "| vocabulary | 50,257 |" in (tmp_path / "out" / "README.md").read_text()
 
 
 # ---- the command and the folder it writes ----

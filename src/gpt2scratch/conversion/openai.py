@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..configuration_gpt2scratch import GPT2ScratchConfig
+from ..model_card import model_card
 from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
 from .tf_bundle import CheckpointError, TFCheckpoint, checkpoint_prefix
 
@@ -242,31 +243,18 @@ def from_openai_checkpoint(
 # --- the model folder --------------------------------------------------------------------------------
 
 
-def model_card(ckpt_dir: Path, model: GPT2ScratchForCausalLM, dtype: str) -> str:
-    """README.md of the converted folder: what it is, where it came from, how to load it."""
-    c = model.config
-    return f"""---
-library_name: transformers
-tags: [gpt2, gpt2scratch, text-generation]
----
-# GPT-2 ({model.num_parameters():,} parameters), converted from OpenAI's TensorFlow checkpoint
+def card(ckpt_dir: Path, model: GPT2ScratchForCausalLM, dtype: str) -> str:
+    """README.md of the converted folder (:func:`gpt2scratch.model_card.model_card`)."""
+    source = f"""Converted by `gpt2scratch convert-openai` from `{ckpt_dir.name}/`, OpenAI's original release layout
+(`hparams.json`, `model.ckpt.*`, `encoder.json`, `vocab.bpe`), read without TensorFlow. Every checkpoint
+variable was mapped and every weight set; weights are stored as {dtype}. The tokenizer is the checkpoint's
+own `encoder.json` / `vocab.bpe` (also saved as `vocab.json` / `merges.txt`).
 
-Converted by `gpt2scratch convert-openai` from `{ckpt_dir.name}/` (OpenAI's original release layout:
-`hparams.json`, `model.ckpt.*`, `encoder.json`, `vocab.bpe`), read without TensorFlow. Every checkpoint
-variable was mapped and every weight set; weights are stored as {dtype}.
-
-- layers {c.n_layer}, heads {c.n_head}, embedding {c.n_embd}, context {c.n_positions}, vocabulary {c.vocab_size}
-- tokenizer: the checkpoint's own `encoder.json` / `vocab.bpe` (also saved as `vocab.json` / `merges.txt`)
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("PATH", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("PATH")
-```
-
-OpenAI released the GPT-2 weights under a modified MIT license; see https://github.com/openai/gpt-2.
-The model card for the original model: https://github.com/openai/gpt-2/blob/master/model_card.md
-"""
+OpenAI released the GPT-2 weights under a modified MIT license (https://github.com/openai/gpt-2); the model
+card of the original model: https://github.com/openai/gpt-2/blob/master/model_card.md"""
+    return model_card(
+        model.config, title="GPT-2, converted from OpenAI's TensorFlow checkpoint", source=source
+    )
 
 
 def convert_openai(
@@ -286,7 +274,7 @@ def convert_openai(
     find_checkpoint(ckpt_dir)
     check_tokenizer_files(ckpt_dir)
     model = from_openai_checkpoint(ckpt_dir, TORCH_DTYPES[dtype])
-    return save_model_folder(model, out, ckpt_dir, model_card=model_card(ckpt_dir, model, dtype), force=force)
+    return save_model_folder(model, out, ckpt_dir, model_card=card(ckpt_dir, model, dtype), force=force)
 
 
 def _run(args: argparse.Namespace) -> None:

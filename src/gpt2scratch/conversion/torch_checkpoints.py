@@ -349,21 +349,14 @@ def _pad_multiple(n_tokens: int, rows: int) -> int:
 
 
 def _model_card(src: Path, layout: str, config: GPT2ScratchConfig) -> str:
-    rows = {
-        "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
-        "n_positions": config.n_positions, "vocab_size": config.vocab_size, "qkv_bias": config.qkv_bias,
-        "bias": config.bias, "activation": config.activation_function,
-        "tied embeddings": config.tie_word_embeddings,
-    }  # fmt: skip
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
-    return (
-        f"---\nlibrary_name: transformers\ntags:\n- gpt2scratch\n- text-generation\n---\n\n"
-        f"# {src.stem} (GPT-2 architecture)\n\nConverted from the {layout} checkpoint `{src.name}` with "
-        "`gpt2scratch convert-torch`.\n\n| field | value |\n|---|---|\n"
-        f"{table}\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        'model = AutoModelForCausalLM.from_pretrained("PATH", trust_remote_code=True)\n'
-        'tokenizer = AutoTokenizer.from_pretrained("PATH")\n```\n'
+    from ..model_card import model_card
+
+    source = (
+        f"Converted from the {layout} checkpoint `{src.name}` with `gpt2scratch convert-torch` "
+        f"(qkv_bias={config.qkv_bias}, bias={config.bias}, activation {config.activation_function}, "
+        f"tied embeddings {config.tie_word_embeddings})."
     )
+    return model_card(config, title=f"{src.stem} (GPT-2 architecture)", source=source)
 
 
 def convert_torch(
