@@ -183,7 +183,7 @@ def test_gradient_checkpointing_same_gradients():
     model(x, labels=x).loss.backward()
     plain = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     model(x, labels=x).loss.backward()
     for a, p in zip(plain, model.parameters(), strict=True):
         assert torch.allclose(a, p.grad, atol=1e-6)
