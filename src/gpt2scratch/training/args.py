@@ -43,7 +43,7 @@ class TrainArgs:
     dataset: str | None = field(
         default=None,
         metadata={
-            "help": "uci:sms_spam (downloaded and cached), or a Hugging Face Hub dataset id (untested offline)"
+            "help": "uci:sms_spam (downloaded and cached), or a Hugging Face Hub dataset id (train split required; validation/test used when present)"
         },
     )
     text_column: str | None = field(default=None, metadata={"help": "default: 'text'"})
