@@ -3,20 +3,14 @@
 Loaded with ``evaluate.load(path_to_this_folder)``: nothing is fetched from the Hub.
 """
 
-import datasets
 import evaluate
+
+from gpt2scratch.training.metrics._base import class_id_info
 
 
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__,
-            citation="",
-            inputs_description="predictions and references: lists of integer class ids of equal length.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
+        return class_id_info(__doc__)
 
     def _compute(self, predictions, references):
         right = sum(int(p) == int(r) for p, r in zip(predictions, references, strict=True))

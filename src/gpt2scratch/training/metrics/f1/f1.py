@@ -6,23 +6,9 @@ the Hub's ``f1`` metric: ``average`` ("binary" (default, class ``pos_label``), "
 A class never predicted (or never present) scores 0, as in scikit-learn.
 """
 
-import datasets
-import evaluate
-
-from gpt2scratch.training.metrics._counting import score
+# The module, not its class, is imported: evaluate takes the first Metric class in this file's namespace.
+from gpt2scratch.training.metrics import _base
 
 
-class F1(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__,
-            citation="",
-            inputs_description="predictions and references: lists of integer class ids of equal length.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
-
-    def _compute(self, predictions, references, average="binary", labels=None, pos_label=1):
-        value = score("f1", predictions, references, average=average, labels=labels, pos_label=pos_label)
-        return {"f1": float(value)}
+class F1(_base.CountedMetric):
+    kind = "f1"
