@@ -21,6 +21,14 @@ AUTO_MAP = {
 }
 
 
+def check_new_folder(out: str | os.PathLike, force: bool = False) -> None:
+    """Refuse an existing ``out`` unless ``force``: called before slow work, and by :func:`atomic_folder`."""
+    if Path(out).exists() and not force:
+        raise FileExistsError(
+            f"{out} already exists; choose another output folder or pass --force to replace it."
+        )
+
+
 @contextmanager
 def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out``, on error it vanishes.
@@ -28,10 +36,7 @@ def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
     An existing ``out`` is refused unless ``force`` (and then replaced only once the new one is complete).
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(
-            f"{out} already exists; choose another output folder or pass --force to replace it."
-        )
+    check_new_folder(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

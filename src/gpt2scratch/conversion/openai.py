@@ -262,15 +262,12 @@ def convert_openai(
 ) -> Path:
     """Convert OpenAI's checkpoint folder ``ckpt_dir`` into a complete model folder ``out`` (atomic: a
     failure leaves no ``out``, an existing ``out`` is replaced only with ``force``)."""
-    from ..io import save_model_folder
+    from ..io import check_new_folder, save_model_folder
 
     ckpt_dir, out = Path(ckpt_dir), Path(out)
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"--dtype {dtype!r} is not one of {list(TORCH_DTYPES)}.")
-    if out.exists() and not force:
-        raise FileExistsError(
-            f"{out} already exists; choose another output folder or pass --force to replace it."
-        )
+    check_new_folder(out, force)
     find_checkpoint(ckpt_dir)
     check_tokenizer_files(ckpt_dir)
     model = from_openai_checkpoint(ckpt_dir, TORCH_DTYPES[dtype])

@@ -372,13 +372,10 @@ def convert_torch(
     The folder (safetensors, config, code, tokenizer, generation config, model card) is written
     atomically; an existing ``out`` is replaced only with ``force``.
     """
-    from ..io import save_model_folder
+    from ..io import check_new_folder, save_model_folder
 
     src, out = Path(src), Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(
-            f"{out} already exists; choose another output folder or pass --force to replace it."
-        )
+    check_new_folder(out, force)
     tokenizer_dir = _tokenizer_folder(tokenizer_dir)
     model, layout = _import(src, n_head, activation)
     _fit_vocab(model.config, tokenizer_dir)
