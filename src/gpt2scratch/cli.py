@@ -2,11 +2,15 @@
 
 Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, adding its subcommands with
 ``set_defaults(func=...)``; heavy imports happen inside the command functions so ``--help`` is fast.
+
+Exit codes (``EXIT_CODES``; the README lists them): every failure a user can act on prints one line on
+stderr, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -18,9 +22,31 @@ COMMAND_MODULES = (
     "gpt2scratch.training.cli",  # finetune
     "gpt2scratch.training.commands",  # classify, evaluate
     "gpt2scratch.hub",  # push
+    "gpt2scratch.tokenizer_training",  # train-tokenizer
 )
 # Errors a user can act on: printed as one line, exit code 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, KeyError)
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected internal error (a bug: a traceback is printed)",
+    2: "bad input: an option, file or folder that cannot work (the message names it and what to do)",
+    3: "training stopped: non-finite loss or gradients (--on-nonfinite stop); the last good checkpoint is kept",
+    4: "no space left on device: the partial write was removed, the previous checkpoint or file is intact",
+    130: "interrupted (SIGINT, Ctrl-C); finetune saved a checkpoint first: resume with --resume-from latest",
+    143: "terminated (SIGTERM); finetune saved a checkpoint first: resume with --resume-from latest",
+}
+
+
+class CommandError(Exception):
+    """A failure with its own exit code from ``EXIT_CODES``; its message is printed as one line."""
+
+    exit_code = 1
+
+
+class DiskFullError(CommandError):
+    """ENOSPC (or a quota) while writing; raised after the partial write was removed."""
+
+    exit_code = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +69,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as e:
+    except KeyboardInterrupt:
+        return _fail(args.command, "interrupted.", 130)
+    except Exception as e:
+        code = exit_code(e)
+        if code is None:
+            raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"gpt2scratch {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        if code == 4 and not isinstance(e, CommandError):
+            message = f"no space left on device ({e}); free some space and run again."
+        return _fail(args.command, message, code)
+
+
+def exit_code(error: BaseException) -> int | None:
+    """The ``EXIT_CODES`` code of an error a user can act on; None for a bug (shown with its traceback)."""
+    if isinstance(error, CommandError):
+        return error.exit_code
+    if is_disk_full(error):
+        return 4
+    return 2 if isinstance(error, USER_ERRORS) else None
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _fail(command: str, message, code: int) -> int:
+    print(f"gpt2scratch {command}: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def cmd_init(args) -> None:
     from .configuration_gpt2scratch import GPT2ScratchConfig
     from .io import save_model_folder
     from .modeling_gpt2scratch import GPT2ScratchForCausalLM
-    from .tokenizer import default_vocab_dir
+    from .tokenizer import default_vocab_dir, load_encoding
 
     overrides = parse_overrides(args.set or [])
     unknown = sorted(set(overrides) - set(GPT2ScratchConfig().to_dict()))
@@ -37,6 +37,14 @@ def cmd_init(args) -> None:
     if vocab is None:
         raise FileNotFoundError(
             "No GPT-2 vocabulary found; pass --tokenizer-dir with encoder.json + vocab.bpe."
+        )
+    encoding = load_encoding(vocab)  # vocab_size and <|endoftext|> follow the tokenizer
+    eot = encoding.eot_token
+    overrides = {"vocab_size": encoding.n_vocab, "bos_token_id": eot, "eos_token_id": eot, **overrides}
+    if overrides["vocab_size"] < encoding.n_vocab:
+        raise ValueError(
+            f"--set vocab_size={overrides['vocab_size']} is smaller than the tokenizer in {vocab} "
+            f"({encoding.n_vocab} tokens); leave vocab_size out to size it from the tokenizer."
         )
     torch.manual_seed(args.seed)
     model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset(args.preset, **overrides))

@@ -3,7 +3,8 @@
 The vocabulary is two files, found in a folder under either naming: OpenAI's ``encoder.json`` +
 ``vocab.bpe`` or transformers' ``vocab.json`` + ``merges.txt`` (same contents). Nothing is downloaded.
 A literal ``<|endoftext|>`` in text is encoded as the special token 50256 on both paths, as transformers
-and the reference implementations do.
+and the reference implementations do. A vocabulary trained by ``gpt2scratch train-tokenizer`` is the
+same two files with fewer merges; its ``<|endoftext|>`` is its last id, read from ``encoder.json``.
 """
 
 from __future__ import annotations
@@ -48,24 +49,34 @@ def find_vocab_files(folder: str | os.PathLike) -> tuple[Path, Path]:
 
 @lru_cache(maxsize=8)
 def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
-    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json)
+    eot = json.loads(Path(encoder_json).read_text(encoding="utf-8")).get(ENDOFTEXT)
+    if eot is None:
+        raise ValueError(f"{encoder_json} has no {ENDOFTEXT} token; every GPT-2-style vocabulary needs it.")
+    try:
+        ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json)
+    except AssertionError:
+        raise ValueError(
+            f"{encoder_json} and {vocab_bpe} do not match: ids must be the 256 bytes in GPT-2's order, then "
+            "one id per merge in merge order (as OpenAI's files and `gpt2scratch train-tokenizer` write them)."
+        ) from None
     return tiktoken.Encoding(
-        name="gpt2",
+        name="gpt2" if (eot, len(ranks)) == (ENDOFTEXT_ID, ENDOFTEXT_ID) else f"bpe-{len(ranks) + 1}",
         pat_str=GPT2_PATTERN,
         mergeable_ranks=ranks,
-        special_tokens={ENDOFTEXT: ENDOFTEXT_ID},
-        explicit_n_vocab=ENDOFTEXT_ID + 1,
+        special_tokens={ENDOFTEXT: eot},
+        explicit_n_vocab=len(ranks) + 1,
     )
 
 
 def load_encoding(folder: str | os.PathLike) -> tiktoken.Encoding:
-    """tiktoken's ``gpt2`` encoding built from the vocabulary files in ``folder`` (no network)."""
+    """tiktoken's ``gpt2`` encoding built from the vocabulary files in ``folder`` (no network); for a
+    trained vocabulary, the same byte-level BPE with its own ranks (``n_vocab``, ``eot_token`` from the files)."""
     enc, bpe = find_vocab_files(folder)
     return _encoding(str(enc.resolve()), str(bpe.resolve()))
 
 
 def encode(encoding: tiktoken.Encoding, text: str) -> list[int]:
-    """Token ids of ``text``; a literal ``<|endoftext|>`` becomes id 50256."""
+    """Token ids of ``text``; a literal ``<|endoftext|>`` becomes the special token (50256 in GPT-2's)."""
     return encoding.encode(text, allowed_special={ENDOFTEXT})
 
 
