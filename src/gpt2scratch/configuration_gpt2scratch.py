@@ -30,6 +30,7 @@ class GPT2ScratchConfig(PreTrainedConfig):
         "max_position_embeddings": "n_positions",
         "num_attention_heads": "n_head",
         "num_hidden_layers": "n_layer",
+        "num_key_value_heads": "n_kv_head",
     }
 
     def __init__(
@@ -49,6 +50,11 @@ class GPT2ScratchConfig(PreTrainedConfig):
         qkv_bias: bool = True,
         bias: bool = True,
         pad_vocab_size_multiple: int = 1,
+        position_embedding_type: str = "learned",
+        rope_theta: float = 10000.0,
+        rotary_pct: float = 1.0,
+        n_kv_head: int | None = None,
+        sliding_window: int | None = None,
         summary_first_dropout: float = 0.1,
         use_cache: bool = True,
         tie_word_embeddings: bool = True,
@@ -61,6 +67,10 @@ class GPT2ScratchConfig(PreTrainedConfig):
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}).")
         if pad_vocab_size_multiple < 1:
             raise ValueError(f"pad_vocab_size_multiple must be >= 1, got {pad_vocab_size_multiple}.")
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        _check_variant(
+            n_embd // n_head, n_head, position_embedding_type, rotary_pct, n_kv_head, sliding_window
+        )
         self.vocab_size = vocab_size
         self.n_positions = n_positions
         self.n_embd = n_embd
@@ -76,6 +86,11 @@ class GPT2ScratchConfig(PreTrainedConfig):
         self.qkv_bias = qkv_bias
         self.bias = bias
         self.pad_vocab_size_multiple = pad_vocab_size_multiple
+        self.position_embedding_type = position_embedding_type
+        self.rope_theta = rope_theta
+        self.rotary_pct = rotary_pct
+        self.n_kv_head = n_kv_head
+        self.sliding_window = sliding_window
         self.summary_first_dropout = summary_first_dropout
         self.use_cache = use_cache
         self.tie_word_embeddings = tie_word_embeddings
@@ -83,6 +98,18 @@ class GPT2ScratchConfig(PreTrainedConfig):
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         super().__init__(**kwargs)
+
+    @property
+    def rotary_dim(self) -> int:
+        """Leading dimensions of each head that rotary embeddings rotate (0 for learned positions)."""
+        if self.position_embedding_type != "rotary":
+            return 0
+        return _rotary_dim(self.n_embd // self.n_head, self.rotary_pct)
+
+    @property
+    def kv_cache_bytes_per_token(self) -> int:
+        """Bytes of key/value cache one token costs across all layers, at fp32 (halve for bf16/fp16)."""
+        return 2 * self.n_layer * self.n_kv_head * (self.n_embd // self.n_head) * 4
 
     @property
     def padded_vocab_size(self) -> int:
@@ -99,6 +126,34 @@ class GPT2ScratchConfig(PreTrainedConfig):
             choices = ", ".join([*PRESETS, *OPENAI_SIZES])
             raise ValueError(f"Unknown preset {name!r}; choose one of: {choices}.")
         return cls(**{**PRESETS[key], **overrides})
+
+
+def _rotary_dim(head_dim: int, rotary_pct: float) -> int:
+    return int(head_dim * rotary_pct)
+
+
+def _check_variant(head_dim, n_head, position_embedding_type, rotary_pct, n_kv_head, sliding_window) -> None:
+    """Refuse architecture-variant settings the model cannot build, saying which value to change."""
+    if position_embedding_type not in ("learned", "rotary"):
+        raise ValueError(
+            f"position_embedding_type must be 'learned' or 'rotary', got {position_embedding_type!r}."
+        )
+    if position_embedding_type == "rotary":
+        dim = _rotary_dim(head_dim, rotary_pct)
+        if not 0 < rotary_pct <= 1 or dim < 2 or dim % 2:
+            raise ValueError(
+                f"rotary_pct={rotary_pct} rotates {dim} of the {head_dim} dimensions of each head; it must be in "
+                "(0, 1] and rotate an even number (>= 2) of them."
+            )
+    if not isinstance(n_kv_head, int) or n_kv_head < 1 or n_head % n_kv_head:
+        raise ValueError(
+            f"n_kv_head ({n_kv_head}) must be a positive divisor of n_head ({n_head}): n_head for multi-head, "
+            "1 for multi-query, anything between for grouped-query attention."
+        )
+    if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window < 1):
+        raise ValueError(
+            f"sliding_window must be a positive number of tokens or None, got {sliding_window!r}."
+        )
 
 
 __all__ = ["GPT2ScratchConfig", "PRESETS", "OPENAI_SIZES"]

@@ -20,7 +20,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -32,12 +32,25 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .configuration_gpt2scratch import GPT2ScratchConfig
 
 
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, n_kv_head, T, hs) → (B, n_kv_head * groups, T, hs): each key/value head serves ``groups`` query heads."""
+    if groups == 1:
+        return x
+    B, n_kv, T, hs = x.shape
+    return x[:, :, None].expand(B, n_kv, groups, T, hs).reshape(B, n_kv * groups, T, hs)
+
+
 def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain softmax attention; ``attention_mask`` is additive (B, 1, Tq, Tk) or None (then causal)."""
+    """Plain softmax attention; ``attention_mask`` is additive or boolean (B, 1, Tq, Tk), or None (then causal,
+    within the module's sliding window if it has one)."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, Tq, Tk)
     if attention_mask is None:
         q_len, k_len = query.shape[-2], key.shape[-2]
         causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        if module.sliding_window is not None:  # keys less than sliding_window positions back
+            causal = causal.triu(k_len - q_len - module.sliding_window + 1)
         scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
     elif attention_mask.dtype == torch.bool:
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -49,8 +62,32 @@ def eager_attention(module, query, key, value, attention_mask, scaling, dropout=
     return out, weights
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` dimensions of each head of ``x`` (B, nh, T, hs) by its position's
+    angles (half-split pairing, as in GPT-NeoX and Llama); the other dimensions pass through."""
+    dim = cos.shape[-1]
+    rot = x[..., :dim] * cos + rotate_half(x[..., :dim]) * sin
+    return rot if dim == x.shape[-1] else torch.cat((rot, x[..., dim:]), dim=-1)
+
+
+def rotary_cos_sin(config: GPT2ScratchConfig, position_ids: torch.Tensor, dtype: torch.dtype):
+    """cos and sin (B, 1, T, rotary_dim) of the angles position * theta^(-2i/rotary_dim), computed in fp32."""
+    dim = config.rotary_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=position_ids.device).float() / dim
+    inv_freq = 1.0 / (config.rope_theta**exponents)
+    angles = position_ids[..., None].float() * inv_freq  # (B, T, dim/2)
+    angles = torch.cat((angles, angles), dim=-1)[:, None]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
 class GPT2ScratchAttention(nn.Module):
-    """Causal multi-head self-attention with one fused q/k/v projection."""
+    """Causal self-attention with one fused q/k/v projection; ``n_kv_head`` < ``n_head`` shares each key/value
+    head among a group of query heads (grouped-query / multi-query attention)."""
 
     def __init__(self, config: GPT2ScratchConfig, layer_idx: int):
         super().__init__()
@@ -58,19 +95,33 @@ class GPT2ScratchAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
+        self.kv_dim = config.n_kv_head * self.head_dim
+        self.num_key_value_groups = config.n_head // config.n_kv_head  # the name transformers' SDPA reads
+        self.sliding_window = config.sliding_window
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_dim, bias=config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.is_residual_projection = True
         self.attn_dropout = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x, attention_mask=None, cache: Cache | None = None, output_attentions=False, **kwargs):
+    def forward(
+        self,
+        x,
+        attention_mask=None,
+        cache: Cache | None = None,
+        output_attentions=False,
+        rotary=None,
+        **kwargs,
+    ):
         B, T, C = x.shape
-        q, k, v = (
-            self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        )  # (B, nh, T, hs)
+        q, k, v = self.c_attn(x).split([C, self.kv_dim, self.kv_dim], dim=-1)
+        q = q.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hs)
+        v = v.view(B, T, -1, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         impl = "eager" if output_attentions else self.config._attn_implementation
@@ -83,6 +134,7 @@ class GPT2ScratchAttention(nn.Module):
             attention_mask,
             scaling=self.scaling,
             dropout=self.attn_dropout if self.training else 0.0,
+            sliding_window=self.sliding_window,
             **kwargs,
         )
         y = y.reshape(B, T, C)
@@ -118,9 +170,14 @@ class GPT2ScratchBlock(GradientCheckpointingLayer):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = GPT2ScratchMLP(config)
 
-    def forward(self, x, attention_mask=None, cache=None, output_attentions=False, **kwargs):
+    def forward(self, x, attention_mask=None, cache=None, output_attentions=False, rotary=None, **kwargs):
         a, weights = self.attn(
-            self.ln_1(x), attention_mask, cache=cache, output_attentions=output_attentions, **kwargs
+            self.ln_1(x),
+            attention_mask,
+            cache=cache,
+            output_attentions=output_attentions,
+            rotary=rotary,
+            **kwargs,
         )
         x = x + a
         x = x + self.mlp(self.ln_2(x))
@@ -291,12 +348,13 @@ def positions_from_mask(attention_mask: torch.Tensor, query_length: int) -> torc
 
 
 class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
-    """The bare transformer: embeddings, blocks, final LayerNorm."""
+    """The bare transformer: embeddings (learned positions, or none with rotary), blocks, final LayerNorm."""
 
     def __init__(self, config: GPT2ScratchConfig):
         super().__init__(config)
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        learned = config.position_embedding_type == "learned"
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd) if learned else None
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([GPT2ScratchBlock(config, i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
@@ -353,9 +411,18 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
                 position_ids = positions_from_mask(attention_mask, T)
             else:
                 position_ids = (torch.arange(T, device=inputs_embeds.device) + past_length).unsqueeze(0)
-        x = self.drop(inputs_embeds + self.wpe(position_ids))
+        if self.wpe is not None:
+            x, rotary = self.drop(inputs_embeds + self.wpe(position_ids)), None
+        else:
+            x, rotary = (
+                self.drop(inputs_embeds),
+                rotary_cos_sin(self.config, position_ids, inputs_embeds.dtype),
+            )
 
-        mask = create_causal_mask(
+        make_mask = (
+            create_causal_mask if self.config.sliding_window is None else create_sliding_window_causal_mask
+        )
+        mask = make_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -366,7 +433,12 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         attentions = () if output_attentions else None
         for block in self.h:
             x, weights = block(
-                x, attention_mask=mask, cache=cache, output_attentions=output_attentions, **kwargs
+                x,
+                attention_mask=mask,
+                cache=cache,
+                output_attentions=output_attentions,
+                rotary=rotary,
+                **kwargs,
             )
             if output_attentions:
                 attentions += (weights,)
