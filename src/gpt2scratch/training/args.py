@@ -14,6 +14,7 @@ from pathlib import Path
 TASKS = ("classification", "instruction", "lm")
 METHODS = ("full", "lora", "last-block")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+NONFINITE = ("stop", "skip")
 
 
 @dataclass
@@ -83,6 +84,19 @@ class TrainArgs:
         default=None, metadata={"help": "cap evaluation at N batches per split"}
     )
     save_every: int | None = field(default=None, metadata={"help": "checkpoint every N optimizer steps"})
+    keep_checkpoints: int | None = field(
+        default=None,
+        metadata={
+            "help": "keep only the newest N complete checkpoints (older ones deleted after a new one is complete)"
+        },
+    )
+    on_nonfinite: str = field(
+        default="stop",
+        metadata={
+            "help": "a NaN/inf loss or gradient: stop (exit 3, last checkpoint kept) | skip (no update for that step)",
+            "choices": NONFINITE,
+        },
+    )
     log_every: int = field(default=1, metadata={"help": "log the training loss every N optimizer steps"})
     stop_after: int | None = field(
         default=None,
@@ -115,6 +129,7 @@ class TrainArgs:
         _check_choice("task", self.task, TASKS)
         _check_choice("method", self.method, METHODS)
         _check_choice("mixed-precision", self.mixed_precision, PRECISIONS)
+        _check_choice("on-nonfinite", self.on_nonfinite, NONFINITE)
         if not self.output_dir:
             raise ValueError("--output-dir is required (where the model, checkpoints and logs go).")
         if not (self.train_file or self.dataset):
@@ -123,7 +138,15 @@ class TrainArgs:
             raise ValueError("Give either --train-file or --dataset, not both.")
         for name in ("batch_size", "gradient_accumulation_steps", "log_every", "lora_r", "last_n_blocks"):
             _check_positive(name, getattr(self, name))
-        for name in ("max_steps", "eval_every", "save_every", "max_length", "stop_after", "eval_max_batches"):
+        for name in (
+            "max_steps",
+            "eval_every",
+            "save_every",
+            "max_length",
+            "stop_after",
+            "eval_max_batches",
+            "keep_checkpoints",
+        ):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
         if self.max_steps is None and self.epochs <= 0:

@@ -19,24 +19,31 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..cli import CommandError, DiskFullError, is_disk_full
 from ..fast import make_optimizer, peak_flops, training_flops_per_token
 from .args import TrainArgs
 from .checkpoints import (
     check_output_dir,
     clear_output_dir,
+    discard_partial,
     finish_checkpoint,
+    fsync_tree,
+    injected,
     list_checkpoints,
     read_trainer_state,
     resolve_resume,
+    rotate_checkpoints,
     temp_checkpoint_dir,
     write_run,
 )
@@ -54,6 +61,20 @@ LAUNCH_HELP = (
 
 class LaunchError(ValueError):
     """The launcher started several processes that Accelerate does not connect."""
+
+
+class NonFiniteError(CommandError):
+    """A NaN or infinite loss or gradient under ``--on-nonfinite stop`` (the weights were not updated)."""
+
+    exit_code = 3
+
+
+class RunInterrupted(CommandError):
+    """SIGINT or SIGTERM: a checkpoint was saved at the step boundary; exit code 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -264,8 +285,9 @@ class Trainer:
                 f"--gradient-accumulation-steps {args.gradient_accumulation_steps}); lower them or add data."
             )
         self.total_steps = args.max_steps or math.ceil(args.epochs * self.steps_per_epoch)
+        # Saved in trainer_state.json, not registered with Accelerate, whose custom states load with weights_only=False.
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, args)
-        accelerator.register_for_checkpointing(self.scheduler)
+        self.signal: int | None = None  # SIGINT/SIGTERM received, acted on at the next step boundary
         on_gpu = accelerator.device.type == "cuda"
         self.peak_flops = peak_flops(torch.cuda.get_device_name(accelerator.device)) if on_gpu else None
 
@@ -290,27 +312,65 @@ class Trainer:
         progress = _progress(self.total_steps, self.state.step, acc.is_local_main_process)
         start = time.perf_counter()
         remaining = self._optimizer_batches(self.state.step) if self.state.step < self.total_steps else ()
-        for batches in remaining:
-            stats = self.train_step(batches)
-            self.state.step += 1
-            step = self.state.step
-            for key, value in stats.items():
-                self.state.window[key].append(value)
-            self._log_step(step, stats)
-            progress.update(1)
-            progress.set_postfix(loss=f"{stats['loss']:.4f}")
-            if step == self.total_steps or (args.eval_every and step % args.eval_every == 0):
-                self._evaluate_during(step, self.state.window)
-                self.state.window = defaultdict(list)
-            if step < self.total_steps and args.save_every and step % args.save_every == 0:
-                self.save_checkpoint()
-            if args.stop_after and step == args.stop_after and step < self.total_steps:
-                return self._stop(progress)
-            if step >= self.total_steps:
-                break
+        with self._stop_requests():
+            for batches in remaining:
+                stats = self.train_step(batches)
+                self.state.step += 1
+                step = self.state.step
+                if not stats.pop("skipped", False):
+                    for key, value in stats.items():
+                        self.state.window[key].append(value)
+                self._log_step(step, stats)
+                progress.update(1)
+                progress.set_postfix(loss=f"{stats['loss']:.4f}")
+                if step == self.total_steps or (args.eval_every and step % args.eval_every == 0):
+                    self._evaluate_during(step, self.state.window)
+                    self.state.window = defaultdict(list)
+                if step < self.total_steps and args.save_every and step % args.save_every == 0:
+                    self.save_checkpoint()
+                if step < self.total_steps and _any_process(acc, self.signal is not None):
+                    self._pause(progress)
+                    raise self._interrupted()
+                if args.stop_after and step == args.stop_after and step < self.total_steps:
+                    self._pause(progress)
+                    log.info("stopped after step %d (--stop-after); continue with --resume-from latest", step)
+                    return None
+                if step >= self.total_steps:
+                    break
         progress.close()
         train_seconds = time.perf_counter() - start
         return self._finish(train_seconds)
+
+    @contextmanager
+    def _stop_requests(self):
+        """While training, SIGINT/SIGTERM only set ``self.signal``; a second one stops at once (KeyboardInterrupt)."""
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+
+        def request(signum, frame):
+            if self.signal is not None:
+                raise KeyboardInterrupt
+            self.signal = signum
+            log.warning(
+                "%s received: saving a checkpoint after this step, then stopping (send it again to stop now)",
+                signal.Signals(signum).name,
+            )
+
+        previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _interrupted(self) -> RunInterrupted:
+        signum = self.signal or signal.SIGTERM  # another process received it
+        return RunInterrupted(
+            signum,
+            f"{signal.Signals(signum).name}: stopped after step {self.state.step} and saved "
+            f"{self.out / f'checkpoint-{self.state.step}'}; continue with --resume-from latest.",
+        )
 
     def _optimizer_batches(self, start: int):
         """Yield the micro-batches of each optimizer step from ``start`` on, the epoch and offset set for resuming."""
@@ -333,6 +393,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         acc, args = self.accelerator, self.args
+        step = self.state.step + 1
         set_seed(args.seed + self.state.step, device_specific=True)
         self.model.train()
         t0 = time.perf_counter()
@@ -343,8 +404,9 @@ class Trainer:
             sync = i == len(batches) - 1
             with nullcontext() if sync else acc.no_sync(self.model):
                 out = self.model(**batch)
-                acc.backward(out.loss / len(batches))
-            loss_sum += out.loss.detach().float() / len(batches)
+                batch_loss = out.loss * float("nan") if i == 0 and injected("nan_loss", step) else out.loss
+                acc.backward(batch_loss / len(batches))
+            loss_sum += batch_loss.detach().float() / len(batches)
             tokens += batch["attention_mask"].sum()
             if args.task == "classification":
                 correct += torch.stack(
@@ -353,13 +415,18 @@ class Trainer:
         grad_norm = (
             acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm) if args.max_grad_norm else None
         )
-        self.optimizer.step()
+        loss = acc.reduce(loss_sum, reduction="mean").item()
+        injected("mid_step", step)
+        skipped = self._check_finite(step, loss, grad_norm)
+        if not skipped:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = acc.reduce(loss_sum, reduction="mean").item()
         tokens = acc.reduce(tokens, reduction="sum").item()
         elapsed = time.perf_counter() - t0
         stats = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / elapsed}
+        if skipped:
+            stats["skipped"] = True
         if grad_norm is not None:
             stats["grad_norm"] = float(grad_norm)
         if args.task == "classification":
@@ -373,6 +440,32 @@ class Trainer:
                 / (self.peak_flops * acc.num_processes)
             )
         return stats
+
+    def _check_finite(self, step: int, loss: float, grad_norm) -> bool:
+        """True when this step must be skipped (``--on-nonfinite skip``); raises under ``stop``. Gradients are
+        checked unless an fp16 loss scaler is on (it skips overflowing steps itself)."""
+        bad = None if math.isfinite(loss) else f"loss {loss}"
+        if bad is None and self.accelerator.scaler is None:
+            if grad_norm is None:
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+            if grad_norm is not None and not math.isfinite(float(grad_norm)):
+                bad = f"gradient norm {float(grad_norm)}"
+        if bad is None:
+            return False
+        accum = self.args.gradient_accumulation_steps
+        epoch, within = divmod(step - 1, self.steps_per_epoch)
+        where = (
+            f"Non-finite {bad} at step {step} (epoch {epoch}, micro-batches {within * accum + 1}-"
+            f"{(within + 1) * accum} of that epoch's seeded order, per process)"
+        )
+        if self.args.on_nonfinite == "skip":
+            log.warning("%s: step skipped, the weights were not updated (--on-nonfinite skip).", where)
+            return True
+        raise NonFiniteError(
+            f"{where}; training stopped before updating the weights and {self._last_checkpoint()}. "
+            "Lower --lr, check the data, or pass --on-nonfinite skip; continue with --resume-from latest."
+        )
 
     def _log_step(self, step: int, stats: dict) -> None:
         if step % self.args.log_every and step != self.total_steps:
@@ -518,13 +611,33 @@ class Trainer:
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp / "state"))
-        if acc.is_main_process:
-            self._write_model(tmp / "model")
-            final = finish_checkpoint(self.out, step, self._trainer_state())
-            log.info("saved %s", final)
+        try:
+            acc.save_state(str(tmp / "state"))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                self._write_model(tmp / "model")
+                injected("enospc_checkpoint", step)
+                final = finish_checkpoint(self.out, step, self._trainer_state())
+                removed = rotate_checkpoints(self.out, self.args.keep_checkpoints)
+                log.info(
+                    "saved %s%s", final, f" (removed {', '.join(p.name for p in removed)})" if removed else ""
+                )
+        except BaseException as e:
+            if acc.is_main_process:
+                discard_partial(self.out, step)
+            if is_disk_full(e):
+                raise DiskFullError(
+                    f"no space left on device while writing checkpoint-{step} in {self.out}: the partial "
+                    f"checkpoint was removed; {self._last_checkpoint()}. Free some space, then "
+                    "continue with --resume-from latest."
+                ) from e
+            raise
         acc.wait_for_everyone()
         return self.out / f"checkpoint-{step}"
+
+    def _last_checkpoint(self) -> str:
+        kept = list_checkpoints(self.out)
+        return f"the last good checkpoint {kept[-1]} is intact" if kept else "no checkpoint was saved before"
 
     def _trainer_state(self) -> dict:
         return {
@@ -533,6 +646,7 @@ class Trainer:
             "before": self.state.before,
             "window": dict(self.state.window),
             "total_steps": self.total_steps,
+            "scheduler": self.scheduler.state_dict(),
         }
 
     def _resume(self, checkpoint: Path) -> None:
@@ -544,6 +658,7 @@ class Trainer:
                 saved["total_steps"],
                 self.total_steps,
             )
+        self.scheduler.load_state_dict(saved["scheduler"])
         self.state.step = saved["step"]
         self.state.history = defaultdict(
             list, {k: [tuple(x) for x in v] for k, v in saved["history"].items()}
@@ -568,18 +683,15 @@ class Trainer:
         model.save_pretrained(str(folder))
         save_tokenizer(self.vocab, folder, model_max_length=self.config.n_positions)
 
-    def _stop(self, progress) -> None:
+    def _pause(self, progress) -> None:
+        """Checkpoint the current step (unless just saved) and mark the run unfinished (--stop-after, signals)."""
         progress.close()
-        if (
-            not list_checkpoints(self.out)
-            or list_checkpoints(self.out)[-1].name != f"checkpoint-{self.state.step}"
-        ):
+        kept = list_checkpoints(self.out)
+        if not kept or kept[-1].name != f"checkpoint-{self.state.step}":
             self.save_checkpoint()
         if self.accelerator.is_main_process:
             write_run(self.out, finished=False, step=self.state.step)
         self.accelerator.end_training()
-        log.info("stopped after step %d (--stop-after); continue with --resume-from latest", self.state.step)
-        return None
 
     def _finish(self, train_seconds: float) -> dict:
         """Final metrics on every split, the model at the top of the output folder, metrics.json and plots."""
@@ -638,12 +750,24 @@ class Trainer:
         tmp = self.out / ".final.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        if self.args.method == "lora" and self.args.merge:
-            merged = self.accelerator.unwrap_model(self.model).merge_and_unload()
-            tmp.mkdir()
-            write_model_folder(merged, tmp, self.vocab)
-        else:
-            self._write_model(tmp)
+        try:
+            if self.args.method == "lora" and self.args.merge:
+                merged = self.accelerator.unwrap_model(self.model).merge_and_unload()
+                tmp.mkdir()
+                write_model_folder(merged, tmp, self.vocab)
+            else:
+                self._write_model(tmp)
+            injected("enospc_final", self.state.step)
+            fsync_tree(tmp)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(e):
+                raise DiskFullError(
+                    f"no space left on device while writing the final model into {self.out}: the partial "
+                    f"files were removed and {self._last_checkpoint()}. Free some space, then continue with "
+                    "--resume-from latest."
+                ) from e
+            raise
         for item in tmp.iterdir():
             os.replace(item, self.out / item.name)
         tmp.rmdir()
@@ -670,8 +794,16 @@ def _mean(values: list[float]) -> float:
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after ``step`` by an interrupted run that is now resumed from ``step``."""
     if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        lines = [line for line in path.read_text().splitlines() if _logged_step(line) <= step]
         path.write_text("".join(line + "\n" for line in lines))
+
+
+def _logged_step(line: str) -> float:
+    """The step of a train_log.jsonl line; infinity for a line cut short by a kill (so it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def _progress(total: int, initial: int, enabled: bool):
