@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "gpt2scratch.training.cli",  # finetune
     "gpt2scratch.training.commands",  # classify, evaluate
     "gpt2scratch.hub",  # push
+    "gpt2scratch.tokenizer_training",  # train-tokenizer
 )
 # Errors a user can act on: printed as one line, exit code 2, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, KeyError)
