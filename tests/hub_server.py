@@ -8,8 +8,9 @@
         env = {**os.environ, **hub.client_env(tmp_path / "hf")}   # HF_ENDPOINT, HF_TOKEN, HF_HOME, ...
         ...                                # push_to_hub / from_pretrained / load_dataset in a subprocess
                                            # with env (drop HF_HUB_OFFLINE=1 if your runner sets it)
-        hub.files("user/model")            # {path: bytes} at main
+        hub.files("user/model")            # {path: bytes} at main (or files(repo, "dev"), "refs/pr/1")
         hub.requests                       # [(method, path), ...] in arrival order
+        hub.calls                          # the same, with query and JSON payload: Call(method, path, query, payload)
 
 It answers what ``huggingface_hub`` 2.4, ``transformers`` 5.24 and ``datasets`` 5.2 call for an upload
 and a download (see NOTES.md, "Hub"):
@@ -22,10 +23,12 @@ and a download (see NOTES.md, "Hub"):
     GET  /api/{models,datasets}/{repo}/tree/{rev}[/{path}][?recursive=]   listing; 404 EntryNotFound
     POST /api/{models,datasets}/{repo}/paths-info/{rev}  form ``paths=...``
     POST /api/{models,datasets}/{repo}/preupload/{rev}   always ``uploadMode: regular``
-    POST /api/{models,datasets}/{repo}/commit/{rev}      NDJSON, files base64 inline
+    POST /api/{models,datasets}/{repo}/commit/{rev}      NDJSON, files base64 inline; ``?create_pr=1``
+                                                         commits to a new ``refs/pr/N`` based on ``rev``
+    POST /api/{models,datasets}/{repo}/branch/{branch}   create a branch (409 if it exists)
     GET/HEAD /[datasets/]{repo}/resolve/{rev}/{path}     X-Repo-Commit, ETag (git blob sha1), Range
 
-Every commit is kept (``rev`` may be ``main`` or any commit sha). Writes need ``Authorization: Bearer
+Every commit is kept (``rev`` may be a branch, ``refs/pr/N`` or any commit sha). Writes need ``Authorization: Bearer
 <token>`` (401 otherwise, as the Hub answers a bad token), repos of another namespace are refused
 (403), and private repos are readable only with the token. Errors carry the Hub's ``X-Error-Code``
 headers so the client raises its usual exceptions. Repo ids are ``namespace/name``. Standard library only.
@@ -63,27 +66,53 @@ def blob_oid(data: bytes) -> str:
 
 
 @dataclass
+class Call:
+    """One request as the server saw it: ``payload`` is the JSON body (a commit's NDJSON header), or None."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    payload: dict | None
+
+
+@dataclass
 class Repo:
     repo_type: str
     repo_id: str
     private: bool = False
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha -> {path: bytes}
     messages: dict[str, str] = field(default_factory=dict)  # sha -> commit summary
-    main: str = ""
+    refs: dict[str, str] = field(default_factory=dict)  # branch or "refs/pr/N" -> sha
 
-    def commit(self, files: dict[str, bytes], message: str) -> str:
-        digest = hashlib.sha1(self.main.encode() + message.encode())
+    @property
+    def main(self) -> str:
+        return self.refs.get("main", "")
+
+    def commit(self, files: dict[str, bytes], message: str, ref: str = "main") -> str:
+        digest = hashlib.sha1(self.refs.get(ref, "").encode() + ref.encode() + message.encode())
         for path in sorted(files):
             digest.update(path.encode() + b"\0" + blob_oid(files[path]).encode())
         sha = digest.hexdigest()
-        self.commits[sha], self.messages[sha], self.main = dict(files), message, sha
+        self.commits[sha], self.messages[sha], self.refs[ref] = dict(files), message, sha
         return sha
 
     def resolve(self, revision: str) -> tuple[str, dict[str, bytes]]:
-        sha = self.main if revision == "main" else revision
+        sha = self.refs.get(revision, revision)
         if sha not in self.commits:
             raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return sha, self.commits[sha]
+
+    def create_branch(self, name: str, starting_point: str = "main") -> None:
+        if name in self.refs:
+            raise HubError(409, None, f"Reference already exists: refs/heads/{name}")
+        self.refs[name] = self.resolve(starting_point)[0]
+
+    def open_pr(self, base: str) -> str:
+        """A new ``refs/pr/N`` starting at ``base``; returns its name."""
+        number = 1 + sum(ref.startswith("refs/pr/") for ref in self.refs)
+        ref = f"refs/pr/{number}"
+        self.refs[ref] = self.resolve(base)[0]
+        return ref
 
 
 class LocalHub:
@@ -93,6 +122,7 @@ class LocalHub:
         self.token, self.user, self.namespaces = token, user, {user, *orgs}
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []
+        self.calls: list[Call] = []
         self.lock = threading.Lock()
         self.url = ""
         self._server: _Server | None = None
@@ -137,10 +167,9 @@ class LocalHub:
     def repo(self, repo_id: str, repo_type: str = "model") -> Repo:
         return self.repos[(repo_type, repo_id)]
 
-    def files(self, repo_id: str, repo_type: str = "model") -> dict[str, bytes]:
-        """The files of ``repo_id`` at main."""
-        repo = self.repo(repo_id, repo_type)
-        return dict(repo.commits[repo.main])
+    def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
+        """The files of ``repo_id`` at ``revision`` (a branch, ``refs/pr/N`` or a commit sha)."""
+        return dict(self.repo(repo_id, repo_type).resolve(revision)[1])
 
     # --- state changes (called with the lock held) -----------------------------------------------
 
@@ -193,11 +222,15 @@ class _Handler(BaseHTTPRequestHandler):
         body = (
             self.rfile.read(int(self.headers.get("Content-Length") or 0)) if self.command == "POST" else b""
         )
+        query = parse_qs(split.query)
         with self.hub.lock:
             self.hub.requests.append((self.command, split.path))
+            self.hub.calls.append(
+                Call(self.command, split.path, {k: v[0] for k, v in query.items()}, _payload(body))
+            )
         try:
             with self.hub.lock:
-                answer = self._route(split.path, parse_qs(split.query), body)
+                answer = self._route(split.path, query, body)
         except HubError as e:
             self._send(e.status, json.dumps({"error": e.message, **e.extra}).encode(), _error_headers(e))
             return
@@ -261,6 +294,10 @@ class _Handler(BaseHTTPRequestHandler):
         if action == "commit" and self.command == "POST":
             self._require_token()
             return self._commit(repo, revision, body, query)
+        if action == "branch" and self.command == "POST":
+            self._require_token()
+            repo.create_branch(revision, json.loads(body or b"{}").get("startingPoint") or "main")
+            return _json({})
         raise HubError(
             404, None, f"{self.command} /api/{repo_type}s/{repo_id}/{'/'.join(rest)} is not implemented"
         )
@@ -351,7 +388,7 @@ class _Handler(BaseHTTPRequestHandler):
         return _json(found)
 
     def _preupload(self, repo: Repo, revision: str, payload: dict):
-        _, files = repo.resolve(revision)
+        sha, files = repo.resolve(revision)
         answer = [
             {
                 "path": f["path"],
@@ -361,12 +398,13 @@ class _Handler(BaseHTTPRequestHandler):
             }
             for f in payload.get("files", [])
         ]
-        return _json({"files": answer, "commitOid": repo.main})
+        return _json({"files": answer, "commitOid": sha})
 
     def _commit(self, repo: Repo, revision: str, body: bytes, query: dict):
-        if query.get("create_pr"):
-            raise HubError(400, None, "This test Hub does not open pull requests")
         _, files = repo.resolve(revision)
+        if revision not in repo.refs:
+            raise HubError(400, None, f"Commit to a branch, not to the commit {revision}")
+        ref = repo.open_pr(revision) if query.get("create_pr", [""])[0] in ("1", "true") else revision
         files, summary = dict(files), "commit"
         for line in body.splitlines():
             if not line.strip():
@@ -383,17 +421,10 @@ class _Handler(BaseHTTPRequestHandler):
                 files = {p: d for p, d in files.items() if not p.startswith(value["path"].rstrip("/") + "/")}
             else:
                 raise HubError(400, None, f"This test Hub accepts regular files only, not {key!r}")
-        if revision not in ("main", repo.main):
-            raise HubError(400, None, "This test Hub commits to main only")
-        sha = repo.commit(files, summary)
-        prefix = "" if repo.repo_type == "model" else "datasets/"
-        return _json(
-            {
-                "commitUrl": f"{self.hub.url}/{prefix}{repo.repo_id}/commit/{sha}",
-                "commitOid": sha,
-                "pullRequestUrl": None,
-            }
-        )
+        sha = repo.commit(files, summary, ref)
+        prefix = f"{self.hub.url}/{'' if repo.repo_type == 'model' else 'datasets/'}{repo.repo_id}"
+        pr = f"{prefix}/discussions/{ref.rsplit('/', 1)[-1]}" if ref.startswith("refs/pr/") else None
+        return _json({"commitUrl": f"{prefix}/commit/{sha}", "commitOid": sha, "pullRequestUrl": pr})
 
     def _resolve(self, repo_type: str, repo_id: str, rest: list[str]):
         repo = self.hub._lookup(repo_type, repo_id, self._authorized())
@@ -418,6 +449,22 @@ class _Handler(BaseHTTPRequestHandler):
         start, end = span
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
         return 206, data[start:end], headers
+
+
+def _payload(body: bytes) -> dict | None:
+    """A request's JSON body, or the header (first line) of an NDJSON commit; None for anything else."""
+    if not body.strip():
+        return None
+    try:
+        first = json.loads(body)
+    except ValueError:
+        try:
+            first = json.loads(body.splitlines()[0])
+        except ValueError:
+            return None
+    if isinstance(first, dict) and first.get("key") == "header":
+        return first.get("value")
+    return first if isinstance(first, dict) else None
 
 
 def _error_headers(e: HubError) -> dict[str, str]:

@@ -2,9 +2,15 @@
 
 Everything that can be checked locally is checked before the first request: the folder is complete
 (config, weights, the two code files, tokenizer files), an adapter names its base model by a Hub id,
-and a token is available. The folder then goes up in one commit (``create_repo(exist_ok=True)`` +
-``upload_folder``), with a model card ``README.md`` written first when the folder has none (or only
-PEFT's empty template).
+and a token is available. The folder then goes up in one commit (``create_repo(exist_ok=True)``,
+``create_branch(exist_ok=True)`` for ``--revision``, ``upload_folder``; with ``--create-pr`` the commit
+opens a pull request instead), with a model card ``README.md`` written first when the folder has none
+(or only PEFT's empty template). Pushing again updates the repository in place: only changed files are
+committed, and weight files the folder no longer has are deleted so that stale weights never load.
+
+:func:`finish_run` is what ``finetune`` calls at the end of a finished run (main process only): it writes
+the run's model card and, with ``--push-to-hub REPO_ID``, pushes the final model, or a LoRA adapter
+after its base model (to ``REPO_ID-base``, which the pushed adapter then names).
 
 What is uploaded is a staging view of the folder (links, not copies): training-run leftovers
 (``checkpoint-*/``, ``base/``, ``data/``, hidden files) stay behind, the card's placeholder repo id
@@ -24,7 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from .model_card import REPO_PLACEHOLDER, model_card
+from .cli import CommandError
+from .model_card import PLOTS, REPO_PLACEHOLDER, model_card
 
 CODE_FILES = ("configuration_gpt2scratch.py", "modeling_gpt2scratch.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -33,7 +40,18 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EXCLUDED_DIRS = re.compile(r"^(checkpoint-\d+|base|data|__pycache__)$")
 REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # training_args.yaml entries that describe the machine or the paths, not the training.
-NOT_TRAINING = {"output_dir", "resume_from", "tokenizer_dir", "config", "force", "stop_after", "log_every"}
+NOT_TRAINING = {
+    "output_dir", "resume_from", "tokenizer_dir", "config", "force", "stop_after", "log_every", "push_to_hub",
+}  # fmt: skip
+# Deleted on the Hub when the pushed folder does not have them: a stale model.safetensors beside new
+# shards (or the reverse) would be loaded instead of the pushed weights.
+WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json"]
+
+
+class HubUnreachableError(CommandError):
+    """The Hub endpoint could not be reached (network, proxy, ``HF_ENDPOINT``); nothing was uploaded."""
+
+    exit_code = 2
 
 
 # --- checks (no network) ---------------------------------------------------------------------------
@@ -108,12 +126,17 @@ def _local_base(name: str, folder: Path) -> str:
     return str((folder / name).resolve()) if not path.is_dir() and (folder / name).is_dir() else str(path)
 
 
-def adapter_base(folder: Path, base_model_id: str | None) -> tuple[str, str | None]:
-    """(Hub id the pushed adapter will name, local base folder or None); refuses a local-only base."""
+def recorded_base(folder: Path) -> tuple[str | None, str | None]:
+    """(the base model an adapter folder records, that base as a local folder or None when it is a Hub id)."""
     recorded = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get(
         "base_model_name_or_path"
     )
-    local = _local_base(recorded, folder) if recorded and looks_local(recorded, folder) else None
+    return recorded, _local_base(recorded, folder) if recorded and looks_local(recorded, folder) else None
+
+
+def adapter_base(folder: Path, base_model_id: str | None) -> tuple[str, str | None]:
+    """(Hub id the pushed adapter will name, local base folder or None); refuses a local-only base."""
+    recorded, local = recorded_base(folder)
     if base_model_id:
         check_repo_id(base_model_id, "--base-model-id")
         return base_model_id, local
@@ -148,9 +171,10 @@ def resolve_token(token: str | None) -> str:
 # --- the card --------------------------------------------------------------------------------------
 
 
-def card_for(folder: Path, repo_id: str, base_model_id: str | None, base_dir: str | None) -> str:
+def card_for(folder: Path, repo_id: str | None, base_model_id: str | None, base_dir: str | None) -> str:
     """A model card for ``folder``: architecture from its config (an adapter's: its base's), and the
-    training options and metrics when the folder is a ``gpt2scratch finetune`` output."""
+    training options, metrics and plots when the folder is a ``gpt2scratch finetune`` output. The
+    title is the repository's name (the folder's when ``repo_id`` is None)."""
     from .configuration_gpt2scratch import GPT2ScratchConfig
 
     adapter = is_adapter_folder(folder)
@@ -159,26 +183,56 @@ def card_for(folder: Path, repo_id: str, base_model_id: str | None, base_dir: st
     config = GPT2ScratchConfig.from_pretrained(source if adapter else folder)
     classifier = "GPT2ScratchForSequenceClassification" in (config.architectures or [])
     training, metrics = _run_files(folder)
+    name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
     card = model_card(
         config,
-        title=f"{repo_id.split('/')[-1]}{' (LoRA adapter)' if adapter else ''}",
+        title=f"{name}{' (LoRA adapter)' if adapter else ''}",
         source=_source(training, adapter, base_model_id),
         training=training,
         metrics=metrics,
         base_model=base_model_id,
         pipeline_tag="text-classification" if classifier else "text-generation",
+        plots=[p for p in PLOTS if (folder / p).is_file()],
+        model_name=name,
     )
     return _as_adapter_card(card, classifier) if adapter else card
 
 
 def _as_adapter_card(card: str, classifier: bool) -> str:
     """The card of an adapter repository: PEFT as the library, tagged ``peft``/``lora``, and how to load it."""
-    _, front, body = card.split("---\n", 2)
-    meta = yaml.safe_load(front)
+    meta, body = split_card(card)
     meta["library_name"] = "peft"
     meta["tags"] = [*meta["tags"], "peft", "lora"]
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
-    return f"---\n{front}---\n{body}{_adapter_usage(classifier)}"
+    return join_card(meta, body + _adapter_usage(classifier))
+
+
+def split_card(card: str) -> tuple[dict, str]:
+    """(YAML metadata, Markdown body) of a card; metadata {} when it has no front matter."""
+    if not card.startswith("---\n") or card.count("---\n") < 2:
+        return {}, card
+    _, front, body = card.split("---\n", 2)
+    return yaml.safe_load(front) or {}, body
+
+
+def join_card(meta: dict, body: str) -> str:
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n" + body
+
+
+def write_card(folder: Path, repo_id: str | None = None) -> bool:
+    """Write ``folder``'s model card unless it has one (PEFT's empty template does not count); True if written.
+    An adapter whose base is only known locally gets a card without ``base_model``; ``push`` adds it."""
+    folder = Path(folder)
+    if not needs_card(folder):
+        return False
+    hub_base, local_base = None, None
+    if is_adapter_folder(folder):
+        recorded, local_base = recorded_base(folder)
+        hub_base = None if local_base else recorded
+    card = card_for(folder, repo_id, hub_base, local_base)
+    (folder / "README.md").write_text(
+        card.replace(REPO_PLACEHOLDER, repo_id) if repo_id else card, encoding="utf-8"
+    )
+    return True
 
 
 def needs_card(folder: Path) -> bool:
@@ -236,9 +290,12 @@ def _adapter_usage(classifier: bool) -> str:
 
 ```python
 from peft import {cls}
-model = {cls}.from_pretrained("{REPO_PLACEHOLDER}", trust_remote_code=True)
+model = {cls}.from_pretrained("{REPO_PLACEHOLDER}", revision="main", trust_remote_code=True)
 merged = model.merge_and_unload()  # a plain gpt2scratch model, no PEFT needed afterwards
 ```
+
+The base model's code runs with `trust_remote_code=True` as above: pin both repositories to commits you
+reviewed (`revision=` here, and `"revision"` in `adapter_config.json` for the base).
 """
 
 
@@ -262,8 +319,11 @@ def stage(folder: Path, staging: Path, repo_id: str, base_model_id: str | None) 
         target = staging / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if rel == Path("README.md"):
-            text = (folder / rel).read_text(encoding="utf-8")
-            target.write_text(text.replace(REPO_PLACEHOLDER, repo_id), encoding="utf-8")
+            text = (folder / rel).read_text(encoding="utf-8").replace(REPO_PLACEHOLDER, repo_id)
+            meta, body = split_card(text)
+            if base_model_id and meta and not meta.get("base_model"):
+                text = join_card({**meta, "base_model": base_model_id}, body)
+            target.write_text(text, encoding="utf-8")
         elif rel == Path("adapter_config.json") and base_model_id:
             config = json.loads((folder / rel).read_text(encoding="utf-8"))
             config["base_model_name_or_path"] = base_model_id
@@ -292,12 +352,20 @@ def push_to_hub(
     token: str | None = None,
     commit_message: str | None = None,
     revision: str | None = None,
+    create_pr: bool = False,
     base_model_id: str | None = None,
 ) -> str:
-    """Upload ``folder`` to the Hub repository ``repo_id`` (created if needed) in one commit; returns
-    the repository URL. Checks run before any request; auth failures become PermissionError."""
+    """Upload ``folder`` to the Hub repository ``repo_id`` (created if needed) in one commit, to
+    ``revision`` (a branch, created from main if needed) or as a pull request against main; returns the
+    URL of the repository (of the pull request with ``create_pr``). Checks run before any request;
+    auth failures become PermissionError, an unreachable Hub HubUnreachableError."""
     folder = Path(folder)
     check_repo_id(repo_id)
+    if create_pr and revision not in (None, "main"):
+        raise ValueError(
+            f"--create-pr opens a pull request against main, so it cannot go with --revision {revision}; "
+            "leave out one of the two."
+        )
     check_folder(folder)
     hub_base, local_base = (
         adapter_base(folder, base_model_id) if is_adapter_folder(folder) else (base_model_id, None)
@@ -316,23 +384,47 @@ def push_to_hub(
             private,
             token,
             commit_message or f"Upload {folder.name} with gpt2scratch",
-            revision,
+            None if revision == "main" else revision,
+            create_pr,
         )
 
 
 def _upload(
-    staging: Path, repo_id: str, private: bool, token: str, message: str, revision: str | None
+    staging: Path,
+    repo_id: str,
+    private: bool,
+    token: str,
+    message: str,
+    revision: str | None,
+    create_pr: bool,
 ) -> str:
+    import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(token=token)
     try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=message, revision=revision)
+        url = str(api.create_repo(repo_id, private=private, exist_ok=True))
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=staging,
+            commit_message=message,
+            revision=revision,
+            create_pr=create_pr,
+            delete_patterns=WEIGHT_PATTERNS,
+        )
     except HfHubHTTPError as e:
         raise _explain(e, repo_id, revision) from e
-    return str(url)
+    except httpx2.TransportError as e:
+        raise HubUnreachableError(
+            f"Could not reach the Hub at {api.endpoint} ({e}); check the network, proxy settings and "
+            "HF_ENDPOINT, then push again. Nothing was uploaded."
+        ) from e
+    if commit.pr_url:
+        return commit.pr_url
+    return f"{url}/tree/{revision}" if revision else url
 
 
 def _explain(error, repo_id: str, revision: str | None) -> Exception:
@@ -351,9 +443,7 @@ def _explain(error, repo_id: str, revision: str | None) -> Exception:
             f"The token may not write to {repo_id} (403){detail}. Use a token with write access to that namespace."
         )
     if isinstance(error, RevisionNotFoundError):
-        return ValueError(
-            f"{repo_id} has no branch {revision!r}{detail}; create it first, or leave out --revision."
-        )
+        return ValueError(f"{repo_id} has no revision {revision!r}{detail}; check --revision.")
     if status == 400:
         return ValueError(f"The Hub refused the upload to {repo_id} (400){detail}.")
     return error
@@ -379,7 +469,12 @@ def register(subparsers) -> None:
         "--base-model-id", help="Hub id of the base model (required for an adapter with a local base)"
     )
     p.add_argument("--commit-message", help="commit summary (default: 'Upload FOLDER with gpt2scratch')")
-    p.add_argument("--revision", help="branch to commit to (must exist; default: main)")
+    p.add_argument("--revision", help="branch to commit to (created from main when missing; default: main)")
+    p.add_argument(
+        "--create-pr",
+        action="store_true",
+        help="open a pull request against main instead of committing to it",
+    )
     p.set_defaults(func=_run)
 
 
@@ -391,6 +486,64 @@ def _run(args: argparse.Namespace) -> None:
         token=args.token,
         commit_message=args.commit_message,
         revision=args.revision,
+        create_pr=args.create_pr,
         base_model_id=args.base_model_id,
     )
-    print(f"pushed {args.folder} to {url}")
+    print(f"{'opened a pull request with' if args.create_pr else 'pushed'} {args.folder}: {url}")
+
+
+# --- the end of a finetune run -----------------------------------------------------------------------
+
+
+def finish_run(folder: str | os.PathLike, repo_id: str | None) -> str | None:
+    """End of a finished ``finetune`` run, on the main process only: write the run folder's model card,
+    and with ``repo_id`` (``--push-to-hub``) push the run; returns the URL pushed to."""
+    folder = Path(folder)
+    if not repo_id:
+        write_card(folder)
+        return None
+    try:
+        return push_run(folder, repo_id)
+    except (ValueError, FileNotFoundError, PermissionError, HubUnreachableError) as e:
+        raise type(e)(
+            f"{e} The run itself finished and is saved in {folder}: push it later with "
+            f"`gpt2scratch push {folder} {repo_id}`."
+        ) from e
+
+
+def push_run(folder: Path, repo_id: str) -> str:
+    """Push a finetune output folder: a model folder as is; a LoRA adapter after its local base model,
+    which goes to ``REPO_ID-base`` so that the adapter can name it by a Hub id."""
+    check_repo_id(repo_id, "--push-to-hub")
+    resolve_token(None)  # before anything is written or sent
+    if not is_adapter_folder(folder):
+        return push_to_hub(folder, repo_id)
+    recorded, local_base = recorded_base(folder)
+    base_id = recorded
+    if local_base:
+        base_id = f"{repo_id}-base"
+        write_base_card(Path(local_base), base_id, repo_id)
+        push_to_hub(local_base, base_id, commit_message=f"Base model of {repo_id}")
+    return push_to_hub(folder, repo_id, base_model_id=base_id)
+
+
+def write_base_card(base: Path, base_id: str, adapter_id: str) -> None:
+    """The card of a LoRA run's base model (its starting weights), unless it has one."""
+    from .configuration_gpt2scratch import GPT2ScratchConfig
+
+    if not needs_card(base):
+        return
+    config = GPT2ScratchConfig.from_pretrained(base)
+    classifier = "GPT2ScratchForSequenceClassification" in (config.architectures or [])
+    source = (
+        f"The starting weights of a `gpt2scratch finetune` LoRA run, pushed as the base of the adapter "
+        f"[{adapter_id}](https://huggingface.co/{adapter_id}). This model itself was not fine-tuned: load "
+        "the adapter for the fine-tuned model."
+    )
+    card = model_card(
+        config,
+        title=base_id.split("/")[-1],
+        source=source,
+        pipeline_tag="text-classification" if classifier else "text-generation",
+    )
+    (base / "README.md").write_text(card.replace(REPO_PLACEHOLDER, base_id), encoding="utf-8")

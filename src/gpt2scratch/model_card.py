@@ -1,23 +1,24 @@
 """Model cards: the ``README.md`` a model folder carries to the Hub (YAML front matter + Markdown).
 
 The card says what the model is (figures read from its config), how to load it with
-``trust_remote_code``, where its weights came from, how it was trained and scored when that is
-known, and GPT-2's known limitations. Code snippets name :data:`REPO_PLACEHOLDER`;
-:func:`gpt2scratch.hub.push_to_hub` replaces it with the repository id it pushes to.
+``trust_remote_code`` and a pinned ``revision``, where its weights came from, how it was trained
+and scored when that is known (with the scores also as ``model-index`` metadata, which the Hub shows
+beside the model), the training curves, and GPT-2's known limitations. Code snippets name
+:data:`REPO_PLACEHOLDER`; :func:`gpt2scratch.hub.push_to_hub` replaces it with the repository id it
+pushes to.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-import yaml
 
 REPO_PLACEHOLDER = "YOUR_USER/YOUR_MODEL"
 LICENSE = "mit"  # OpenAI released GPT-2's code and weights under a (modified) MIT licence
 TAGS = ["gpt2", "gpt2scratch", "custom_code"]
 CLASSIFIER = "GPT2ScratchForSequenceClassification"
+PLOTS = {"loss-plot.png": "Loss", "accuracy-plot.png": "Accuracy"}  # written by training.plots
 
 
 def model_card(
@@ -29,11 +30,16 @@ def model_card(
     metrics: dict | None = None,
     base_model: str | None = None,
     pipeline_tag: str = "text-generation",
+    plots: Sequence[str] = (),
+    model_name: str | None = None,
 ) -> str:
     """A complete model card for a folder holding ``config`` (a ``GPT2ScratchConfig``).
 
-    ``source`` is Markdown saying where the weights came from; ``training`` (option -> value) and
-    ``metrics`` (split -> {metric: value}, or metric -> value) become tables when given.
+    ``source`` is Markdown saying where the weights came from; ``training`` (option -> value, as in
+    ``training_args.yaml``) and ``metrics`` (split -> {metric: value}, or metric -> value, as in
+    ``metrics.json``) become tables when given, and the held-out splits' scores ``model-index``
+    metadata under ``model_name`` (default: ``title``); ``plots`` are image files in the folder (names
+    from :data:`PLOTS`).
     """
     sections = [
         f"# {title}",
@@ -42,19 +48,80 @@ def model_card(
         "## Where the weights came from\n\n" + source.strip(),
     ]
     if training:
-        sections.append("## Training\n\n" + _key_value_table(training, "setting"))
+        sections.append("## Training\n\n" + _data_line(training) + _key_value_table(training, "setting"))
     if metrics:
         sections.append("## Evaluation\n\n" + _metrics_table(metrics))
+    if plots:
+        sections.append("## Training curves\n\n" + "\n".join(f"![{PLOTS.get(p, p)}]({p})" for p in plots))
     sections.append(_limitations())
-    return _front_matter(pipeline_tag, base_model) + "\n" + "\n\n".join(sections) + "\n"
+    meta = _front_matter(model_name or title, pipeline_tag, base_model, training or {}, metrics or {})
+    return meta + "\n" + "\n\n".join(sections) + "\n"
 
 
-def _front_matter(pipeline_tag: str, base_model: str | None) -> str:
-    meta: dict[str, Any] = {"library_name": "transformers", "license": LICENSE, "tags": list(TAGS)}
-    meta["pipeline_tag"] = pipeline_tag
-    if base_model:
-        meta["base_model"] = base_model
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+def _front_matter(name: str, pipeline_tag: str, base_model: str | None, training: dict, metrics: dict) -> str:
+    """YAML metadata through huggingface_hub's ``ModelCardData``, which writes the Hub's ``model-index`` schema."""
+    from huggingface_hub import ModelCardData
+
+    dataset = training.get("dataset")
+    data = ModelCardData(
+        library_name="transformers",
+        license=LICENSE,
+        tags=list(TAGS),
+        pipeline_tag=pipeline_tag,
+        base_model=base_model,
+        datasets=[dataset] if dataset and _is_hub_id(dataset) else None,
+        model_name=name,
+        eval_results=_eval_results(pipeline_tag, training, metrics) or None,
+    )
+    return "---\n" + data.to_yaml() + "\n---\n"
+
+
+def _is_hub_id(name: str) -> bool:
+    return ":" not in name and name.count("/") == 1
+
+
+def _eval_results(pipeline_tag: str, training: Mapping[str, Any], metrics: Mapping[str, Any]) -> list:
+    """``EvalResult``s of every held-out split in ``metrics`` (not ``train``), finite numbers only."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    for split, values in metrics.items():
+        if split == "train" or not isinstance(values, Mapping):
+            continue
+        dataset = _split_source(training, split)
+        for metric, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                results.append(
+                    EvalResult(
+                        task_type=pipeline_tag,
+                        dataset_type=dataset,
+                        dataset_name=dataset,
+                        dataset_split=split,
+                        metric_type=metric,
+                        metric_value=value,
+                        metric_name=f"{split} {metric}",
+                    )
+                )
+    return results
+
+
+def _split_source(training: Mapping[str, Any], split: str) -> str:
+    """Where a split came from: its own file, else the dataset or training file it was split off."""
+    own = training.get(f"{split}_file")
+    return str(own or training.get("dataset") or training.get("train_file") or "unknown")
+
+
+def _data_line(training: Mapping[str, Any]) -> str:
+    source = training.get("dataset") or training.get("train_file")
+    if not source:
+        return ""
+    held_out = [f"{s} `{training[f'{s}_file']}`" for s in ("validation", "test") if training.get(f"{s}_file")]
+    split = (
+        "with " + " and ".join(held_out)
+        if held_out
+        else "split deterministically into train/validation/test (seed `split_seed`)"
+    )
+    return f"Training data: `{source}`, {split}. The options of the run:\n\n"
 
 
 def count_parameters(config) -> int | None:
@@ -106,28 +173,37 @@ def _usage(pipeline_tag: str) -> str:
         code = f"""from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 repo = "{REPO_PLACEHOLDER}"
-tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)
-model = AutoModelForSequenceClassification.from_pretrained(repo, trust_remote_code=True)
+revision = "main"  # better: the commit sha of the code you reviewed (see below)
+tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)
+model = AutoModelForSequenceClassification.from_pretrained(repo, revision=revision, trust_remote_code=True)
 logits = model(**tokenizer("Free entry in a weekly competition!", return_tensors="pt")).logits
 
-classify = pipeline("text-classification", model=repo, trust_remote_code=True)
+classify = pipeline("text-classification", model=repo, revision=revision, trust_remote_code=True)
 print(classify("Are we still meeting at noon?"))"""
     else:
         code = f"""from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 repo = "{REPO_PLACEHOLDER}"
-tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)
-model = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True)
+revision = "main"  # better: the commit sha of the code you reviewed (see below)
+tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)
+model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, trust_remote_code=True)
 ids = tokenizer("Every effort moves you", return_tensors="pt").input_ids
 print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))
 
-generate = pipeline("text-generation", model=repo, trust_remote_code=True)
+generate = pipeline("text-generation", model=repo, revision=revision, trust_remote_code=True)
 print(generate("Every effort moves you", max_new_tokens=20)[0]["generated_text"])"""
-    note = (
-        "`trust_remote_code=True` runs the two Python files in this repository; read them first if "
-        "you do not trust the author. Pin a commit with `revision=` to keep running the code you read."
-    )
-    return "## How to use\n\n```python\n" + code + "\n```\n\n" + note
+    return "## How to use\n\n```python\n" + code + "\n```\n\n" + REMOTE_CODE_NOTE
+
+
+REMOTE_CODE_NOTE = (
+    "**Why `trust_remote_code=True`, and why pin `revision`.** The model type `gpt2scratch` is not part "
+    "of transformers: its code is the two Python files in this repository (`configuration_gpt2scratch.py`, "
+    "`modeling_gpt2scratch.py`), and `trust_remote_code=True` lets transformers import and run them on "
+    'your machine, with your permissions. Read them first. With `revision="main"` every load runs '
+    "whatever code the repository holds at that moment, so a later push (by the owner, or by anyone who "
+    "obtains write access) changes what runs on your machine; set `revision` to the full commit sha you "
+    "reviewed (listed under *Files and versions*) and the code, weights and tokenizer stay exactly those."
+)
 
 
 def _limitations() -> str:

@@ -120,6 +120,10 @@ class TrainArgs:
     merge: bool = field(default=False, metadata={"help": "LoRA: merge the adapter into a plain model folder"})
     tokenizer_dir: str | None = field(default=None, metadata={"help": "folder with encoder.json + vocab.bpe"})
     force: bool = field(default=False, metadata={"help": "replace an output folder that holds a run"})
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={"help": "Hub repo to push the final model to (LoRA: adapter; base to REPO_ID-base)"},
+    )
     config: str | None = field(
         default=None, metadata={"help": "YAML file of these options (CLI values override it)"}
     )

@@ -723,6 +723,10 @@ class Trainer:
             log.info("test metrics: %s", metrics.get("test"))
         acc.wait_for_everyone()
         acc.end_training()
+        if acc.is_main_process:  # the model card; with --push-to-hub, the upload
+            from ..hub import finish_run
+
+            finish_run(self.out, args.push_to_hub)
         return {**metrics, **extra}
 
     def _summary(self, train_seconds: float) -> dict:
