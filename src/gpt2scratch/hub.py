@@ -404,7 +404,8 @@ def _upload(
 
     api = HfApi(token=token)
     try:
-        url = str(api.create_repo(repo_id, private=private, exist_ok=True))
+        # private=None leaves a new repository at its namespace's default visibility
+        url = str(api.create_repo(repo_id, private=private or None, exist_ok=True))
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.upload_folder(
