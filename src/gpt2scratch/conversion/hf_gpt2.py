@@ -17,6 +17,7 @@ from ..configuration_gpt2scratch import GPT2ScratchConfig
 from ..io import atomic_folder, save_model_folder
 from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
 from ..tokenizer import save_tokenizer
+from .variants import to_variant
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 BARE_MODEL_KEYS = {"wte", "wpe", "h", "ln_f"}  # a GPT2Model state dict has no "transformer." prefix
@@ -67,10 +68,13 @@ def state_dict_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return _transpose_conv1d(dict(state))
 
 
-def from_hf_model(hf_model) -> GPT2ScratchForCausalLM:
-    """A transformers ``GPT2LMHeadModel`` (or ``GPT2Model``) → this package's causal LM, same numbers."""
-    model = GPT2ScratchForCausalLM(config_from_hf(hf_model.config))
-    model.load_state_dict(state_dict_from_hf(hf_model.state_dict()), strict=True)
+def from_hf_model(hf_model, variant: dict | None = None, drop_wpe: bool = False) -> GPT2ScratchForCausalLM:
+    """A transformers ``GPT2LMHeadModel`` (or ``GPT2Model``) → this package's causal LM, same numbers; or, given
+    ``variant`` fields (e.g. ``{"n_kv_head": 4}``), that architecture variant (:mod:`.variants`)."""
+    config, state = to_variant(state_dict_from_hf(hf_model.state_dict()), config_from_hf(hf_model.config),
+                               variant or {}, drop_wpe)  # fmt: skip
+    model = GPT2ScratchForCausalLM(config)
+    model.load_state_dict(state, strict=True)
     return model
 
 
@@ -79,6 +83,12 @@ def to_hf_model(model: GPT2ScratchForCausalLM):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = model.config
+    variant = {f: getattr(config, f) for f in ("position_embedding_type", "n_kv_head", "sliding_window")}
+    if variant != {"position_embedding_type": "learned", "n_kv_head": config.n_head, "sliding_window": None}:
+        raise ValueError(
+            f"transformers' GPT-2 has learned positions, multi-head attention and no sliding window; this model "
+            f"has {variant}, so it cannot be exported as GPT2LMHeadModel."
+        )
     if not (config.bias and config.qkv_bias) or not config.tie_word_embeddings:
         raise ValueError(
             "transformers' GPT-2 always has biases and a tied head; this model has "
@@ -106,16 +116,21 @@ def hf_vocab_dir(src: Path, workdir: Path) -> Path | None:
 
 
 def convert_hf(
-    src: str | os.PathLike, out: str | os.PathLike, tokenizer_dir=None, force: bool = False
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    tokenizer_dir=None,
+    force: bool = False,
+    variant: dict | None = None,
+    drop_wpe: bool = False,
 ) -> Path:
     """A transformers GPT-2 folder → a model folder of this package (tokenizer from ``src``, else
-    ``tokenizer_dir``)."""
+    ``tokenizer_dir``), optionally as an architecture variant (see :func:`from_hf_model`)."""
     from transformers import GPT2LMHeadModel
 
     src = Path(src)
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src} is not a transformers model folder (no config.json).")
-    model = from_hf_model(GPT2LMHeadModel.from_pretrained(src))
+    model = from_hf_model(GPT2LMHeadModel.from_pretrained(src), variant, drop_wpe)
     with tempfile.TemporaryDirectory() as work:
         vocab = hf_vocab_dir(src, Path(work)) or tokenizer_dir
         if vocab is None:

@@ -32,6 +32,7 @@ from ..configuration_gpt2scratch import GPT2ScratchConfig
 from ..model_card import model_card
 from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
 from .tf_bundle import CheckpointError, TFCheckpoint, checkpoint_prefix
+from .variants import add_variant_arguments, to_variant, variant_config, variant_from_args
 
 HPARAM_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
 TOKENIZER_FILES = ("encoder.json", "vocab.bpe")
@@ -227,17 +228,22 @@ def build_model(config: GPT2ScratchConfig, state: dict) -> GPT2ScratchForCausalL
 
 
 def from_openai_checkpoint(
-    path: str | os.PathLike, dtype: torch.dtype = torch.float32
+    path: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    variant: dict | None = None,
+    drop_wpe: bool = False,
 ) -> GPT2ScratchForCausalLM:
     """A ``GPT2ScratchForCausalLM`` holding OpenAI's checkpoint in folder ``path`` (or its ``model.ckpt``
-    prefix / ``.index`` file, with ``hparams.json`` beside it), in memory, weights cast to ``dtype``."""
+    prefix / ``.index`` file, with ``hparams.json`` beside it), in memory, weights cast to ``dtype``; given
+    ``variant`` fields (e.g. ``{"n_kv_head": 4}``), as that architecture variant (:mod:`.variants`)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     prefix = find_checkpoint(folder) if path.is_dir() else checkpoint_prefix(path)
     hparams = read_hparams(folder)
     ckpt = TFCheckpoint(prefix)
     state = state_dict_from_checkpoint(ckpt, hparams, folder / "hparams.json", dtype)
-    return build_model(config_from_hparams(hparams), state)
+    config, state = to_variant(state, config_from_hparams(hparams), variant or {}, drop_wpe)
+    return build_model(config, state)
 
 
 # --- the model folder --------------------------------------------------------------------------------
@@ -258,10 +264,16 @@ card of the original model: https://github.com/openai/gpt-2/blob/master/model_ca
 
 
 def convert_openai(
-    ckpt_dir: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32", force: bool = False
+    ckpt_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    dtype: str = "float32",
+    force: bool = False,
+    variant: dict | None = None,
+    drop_wpe: bool = False,
 ) -> Path:
     """Convert OpenAI's checkpoint folder ``ckpt_dir`` into a complete model folder ``out`` (atomic: a
-    failure leaves no ``out``, an existing ``out`` is replaced only with ``force``)."""
+    failure leaves no ``out``, an existing ``out`` is replaced only with ``force``), optionally as an
+    architecture variant (see :func:`from_openai_checkpoint`)."""
     from ..io import check_new_folder, save_model_folder
 
     ckpt_dir, out = Path(ckpt_dir), Path(out)
@@ -270,12 +282,14 @@ def convert_openai(
     check_new_folder(out, force)
     find_checkpoint(ckpt_dir)
     check_tokenizer_files(ckpt_dir)
-    model = from_openai_checkpoint(ckpt_dir, TORCH_DTYPES[dtype])
+    variant_config(config_from_hparams(read_hparams(ckpt_dir)), variant or {})  # refuse bad fields up front
+    model = from_openai_checkpoint(ckpt_dir, TORCH_DTYPES[dtype], variant, drop_wpe)
     return save_model_folder(model, out, ckpt_dir, model_card=card(ckpt_dir, model, dtype), force=force)
 
 
 def _run(args: argparse.Namespace) -> None:
-    out = convert_openai(args.ckpt_dir, args.out, dtype=args.dtype, force=args.force)
+    variant = variant_from_args(args)
+    out = convert_openai(args.ckpt_dir, args.out, args.dtype, args.force, variant, args.drop_wpe)
     print(f"Wrote {out}")
 
 
@@ -290,4 +304,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, help="model folder to write (created atomically)")
     p.add_argument("--dtype", choices=list(TORCH_DTYPES), default="float32", help="weight dtype to store")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    add_variant_arguments(p)
     p.set_defaults(func=_run)
