@@ -259,8 +259,12 @@ def _run_files(folder: Path) -> tuple[dict | None, dict | None]:
 
 
 def _basename_if_path(key: str, value):
-    """Local files and folders by name only: the card should not publish the trainer's directory layout."""
-    if key.endswith("_file") or (key == "model" and (os.path.isabs(str(value)) or Path(str(value)).exists())):
+    """Local files and folders by name only: the Hub should not get the trainer's directory layout."""
+    if value is None:
+        return value
+    if key.endswith(("_file", "_dir")) or key in ("resume_from", "config"):
+        return Path(value).name
+    if key == "model" and (os.path.isabs(str(value)) or Path(str(value)).exists()):
         return Path(value).name
     return value
 
@@ -314,7 +318,8 @@ def files_to_upload(folder: Path) -> list[Path]:
 
 def stage(folder: Path, staging: Path, repo_id: str, base_model_id: str | None) -> None:
     """Fill ``staging`` with links to the files to upload, and rewritten copies of the card and the
-    adapter config (placeholder -> ``repo_id``; base model -> ``base_model_id``)."""
+    adapter config (placeholder -> ``repo_id``; base model -> ``base_model_id``) and of a run's
+    ``training_args.yaml`` (local paths by name only)."""
     for rel in files_to_upload(folder):
         target = staging / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -324,6 +329,10 @@ def stage(folder: Path, staging: Path, repo_id: str, base_model_id: str | None) 
             if base_model_id and meta and not meta.get("base_model"):
                 text = join_card({**meta, "base_model": base_model_id}, body)
             target.write_text(text, encoding="utf-8")
+        elif rel == Path("training_args.yaml"):
+            raw = yaml.safe_load((folder / rel).read_text(encoding="utf-8")) or {}
+            names = {k: _basename_if_path(k, v) for k, v in raw.items()}
+            target.write_text(yaml.safe_dump(names, sort_keys=False), encoding="utf-8")
         elif rel == Path("adapter_config.json") and base_model_id:
             config = json.loads((folder / rel).read_text(encoding="utf-8"))
             config["base_model_name_or_path"] = base_model_id
@@ -406,7 +415,7 @@ def _upload(
     try:
         # private=None leaves a new repository at its namespace's default visibility
         url = str(api.create_repo(repo_id, private=private or None, exist_ok=True))
-        if revision:
+        if revision and not revision.startswith("refs/pr/"):  # an open pull request's ref already exists
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.upload_folder(
             repo_id=repo_id,
@@ -421,7 +430,7 @@ def _upload(
     except httpx2.TransportError as e:
         raise HubUnreachableError(
             f"Could not reach the Hub at {api.endpoint} ({e}); check the network, proxy settings and "
-            "HF_ENDPOINT, then push again. Nothing was uploaded."
+            "HF_ENDPOINT, then push again (a push commits only what changed)."
         ) from e
     if commit.pr_url:
         return commit.pr_url
