@@ -453,6 +453,7 @@ def test_finetune_pushes_the_adapter_and_its_base(hub, pushes, local):
     assert set(base) == CLASSIFIER_FILES
     assert base["model.safetensors"] == (run / "base" / "model.safetensors").read_bytes()
     assert "[user/sms-lora](https://huggingface.co/user/sms-lora)" in base["README.md"].decode()
+    assert f"pushed {run} to {server.url}/user/sms-lora" in result["err"]  # logged by the main process
     pushed = [c.path for c in server.calls[result["calls"]] if c.path.endswith("/commit/main")]
     assert pushed == ["/api/models/user/sms-lora-base/commit/main", "/api/models/user/sms-lora/commit/main"]
 

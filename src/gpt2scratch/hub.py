@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Left out of the upload: a training run's checkpoints, the LoRA base copy, data splits, temp files.
 EXCLUDED_DIRS = re.compile(r"^(checkpoint-\d+|base|data|__pycache__)$")
 REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+log = logging.getLogger(__name__)
 # training_args.yaml entries that describe the machine or the paths, not the training.
 NOT_TRAINING = {
     "output_dir", "resume_from", "tokenizer_dir", "config", "force", "stop_after", "log_every", "push_to_hub",
@@ -510,10 +512,13 @@ def finish_run(folder: str | os.PathLike, repo_id: str | None) -> str | None:
     and with ``repo_id`` (``--push-to-hub``) push the run; returns the URL pushed to."""
     folder = Path(folder)
     if not repo_id:
-        write_card(folder)
+        if write_card(folder):
+            log.info("model card: %s", folder / "README.md")
         return None
     try:
-        return push_run(folder, repo_id)
+        url = push_run(folder, repo_id)
+        log.info("pushed %s to %s", folder, url)
+        return url
     except (ValueError, FileNotFoundError, PermissionError, HubUnreachableError) as e:
         raise type(e)(
             f"{e} The run itself finished and is saved in {folder}: push it later with "
