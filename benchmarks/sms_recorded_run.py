@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Recorded run (issue 4): a small GPT-2 from random init, pre-trained here, fine-tuned on the SMS split.
 
-    .venv/bin/python benchmarks/sms_recorded_run.py            # ~25 minutes on a shared 2-core CPU
+    .venv/bin/python benchmarks/sms_recorded_run.py            # a few minutes on a shared 2-core CPU
+    .venv/bin/python benchmarks/sms_recorded_run.py --vocab-size 8192      # with a vocabulary trained here
+    .venv/bin/python benchmarks/sms_recorded_run.py --compare-vocab 8192   # both, and a comparison table
 
 1. The balanced SMS split: ``load_splits`` of the fine-tuning code (spam and ham down-sampled to 747
    each, shuffled with ``--split-seed`` 123, cut 70/10/20), written as CSV so the fine-tune and this
@@ -10,12 +12,16 @@
    text (stripped) is not one of the validation/test texts, used as unlabelled text, plus the public
    domain corpora in ``../shared/data/corpora`` (Shakespeare capped, see ``--shakespeare-chars``,
    because the time budget covers about one pass over the corpus).
-3. ``scripts/finetune.py --task lm`` from a random-init model folder, then
+3. The vocabulary: GPT-2's, or with ``--vocab-size N`` a byte-level BPE of N tokens trained here
+   (``gpt2scratch train-tokenizer``) on the pre-training documents of step 2 only.
+4. ``scripts/finetune.py --task lm`` from a random-init model folder (``gpt2scratch init``), then
    ``scripts/finetune.py --task classification`` from the pre-trained model on the balanced split.
-4. ``gpt2scratch evaluate`` on the test split as an independent check of the fine-tune's own number.
+5. ``gpt2scratch evaluate`` on the test split as an independent check of the fine-tune's own number.
 
 Results go to ``benchmarks/results/sms-recorded-run-<date>.json`` and ``.md`` with the machine named;
-the work folder (models, logs) to ``benchmarks/runs/`` (not committed).
+the work folder (models, logs) to ``benchmarks/runs/`` (not committed). ``--compare-vocab N`` runs the
+same model and schedule twice, GPT-2's vocabulary then a trained one of N tokens, and writes
+``benchmarks/results/sms-vocab-comparison-<date>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -63,6 +69,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--label", default="", help="suffix of the result files: sms-recorded-run-<date>-<label>")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=0,
+        help="train a byte-level BPE of this many tokens on the pre-training text (0: GPT-2's vocabulary)",
+    )
+    p.add_argument(
+        "--compare-vocab",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run twice, GPT-2's vocabulary and a trained one of N tokens, and write a comparison",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -127,26 +146,40 @@ def write_rows(rows: list[str], path: Path) -> Path:
 # ----------------------------------------------------------------------------- models and runs
 
 
-def init_model(args, out: Path) -> tuple[Path, int]:
-    """A randomly initialised causal LM of the requested size, saved as a model folder."""
-    import torch
-
-    from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM
-    from gpt2scratch.io import save_model_folder
+def vocabulary(args, rows: list[str], work: Path) -> Path:
+    """GPT-2's vocabulary folder, or (``--vocab-size N``) a BPE of N tokens trained on ``rows``."""
     from gpt2scratch.tokenizer import default_vocab_dir
+    from gpt2scratch.tokenizer_training import train_tokenizer
 
-    torch.manual_seed(args.seed)
-    config = GPT2ScratchConfig.from_preset(
-        "tiny",
-        vocab_size=50257,
-        n_embd=args.n_embd,
-        n_layer=args.n_layer,
-        n_head=args.n_head,
-        n_positions=args.n_positions,
-    )
-    model = GPT2ScratchForCausalLM(config)
-    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    return save_model_folder(model, out, default_vocab_dir(), force=True), params
+    if not args.vocab_size:
+        return default_vocab_dir()
+    return train_tokenizer(rows, args.vocab_size, work / "tokenizer", force=True)
+
+
+def init_model(args, out: Path, tokenizer_dir: Path) -> tuple[Path, int]:
+    """``gpt2scratch init`` of the requested size (vocab_size from the tokenizer), saved as a model folder."""
+    from gpt2scratch import GPT2ScratchForCausalLM
+    from gpt2scratch.cli import main as cli
+
+    sizes = {
+        "n_embd": args.n_embd,
+        "n_layer": args.n_layer,
+        "n_head": args.n_head,
+        "n_positions": args.n_positions,
+    }
+    options = ["--tokenizer-dir", str(tokenizer_dir), "--seed", str(args.seed), "--force"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = cli(["init", "tiny", str(out), *options, "--set", *(f"{k}={v}" for k, v in sizes.items())])
+    if code != 0:
+        raise SystemExit(f"gpt2scratch init failed with exit code {code}")
+    model = GPT2ScratchForCausalLM.from_pretrained(out)
+    return out, sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def tokens_per_char(tokenizer_dir: Path, rows: list[str]) -> float:
+    from gpt2scratch.tokenizer import encode_batch, load_encoding
+
+    return sum(map(len, encode_batch(load_encoding(tokenizer_dir), rows))) / sum(map(len, rows))
 
 
 def finetune(options: list[str], log_path: Path, threads: int | None) -> float:
@@ -213,6 +246,7 @@ def write_report(result: dict, stem: Path) -> None:
         f"model for {result['pretrain']['steps']} steps on {result['pretrain']['corpus']['rows']} documents "
         "(SMS messages other than the validation/test ones, unlabelled, and public-domain text), then fully "
         "fine-tuned on the balanced SMS Spam Collection split (747 spam + 747 ham, 70/10/20).",
+        *_vocabulary_line(result),
         "",
         "| | value |",
         "|---|---|",
@@ -240,6 +274,16 @@ def write_report(result: dict, stem: Path) -> None:
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _vocabulary_line(result: dict) -> list[str]:
+    v = result.get("vocabulary")  # runs recorded before the vocabulary option used GPT-2's
+    if not v:
+        return []
+    return [
+        "",
+        f"Vocabulary: {v['kind']}, {v['vocab_size']:,} tokens ({v['pretrain_tokens_per_char']:.3f} tokens per character of the pre-training text).",
+    ]
+
+
 def _same_day_runs(stem: Path) -> list[str]:
     """A table of every recorded run of the same day (so no run is left out of the record)."""
     rows = []
@@ -258,8 +302,8 @@ def _same_day_runs(stem: Path) -> list[str]:
     return [*header, "|---|---|---|---|---|---|", *rows] if len(rows) > 1 else []
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def record(args) -> dict:
+    """One recorded run (split, pre-training, fine-tuning, evaluation); writes its result files."""
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     date = started.strftime("%Y-%m-%d")
     name = f"sms-recorded-run-{date}" + (f"-{args.label}" if args.label else "")
@@ -271,7 +315,8 @@ def main(argv=None) -> int:
     held_out = {t.strip() for part in ("validation", "test") for t in read_texts(split[part])}
     rows, corpus = pretraining_rows(args, held_out)
     corpus_csv = write_rows(rows, work / "pretrain.csv")
-    init_dir, params = init_model(args, work / "init")
+    tokenizer_dir = vocabulary(args, rows, work)
+    init_dir, params = init_model(args, work / "init", tokenizer_dir)
     print(f"split written; {corpus['rows']} pre-training documents; {params:,} parameters", flush=True)
 
     common = ["--seed", str(args.seed), "--force"]
@@ -308,8 +353,14 @@ def main(argv=None) -> int:
             "n_head": args.n_head,
             "n_positions": args.n_positions,
         },
+        "vocabulary": {
+            "kind": "trained here" if args.vocab_size else "GPT-2's",
+            "vocab_size": json.loads((init_dir / "config.json").read_text())["vocab_size"],
+            "pretrain_tokens_per_char": tokens_per_char(tokenizer_dir, rows),
+        },
         "pretrain": {
             "steps": args.pretrain_steps,
+            "block": args.pretrain_block,
             "minutes": pre_minutes,
             "corpus": corpus,
             "metrics": pre_metrics,
@@ -330,6 +381,78 @@ def main(argv=None) -> int:
     write_report(result, results / name)
     print(f"test accuracy {result['test']['accuracy']:.2%}, F1 {result['test']['f1']:.4f}; "
           f"{result['total_minutes']:.1f} min; wrote {results}/{name}.md")  # fmt: skip
+    return result
+
+
+def compare_vocabularies(args) -> None:
+    """The same model and schedule with GPT-2's vocabulary, then a trained one; a table of both."""
+    runs = []
+    for size in (0, args.compare_vocab):
+        label = "-".join(filter(None, [args.label, f"vocab-{size}" if size else "vocab-gpt2"]))
+        runs.append(record(argparse.Namespace(**{**vars(args), "vocab_size": size, "label": label})))
+    name = f"sms-vocab-comparison-{runs[0]['date']}" + (f"-{args.label}" if args.label else "")
+    stem = REPO / "benchmarks" / "results" / name
+    stem.with_suffix(".json").write_text(json.dumps(runs, indent=2), encoding="utf-8")
+    stem.with_suffix(".md").write_text("\n".join(comparison_table(runs)) + "\n", encoding="utf-8")
+    print(stem.with_suffix(".md").read_text(encoding="utf-8"))
+
+
+def comparison_table(runs: list[dict]) -> list[str]:
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(r) for r in runs) + " |"
+
+    def pre(r: dict) -> dict:
+        return r["pretrain"]["metrics"]
+
+    m = runs[0]["model"]
+    return [
+        f"# Same model, two vocabularies: SMS spam recorded run, {runs[0]['date']}",
+        "",
+        f"{m['n_layer']} layers, n_embd {m['n_embd']}, {m['n_head']} heads, context {m['n_positions']}; "
+        f"{runs[0]['pretrain']['steps']} LM pre-training steps of {pre(runs[0])['global_batch']} × "
+        f"{runs[0]['pretrain']['block']} tokens "
+        "on the same documents, then full fine-tuning on the balanced SMS split (same seed, same schedule). "
+        "The trained vocabulary is learned from the pre-training documents only (no validation or test message).",
+        "",
+        "| | "
+        + " | ".join(f"{r['vocabulary']['kind']} ({r['vocabulary']['vocab_size']:,})" for r in runs)
+        + " |",
+        "|---|" + "---|" * len(runs),
+        row("parameters", lambda r: f"{r['model']['parameters']:,}"),
+        row(
+            "tokens per character (pre-training text)",
+            lambda r: f"{r['vocabulary']['pretrain_tokens_per_char']:.3f}",
+        ),
+        row("pre-training tokens/s", lambda r: f"{pre(r)['tokens_per_s']:,.0f}"),
+        row("pre-training validation loss (per token)", lambda r: f"{pre(r)['validation']['loss']:.3f}"),
+        row(
+            "≈ per character (loss × tokens/char)",
+            lambda r: f"{pre(r)['validation']['loss'] * r['vocabulary']['pretrain_tokens_per_char']:.3f}",
+        ),
+        row("fine-tuning tokens/s", lambda r: f"{r['finetune']['metrics']['tokens_per_s']:,.0f}"),
+        row("classification validation loss", lambda r: f"{r['validation']['loss']:.4f}"),
+        row("validation accuracy", lambda r: f"{r['validation']['accuracy']:.2%}"),
+        row("test accuracy", lambda r: f"**{r['test']['accuracy']:.2%}** ({r['test']['examples']})"),
+        row("test F1 (spam)", lambda r: f"{r['test']['f1']:.4f}"),
+        row("minutes (wall, whole run)", lambda r: f"{r['total_minutes']:.1f}"),
+        row(
+            "load average at start",
+            lambda r: ", ".join(f"{x:.1f}" for x in r["machine"]["load_average_at_start"]),
+        ),
+        "",
+        f"Machine: {runs[0]['machine']['cpu']}, {runs[0]['machine']['cores']} cores (shared with other work, so "
+        "tokens/s move with the load). With 300 test messages one error is 0.33 points. Per-run files: "
+        "`sms-recorded-run-<date>-vocab-*.md`. Reproduce: "
+        f"`.venv/bin/python benchmarks/sms_recorded_run.py --compare-vocab {runs[1]['vocabulary']['vocab_size']}`.",
+    ]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.compare_vocab:
+        compare_vocabularies(args)
+    else:
+        record(args)
     return 0
 
 
