@@ -53,17 +53,21 @@ def cmd_init(args) -> None:
 
 
 def cmd_generate(args) -> None:
+    """Stream a continuation of ``--prompt``: the prompt keeps its LAST tokens when prompt + new tokens
+    exceed the model's context (a warning says how many were dropped); impossible options are errors."""
     import torch
     from transformers import TextStreamer
 
     from .loading import load_model
     from .tokenizer import encode, hf_tokenizer, load_encoding
 
+    check_sampling(args)
     loaded = load_model(args.model, tokenizer_dir=args.tokenizer_dir)
     model = loaded.model
-    ids = torch.tensor([encode(load_encoding(loaded.tokenizer_dir), args.prompt)])
-    if ids.shape[1] == 0:
-        raise ValueError("The prompt is empty; give some text with --prompt.")
+    ids = fit_prompt(
+        encode(load_encoding(loaded.tokenizer_dir), args.prompt), args.max_new_tokens, model.config
+    )
+    ids = torch.tensor([ids])
     streamer = TextStreamer(hf_tokenizer(loaded.tokenizer_dir), skip_prompt=False)
     sample = args.temperature > 0
     if args.seed is not None:
@@ -79,6 +83,41 @@ def cmd_generate(args) -> None:
         pad_token_id=model.config.eos_token_id,
         streamer=streamer,
     )
+
+
+def check_sampling(args) -> None:
+    """Refuse sampling options that cannot work, before the model is loaded."""
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}.")
+
+
+def fit_prompt(ids: list[int], max_new_tokens: int, config) -> list[int]:
+    """The prompt's last tokens that leave room for ``max_new_tokens`` in ``n_positions`` (warning if cut)."""
+    import sys
+
+    context = config.n_positions
+    if not ids:
+        raise ValueError("The prompt is empty; give some text with --prompt.")
+    if max_new_tokens >= context:
+        raise ValueError(
+            f"--max-new-tokens {max_new_tokens} leaves no room for the prompt: the model's context is "
+            f"n_positions={context} tokens; use at most {context - 1}."
+        )
+    room = context - max_new_tokens
+    if len(ids) > room:
+        print(
+            f"gpt2scratch generate: warning: the prompt has {len(ids)} tokens; with --max-new-tokens "
+            f"{max_new_tokens} only its last {room} fit in n_positions={context}, the first {len(ids) - room} "
+            "were dropped.",
+            file=sys.stderr,
+        )
+    return ids[-room:]
 
 
 def cmd_info(args) -> None:
