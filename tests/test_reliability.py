@@ -10,6 +10,7 @@ about a dozen tiny runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -281,3 +282,29 @@ def test_disk_full_keeps_the_previous_checkpoint(where, options, tmp_path, capsy
         assert not (out / "checkpoint-4").exists()
     assert not list(out.glob(".*.tmp")) and not (out / "model.safetensors").exists()
     assert json.loads((out / "run.json").read_text())["finished"] is False
+
+
+class _Payload:
+    """A pickle that runs code when loaded (it would create the file ``path``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_code_carrying_pickle_in_a_checkpoint_is_refused(finished_copy, tmp_path, options, capsys):
+    """Even with a marker that matches it (an attacker can recompute checksums), the pickle is not run."""
+    newest, side_effect = finished_copy / "checkpoint-6", tmp_path / "pwned"
+    optimizer = newest / "state" / "optimizer.bin"
+    torch.save({"state": _Payload(str(side_effect))}, optimizer)
+    marker = json.loads((newest / MARKER).read_text())
+    digest = hashlib.sha256(optimizer.read_bytes()).hexdigest()
+    marker["files"]["state/optimizer.bin"] = {"size": optimizer.stat().st_size, "sha256": digest}
+    (newest / MARKER).write_text(json.dumps(marker))
+    assert checkpoint_problem(newest) is None
+    assert finetune_cli(finished_copy, *options, "--resume-from", str(newest)) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "weights_only=True" in err
+    assert not side_effect.exists()

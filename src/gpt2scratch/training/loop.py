@@ -650,7 +650,16 @@ class Trainer:
         }
 
     def _resume(self, checkpoint: Path) -> None:
-        self.accelerator.load_state(str(checkpoint / "state"))
+        import pickle
+
+        try:  # Accelerate reads its .bin/.pkl files with torch.load(weights_only=True)
+            self.accelerator.load_state(str(checkpoint / "state"))
+        except pickle.UnpicklingError as e:
+            raise ValueError(
+                f"--resume-from {checkpoint}: refused: a file in state/ is not plain tensor data and was not "
+                f"loaded (torch.load(weights_only=True): {str(e).splitlines()[0]}). Only resume from "
+                "checkpoints you wrote yourself."
+            ) from None
         saved = read_trainer_state(checkpoint)
         if saved["total_steps"] != self.total_steps:
             log.warning(
