@@ -18,3 +18,7 @@ test: install
 
 lint:
 	$(PY) -m ruff check src tests scripts benchmarks
+
+.PHONY: notebooks
+notebooks: install   # run every notebooks/*.ipynb top to bottom; executed copies in runs/notebooks/
+	$(PY) scripts/run_notebooks.py
