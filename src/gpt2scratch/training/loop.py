@@ -10,6 +10,11 @@ Per-step loss: with several processes the logged loss is the mean of the process
 losses; it equals the single-process loss of the same global batch exactly for classification (each
 process holds the same number of examples), and only approximately for token-level losses (lm,
 instruction), whose per-process token counts differ.
+
+Faults: SIGINT/SIGTERM save a checkpoint at the next step boundary and raise ``RunInterrupted`` (exit
+128 + signal); a non-finite loss or gradient stops before the weights change (``NonFiniteError``, exit 3)
+or, with ``--on-nonfinite skip``, skips that update; a full disk while saving removes the partial write
+(``DiskFullError``, exit 4). Checkpoint atomicity and the fault-injection hook live in ``checkpoints.py``.
 """
 
 from __future__ import annotations
