@@ -20,6 +20,7 @@ EXPECTED = [
     "02_openai_checkpoint_to_text.ipynb",
     "03_sms_spam_lora.ipynb",
     "04_instruction_tuning.ipynb",
+    "05_architecture_variants.ipynb",
 ]
 
 
