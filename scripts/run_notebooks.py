@@ -53,7 +53,8 @@ def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 def has_outputs(nb: nbformat.NotebookNode) -> bool:
     return any(
-        cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None or "execution" in cell.metadata)
+        cell.cell_type == "code"
+        and (cell.outputs or cell.execution_count is not None or "execution" in cell.metadata)
         for cell in nb.cells
     )
 
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/*.ipynb")
     parser.add_argument("--strip", action="store_true", help="strip outputs in place instead of running")
     parser.add_argument("--check", action="store_true", help="exit 1 if a notebook holds outputs")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "notebooks", help="executed copies go here")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "runs" / "notebooks", help="executed copies go here"
+    )
     args = parser.parse_args(argv)
     paths = args.notebooks or notebook_paths()
     if args.strip or args.check:

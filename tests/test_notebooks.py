@@ -45,7 +45,9 @@ def test_the_tutorials_are_there():
 def test_committed_without_outputs(name):
     nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
     nbformat.validate(nb)
-    assert not runner.has_outputs(nb), f"run `python scripts/run_notebooks.py --strip` before committing {name}"
+    assert not runner.has_outputs(nb), (
+        f"run `python scripts/run_notebooks.py --strip` before committing {name}"
+    )
     assert all(c.cell_type != "code" or c.execution_count is None for c in nb.cells)
 
 
@@ -64,7 +66,10 @@ def test_a_failing_cell_fails_the_run(tmp_path):
     from nbclient.exceptions import CellExecutionError
 
     path = tmp_path / "broken.ipynb"
-    cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("assert x == 2, 'taught fact broken'")]
+    cells = [
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("assert x == 2, 'taught fact broken'"),
+    ]
     nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
     with pytest.raises(CellExecutionError, match="taught fact broken"):
         runner.execute(path, timeout=120)
