@@ -1,17 +1,38 @@
-"""Model folders: write one atomically (weights, config, code, tokenizer, generation config, card)."""
+"""Model folders: write one atomically (weights, config, code, tokenizer, generation config, card).
+
+Weights go through ``save_pretrained`` from a model in memory, or are streamed into ``model.safetensors``
+one tensor at a time (:func:`write_safetensors`) by converters that read a large checkpoint piecewise.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
+import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .tokenizer import save_tokenizer
+
+# safetensors' dtype codes, in the order its serializer ranks them: a file holds the highest rank first,
+# then the next, each group sorted by name (checked against safetensors.torch.save_file by the tests).
+SAFETENSORS_DTYPES = {
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.float8_e5m2: "F8_E5M2",
+    torch.float8_e4m3fn: "F8_E4M3", torch.int16: "I16", torch.uint16: "U16", torch.float16: "F16",
+    torch.bfloat16: "BF16", torch.int32: "I32", torch.uint32: "U32", torch.float32: "F32",
+    torch.complex64: "C64", torch.float64: "F64", torch.int64: "I64", torch.uint64: "U64",
+}  # fmt: skip
+WEIGHTS_METADATA = {"format": "pt"}  # what save_pretrained stores in model.safetensors' header
+Layout = dict[str, tuple[torch.dtype, tuple[int, ...]]]  # tensor name → (dtype, shape)
 
 AUTO_MAP = {
     "AutoConfig": "configuration_gpt2scratch.GPT2ScratchConfig",
@@ -67,18 +88,115 @@ def _auto_class_of(model: PreTrainedModel) -> str:
     raise TypeError(f"{type(model).__name__} is not a gpt2scratch model class.")
 
 
+# --- streamed safetensors ----------------------------------------------------------------------------
+
+
+def safetensors_header(layout: Layout, metadata: dict[str, str] | None = None) -> tuple[bytes, list[str]]:
+    """The bytes that open a safetensors file of tensors ``layout`` (length prefix, JSON header padded to
+    8 bytes) and the order their data follows in, both as ``safetensors.torch.save_file`` makes them.
+
+    safetensors (0.8) can only serialize tensors that are all in memory at once; this lets a file be
+    written one tensor at a time. Byte-identical to the library's output for one ``metadata`` key or none
+    (the library orders several keys at random)."""
+    unknown = {str(dtype) for dtype, _ in layout.values() if dtype not in SAFETENSORS_DTYPES}
+    if unknown:
+        raise ValueError(f"dtype(s) {sorted(unknown)} cannot be stored in safetensors by this writer.")
+    rank = list(SAFETENSORS_DTYPES)
+    order = sorted(layout, key=lambda name: (-rank.index(layout[name][0]), name))
+    header: dict = {} if metadata is None else {"__metadata__": metadata}
+    offset = 0
+    for name in order:
+        dtype, shape = layout[name]
+        end = offset + math.prod(shape) * dtype.itemsize
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, order
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    layout: Layout,
+    tensor: Callable[[str], torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write the safetensors file ``path`` of tensors ``layout``, asking ``tensor(name)`` for each in file
+    order and writing its bytes at once, so only one tensor need be in memory (``tensor`` may reuse a
+    buffer or return a memory-mapped one). The file equals ``save_file`` of the same tensors."""
+    header, order = safetensors_header(layout, metadata)
+    with open(path, "wb") as f:
+        f.write(header)
+        for name in order:
+            value = tensor(name)
+            dtype, shape = layout[name]
+            if value.dtype != dtype or tuple(value.shape) != shape or not value.is_contiguous():
+                raise ValueError(
+                    f"{path}: tensor {name!r} came as {value.dtype} {list(value.shape)}"
+                    f"{'' if value.is_contiguous() else ' (not contiguous)'}; the header says {dtype} {list(shape)}."
+                )
+            f.write(value.reshape(-1).view(torch.uint8).numpy())
+
+
+def saved_weights(model: PreTrainedModel) -> Layout:
+    """Name → (dtype, shape) of the tensors ``model.save_pretrained`` stores: its state dict less the tied
+    copies (``lm_head.weight`` when tied to ``wte``), found by transformers' own rule. Works on the meta device."""
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    state = remove_tied_weights_from_state_dict(model.state_dict(), model)
+    return {name: (t.dtype, tuple(t.shape)) for name, t in state.items()}
+
+
+# --- model folders -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off for the block (they are a process-wide switch)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def write_model_folder(
     model: PreTrainedModel,
     folder: str | os.PathLike,
     tokenizer_dir: str | os.PathLike,
     model_card: str | None = None,
+    weights: Callable[[str], torch.Tensor] | None = None,
 ) -> None:
     """Write a complete model folder into ``folder`` (which must exist): safetensors weights,
     ``config.json`` with ``auto_map``, the two code files, generation config, tokenizer files, and a
-    model card ``README.md`` when one is given."""
+    model card ``README.md`` when one is given.
+
+    ``weights``, when given, supplies each tensor of :func:`saved_weights` by name (as :func:`write_safetensors`
+    asks for it) instead of ``model``'s own, which may then be on the meta device: the folder is the one
+    ``save_pretrained`` would write for a model holding those tensors.
+
+    The tokenizer files are written by a second thread meanwhile: writing weights mostly waits on the
+    file system and on torch with the GIL released, building the tokenizer mostly runs Python."""
     prepare_for_save(model)
-    model.save_pretrained(folder)
-    save_tokenizer(tokenizer_dir, folder, model_max_length=model.config.n_positions)
+    with ThreadPoolExecutor(1, thread_name_prefix="save_tokenizer") as pool:
+        tokenizer = pool.submit(save_tokenizer, tokenizer_dir, folder, model.config.n_positions)
+        if weights is None:
+            model.save_pretrained(folder)
+        else:
+            with quiet_progress_bars():  # its "Writing model shards" bar would count 0 shards
+                model.save_pretrained(folder, state_dict={})  # config, generation config, code
+            write_safetensors(
+                Path(folder, SAFE_WEIGHTS_NAME), saved_weights(model), weights, WEIGHTS_METADATA
+            )
+        tokenizer.result()
     if model_card is not None:
         Path(folder, "README.md").write_text(model_card, encoding="utf-8")
 
@@ -89,8 +207,9 @@ def save_model_folder(
     tokenizer_dir: str | os.PathLike,
     model_card: str | None = None,
     force: bool = False,
+    weights: Callable[[str], torch.Tensor] | None = None,
 ) -> Path:
     """:func:`write_model_folder` into ``out`` atomically: a failure leaves no partial folder behind."""
     with atomic_folder(out, force=force) as tmp:
-        write_model_folder(model, tmp, tokenizer_dir, model_card)
+        write_model_folder(model, tmp, tokenizer_dir, model_card, weights)
     return Path(out)

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ from ..configuration_gpt2scratch import GPT2ScratchConfig
 from ..model_card import model_card
 from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
 from .tf_bundle import CheckpointError, TFCheckpoint, checkpoint_prefix
-from .variants import add_variant_arguments, to_variant, variant_config, variant_from_args
+from .variants import add_variant_arguments, to_variant, variant_from_args
 
 HPARAM_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
 TOKENIZER_FILES = ("encoder.json", "vocab.bpe")
@@ -188,16 +190,22 @@ def to_torch(array: np.ndarray, tf_dtype: str) -> torch.Tensor:
     return tensor.view(torch.bfloat16) if tf_dtype == "bfloat16" else tensor
 
 
-def load_weight(ckpt: TFCheckpoint, name: str, dtype: torch.dtype) -> torch.Tensor:
+def load_weight(
+    ckpt: TFCheckpoint, name: str, dtype: torch.dtype, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
     """One variable as a contiguous tensor of ``dtype``, Conv1D matrices [1, in, out] → Linear [out, in].
 
-    The result is a fresh copy: the memory-mapped source pages are released when this returns."""
+    Without ``scratch`` the result is a fresh copy: the memory-mapped source pages are released when this
+    returns. With it (a flat tensor of ``dtype``, at least as large), the result is valid until the next
+    call: the mapped bytes themselves when they need no change, else the start of ``scratch`` filled."""
     source = to_torch(ckpt.read(name), ckpt.info(name).dtype)
     if source.dim() == 3:
         source = source[0].t()  # (out, in)
-    out = torch.empty(source.shape, dtype=dtype)
-    out.copy_(source)
-    return out
+    if scratch is None:
+        return torch.empty(source.shape, dtype=dtype).copy_(source)
+    if source.dtype == dtype and source.is_contiguous():
+        return source
+    return scratch[: source.numel()].view(source.shape).copy_(source)
 
 
 def state_dict_from_checkpoint(
@@ -211,14 +219,22 @@ def state_dict_from_checkpoint(
     return state
 
 
-def build_model(config: GPT2ScratchConfig, state: dict) -> GPT2ScratchForCausalLM:
-    """The model holding exactly ``state`` (built on the meta device: no time spent on random init)."""
+def empty_model(config: GPT2ScratchConfig, dtype: torch.dtype = torch.float32) -> GPT2ScratchForCausalLM:
+    """The model on the meta device (no memory, no time spent on random init), weights typed ``dtype``."""
     with torch.device("meta"):
-        model = GPT2ScratchForCausalLM(config)
-    expected = set(model.state_dict())
-    if set(state) != expected:
-        raise ValueError(f"converted weights do not match the model: missing {sorted(expected - set(state))}, "
-                         f"unexpected {sorted(set(state) - expected)}")  # fmt: skip
+        return GPT2ScratchForCausalLM(config).to(dtype)
+
+
+def check_names(names, expected) -> None:
+    if set(names) != set(expected):
+        raise ValueError(f"converted weights do not match the model: missing {sorted(set(expected) - set(names))}, "
+                         f"unexpected {sorted(set(names) - set(expected))}")  # fmt: skip
+
+
+def build_model(config: GPT2ScratchConfig, state: dict) -> GPT2ScratchForCausalLM:
+    """The model holding exactly ``state``."""
+    model = empty_model(config)
+    check_names(state, model.state_dict())
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
     unset = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -236,14 +252,18 @@ def from_openai_checkpoint(
     """A ``GPT2ScratchForCausalLM`` holding OpenAI's checkpoint in folder ``path`` (or its ``model.ckpt``
     prefix / ``.index`` file, with ``hparams.json`` beside it), in memory, weights cast to ``dtype``; given
     ``variant`` fields (e.g. ``{"n_kv_head": 4}``), as that architecture variant (:mod:`.variants`)."""
+    ckpt, hparams, hparams_path = open_openai_checkpoint(path)
+    state = state_dict_from_checkpoint(ckpt, hparams, hparams_path, dtype)
+    config, state = to_variant(state, config_from_hparams(hparams), variant or {}, drop_wpe)
+    return build_model(config, state)
+
+
+def open_openai_checkpoint(path: str | os.PathLike) -> tuple[TFCheckpoint, dict, Path]:
+    """(checkpoint, hparams, hparams.json's path) for a folder or a ``model.ckpt`` prefix / ``.index`` file."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     prefix = find_checkpoint(folder) if path.is_dir() else checkpoint_prefix(path)
-    hparams = read_hparams(folder)
-    ckpt = TFCheckpoint(prefix)
-    state = state_dict_from_checkpoint(ckpt, hparams, folder / "hparams.json", dtype)
-    config, state = to_variant(state, config_from_hparams(hparams), variant or {}, drop_wpe)
-    return build_model(config, state)
+    return TFCheckpoint(prefix), read_hparams(folder), folder / "hparams.json"
 
 
 # --- the model folder --------------------------------------------------------------------------------
@@ -273,7 +293,11 @@ def convert_openai(
 ) -> Path:
     """Convert OpenAI's checkpoint folder ``ckpt_dir`` into a complete model folder ``out`` (atomic: a
     failure leaves no ``out``, an existing ``out`` is replaced only with ``force``), optionally as an
-    architecture variant (see :func:`from_openai_checkpoint`)."""
+    architecture variant (see :func:`from_openai_checkpoint`).
+
+    The folder is the one ``save_pretrained`` writes for :func:`from_openai_checkpoint`'s model, but the
+    weights are streamed: each variable is read (memory-mapped, CRC-checked), transposed or cast into one
+    reused buffer where needed, and written to ``model.safetensors`` before the next one is read."""
     from ..io import check_new_folder, save_model_folder
 
     ckpt_dir, out = Path(ckpt_dir), Path(out)
@@ -282,9 +306,41 @@ def convert_openai(
     check_new_folder(out, force)
     find_checkpoint(ckpt_dir)
     check_tokenizer_files(ckpt_dir)
-    variant_config(config_from_hparams(read_hparams(ckpt_dir)), variant or {})  # refuse bad fields up front
-    model = from_openai_checkpoint(ckpt_dir, TORCH_DTYPES[dtype], variant, drop_wpe)
-    return save_model_folder(model, out, ckpt_dir, model_card=card(ckpt_dir, model, dtype), force=force)
+    ckpt, hparams, hparams_path = open_openai_checkpoint(ckpt_dir)
+    model, weight = streamed_conversion(ckpt, hparams, hparams_path, TORCH_DTYPES[dtype], variant, drop_wpe)
+    card_text = card(ckpt_dir, model, dtype)
+    return save_model_folder(model, out, ckpt_dir, model_card=card_text, force=force, weights=weight)
+
+
+def streamed_conversion(
+    ckpt: TFCheckpoint,
+    hparams: dict,
+    hparams_path: Path,
+    dtype: torch.dtype,
+    variant: dict | None,
+    drop_wpe: bool,
+) -> tuple[GPT2ScratchForCausalLM, Callable[[str], torch.Tensor]]:
+    """:func:`from_openai_checkpoint`'s model left on the meta device, and a function giving each weight it
+    saves by name, read from ``ckpt`` when asked; checked like the in-memory conversion, before any data is read."""
+    from ..io import saved_weights
+
+    mapping = variable_map(hparams)
+    check_variables(ckpt, mapping, hparams_path)
+    theirs = {ours: name for name, (ours, _) in mapping.items()}
+    gpt2, fields = config_from_hparams(hparams), variant or {}
+    meta = empty_model(gpt2, dtype)
+    check_names(theirs, saved_weights(meta))
+    state = meta.state_dict()
+    config, state = to_variant({ours: state[ours] for ours in theirs}, gpt2, fields, drop_wpe)
+    model = empty_model(config, dtype)
+    check_names(state, saved_weights(model))
+    scratch = torch.empty(max(math.prod(shape) for _, shape in mapping.values()), dtype=dtype)
+
+    def weight(ours: str) -> torch.Tensor:
+        tensor = load_weight(ckpt, theirs[ours], dtype, scratch)
+        return to_variant({ours: tensor}, gpt2, fields, drop_wpe)[1][ours]
+
+    return model, weight
 
 
 def _run(args: argparse.Namespace) -> None:

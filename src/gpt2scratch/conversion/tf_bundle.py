@@ -39,7 +39,6 @@ TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
 BLOCK_TRAILER_SIZE = 5
 CRC_MASK_DELTA = 0xA282EAD8
-CRC_CHUNK = 1 << 20  # bytes hashed per call: google_crc32c needs a bytes copy; small ones stay in cache
 HEADER_KEY = b""
 CRC_HINT = "CRC32C mismatch: the tensor's bytes are corrupted; fetch this data file again"
 
@@ -99,11 +98,10 @@ def unmask_crc(masked: int) -> int:
 
 
 def crc32c(data, crc: int = 0) -> int:
-    """CRC32C of ``data`` (bytes, mmap or any buffer), extended from ``crc``, in bounded chunks."""
-    view = memoryview(data).cast("B")
-    for start in range(0, len(view), CRC_CHUNK):
-        crc = google_crc32c.extend(crc, bytes(view[start : start + CRC_CHUNK]))
-    return crc
+    """CRC32C of ``data`` (bytes, mmap or any buffer), extended from ``crc``.
+
+    google_crc32c refuses memoryviews but takes a numpy array as it is: hashed in place, no copy."""
+    return google_crc32c.extend(crc, np.frombuffer(data, dtype=np.uint8))
 
 
 # --- protobuf wire format ----------------------------------------------------------------------------
