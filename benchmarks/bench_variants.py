@@ -75,7 +75,7 @@ def bench_variant(name: str, fields: list[str], args, work: Path) -> dict:
         "variant": name,
         "set": fields,
         "parameters": metrics["parameters"],
-        "tokens_per_s": metrics["train"]["tokens_per_s"],
+        "tokens_per_s": metrics["tokens_per_s"],
         "kv_cache_bytes_per_token": cfg.kv_cache_bytes_per_token,
         "val_loss": metrics["validation"]["loss"],
         "val_perplexity": metrics["validation"]["perplexity"],
