@@ -1,0 +1,79 @@
+"""Bad input never crashes a command: ``generate`` with an over-long prompt (documented left-truncation,
+with a warning), ``--max-new-tokens`` beyond the context or an empty prompt (exit 2); the documented exit
+codes (``cli.EXIT_CODES``, listed in the README) for user errors, a full disk and Ctrl-C."""
+
+from __future__ import annotations
+
+import errno
+import re
+
+import pytest
+from conftest import REPO
+
+from gpt2scratch import cli
+from gpt2scratch.cli import EXIT_CODES, exit_code
+
+
+@pytest.fixture
+def generate(capsys, vocab_dir):
+    """``gpt2scratch generate init:tiny ...`` in this process (n_positions=128); (exit code, stdout, stderr)."""
+
+    def run(*args: str):
+        capsys.readouterr()
+        code = cli.main(["generate", "init:tiny", "--tokenizer-dir", str(vocab_dir), *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_over_long_prompt_keeps_its_last_tokens_with_a_warning(generate):
+    prompt = " ".join(f"w{i}" for i in range(150))  # 300 tokens > 128
+    code, out, err = generate("--prompt", prompt, "--max-new-tokens", "8")
+    assert code == 0, err
+    assert "only its last 120 fit in n_positions=128" in err and "first 180 were dropped" in err
+    assert out.startswith(" w90 w91")  # the streamed prompt is the kept tail
+    assert prompt.endswith(out.split("w149")[0] + "w149")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", "hi", "--max-new-tokens", "128"], "use at most 127"),
+        (["--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--prompt", ""], "The prompt is empty"),
+        (["--prompt", "hi", "--temperature", "-1"], "--temperature must be >= 0"),
+        (["--prompt", "hi", "--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--prompt", "hi", "--temperature", "1", "--top-k", "0"], "--top-k must be at least 1"),
+    ],
+)
+def test_impossible_generate_options_exit_2(generate, args, message):
+    code, out, err = generate(*args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_exit_codes_of_errors():
+    assert exit_code(FileNotFoundError("x")) == 2 and exit_code(ValueError("x")) == 2
+    assert exit_code(OSError(errno.ENOSPC, "No space left on device")) == 4
+    assert exit_code(OSError(errno.EIO, "I/O error")) is None  # not the user's to fix: traceback, exit 1
+    assert exit_code(RuntimeError("bug")) is None
+
+
+def test_full_disk_and_ctrl_c_print_one_line(monkeypatch, capsys, vocab_dir):
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for func, code in ((full, 4), (interrupted, 130)):
+        monkeypatch.setattr("gpt2scratch.model_commands.cmd_info", func)
+        assert cli.main(["info", "init:tiny"]) == code
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("gpt2scratch info: error:")
+
+
+def test_readme_lists_every_exit_code():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    listed = {int(c) for c in re.findall(r"^\| `(\d+)` \|", readme, re.M)}
+    assert listed == set(EXIT_CODES)
