@@ -207,6 +207,17 @@ def test_sliding_window_cache_stays_bounded(impl):
     assert torch.equal(out.sequences, no_cache)
 
 
+@pytest.mark.parametrize("name", ["rotary-partial+gqa+window", "mqa"])
+def test_static_cache_generates_what_the_dynamic_cache_does(name):
+    model = make(**COMBOS[name])
+    prompt = torch.randint(1, VOCAB, (2, 5))
+    kw = dict(max_new_tokens=20, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(
+            model.generate(prompt, cache_implementation="static", **kw), model.generate(prompt, **kw)
+        )
+
+
 # --- rotary -----------------------------------------------------------------------------------------
 
 
