@@ -99,7 +99,8 @@ def _fail(command: str, message, code: int) -> int:
     return code
 
 
-if __name__ == "__main__":  # python -m gpt2scratch.cli: run the package's module, whose error classes the commands raise
+if __name__ == "__main__":
+    # python -m gpt2scratch.cli: call the package's module, whose error classes the commands raise
     from gpt2scratch.cli import main as package_main
 
     sys.exit(package_main())
