@@ -138,12 +138,6 @@ def test_mismatched_vocab_files_are_a_clear_error(trained, tmp_path):
 
 
 @pytest.mark.xdist_group("finetune")
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="finetune still pads classification batches with GPT-2's id 50256 (training/data.py PAD_ID), "
-    "outside a trained vocabulary; passes once padding uses the tokenizer's <|endoftext|> id",
-)
 def test_pretrain_then_classify_with_the_trained_vocabulary(model_dir, shared_data, tmp_path):
     """LM pre-training from the init folder, then SMS classification: both folders carry the tokenizer."""
     from accelerate.state import AcceleratorState, GradientState

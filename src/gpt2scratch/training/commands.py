@@ -8,8 +8,8 @@
 
 Tokenisation rule for classification: a text longer than ``--max-length`` tokens (default: the
 model's ``n_positions``) keeps its FIRST ``--max-length`` tokens; the number of truncated texts is
-reported on stderr. Batches are padded on the right with ``<|endoftext|>`` (50256) and carry an
-``attention_mask``, so each text is classified exactly as it would be alone.
+reported on stderr. Batches are padded on the right with the tokenizer's ``<|endoftext|>`` (50256 in
+GPT-2's) and carry an ``attention_mask``, so each text is classified exactly as it would be alone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-PAD_ID = 50256  # <|endoftext|>
 FIELD_LIMIT = (
     1 << 24
 )  # characters in one CSV field (the csv module's default, 128 KiB, is too small for long texts)
@@ -219,7 +218,7 @@ class Classifier:
         self.truncated += sum(len(row) > self.max_length for row in ids)
         ids = [row[: self.max_length] for row in ids]
         width = max(len(row) for row in ids)
-        input_ids = torch.full((len(ids), width), PAD_ID, dtype=torch.long)
+        input_ids = torch.full((len(ids), width), self.encoding.eot_token, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for i, row in enumerate(ids):
             input_ids[i, : len(row)] = torch.tensor(row)
@@ -439,7 +438,7 @@ def _lm_loss_sum(model, blocks: list[list[int]]) -> tuple[float, int]:
     import torch.nn.functional as F
 
     width = max(len(b) for b in blocks)
-    input_ids = torch.full((len(blocks), width), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((len(blocks), width), model.config.eos_token_id, dtype=torch.long)
     targets = torch.full((len(blocks), width), -100, dtype=torch.long)
     mask = torch.zeros((len(blocks), width), dtype=torch.long)
     for i, b in enumerate(blocks):

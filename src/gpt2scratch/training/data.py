@@ -419,7 +419,7 @@ def _tokenize_instruction(ds, encoding, max_length: int, response_loss_only: boo
     def tokenize(batch):
         prompts = [format_prompt(i, x) for i, x in zip(batch["instruction"], batch["input"], strict=True)]
         prompt_ids = encode_batch(encoding, prompts)
-        response_ids = [r + [ENDOFTEXT_ID] for r in encode_batch(encoding, batch["output"])]
+        response_ids = [r + [encoding.eot_token] for r in encode_batch(encoding, batch["output"])]
         ids, labels = [], []
         for p, r in zip(prompt_ids, response_ids, strict=True):
             full = (p + r)[:max_length]

@@ -30,6 +30,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ from .checkpoints import (
     temp_checkpoint_dir,
     write_run,
 )
-from .data import IGNORE_INDEX, PAD_ID, collate, format_prompt, load_splits, tokenize_splits, write_splits
+from .data import IGNORE_INDEX, collate, format_prompt, load_splits, tokenize_splits, write_splits
 
 log = logging.getLogger("gpt2scratch.finetune")
 
@@ -133,9 +134,11 @@ def load_for_task(args: TrainArgs, label_names: list[str]):
     )
     model = loaded.model
     if args.task == "classification":
+        from ..tokenizer import load_encoding
+
         model.config.id2label = dict(enumerate(label_names))
         model.config.label2id = {name: i for i, name in enumerate(label_names)}
-        model.config.pad_token_id = PAD_ID
+        model.config.pad_token_id = load_encoding(loaded.tokenizer_dir).eot_token
     if args.dropout is not None:
         set_dropout(model, args.dropout)
     n_positions = model.config.n_positions
@@ -176,9 +179,9 @@ def build_scheduler(optimizer, total: int, args: TrainArgs):
     )
 
 
-def make_loader(ds, batch_size: int, train: bool):
+def make_loader(ds, batch_size: int, train: bool, pad_id: int):
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=train, drop_last=train, collate_fn=collate
+        ds, batch_size=batch_size, shuffle=train, drop_last=train, collate_fn=partial(collate, pad_id=pad_id)
     )
 
 
@@ -277,8 +280,9 @@ class Trainer:
         self.config = model.config
         self.num_labels = len(raw.label_names)
         self.state = RunState()
-        train_loader = make_loader(tokens["train"], args.batch_size, train=True)
-        eval_loaders = {name: make_loader(ds, args.batch_size, train=False) for name, ds in tokens.items()}
+        pad = encoding.eot_token  # <|endoftext|> of the tokenizer in use (50256 in GPT-2's)
+        train_loader = make_loader(tokens["train"], args.batch_size, train=True, pad_id=pad)
+        eval_loaders = {name: make_loader(ds, args.batch_size, False, pad) for name, ds in tokens.items()}
         optimizer = build_optimizer(model, args)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         self.eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
@@ -561,10 +565,8 @@ class Trainer:
         """Greedy generation for a batch of prompts (left-padded); each result stops before ``<|endoftext|>``."""
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
-        length = max(len(p) for p in prompts)
-        ids = torch.tensor(
-            [[PAD_ID] * (length - len(p)) + p for p in prompts], device=self.accelerator.device
-        )
+        length, eot = max(len(p) for p in prompts), self.encoding.eot_token
+        ids = torch.tensor([[eot] * (length - len(p)) + p for p in prompts], device=self.accelerator.device)
         mask = torch.tensor(
             [[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=self.accelerator.device
         )
@@ -573,12 +575,12 @@ class Trainer:
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            pad_token_id=PAD_ID,
+            pad_token_id=eot,
         )
         model.train()
         results = []
         for row in out[:, length:].tolist():
-            results.append(row[: row.index(PAD_ID)] if PAD_ID in row else row)
+            results.append(row[: row.index(eot)] if eot in row else row)
         return results
 
     def instruction_responses(self) -> tuple[list[dict], float]:
