@@ -106,6 +106,15 @@ def test_init_sizes_the_model_from_the_tokenizer(model_dir, trained):
         assert (model_dir / name).read_text(encoding="utf-8") == (trained / name).read_text(encoding="utf-8")
 
 
+def test_init_preset_model_argument_is_sized_from_the_tokenizer_too(trained):
+    from gpt2scratch.loading import load_model
+
+    loaded = load_model("init:tiny", tokenizer_dir=trained)
+    config = loaded.model.config
+    assert (config.vocab_size, config.eos_token_id, loaded.tokenizer_dir) == (VOCAB, VOCAB - 1, trained)
+    assert loaded.model.get_input_embeddings().weight.shape[0] == VOCAB
+
+
 def test_init_refuses_a_vocab_size_below_the_tokenizer(trained, tmp_path, capsys):
     out = tmp_path / "m"
     assert main(["init", "tiny", str(out), "--tokenizer-dir", str(trained), "--set", "vocab_size=500"]) == 2

@@ -17,7 +17,7 @@ import torch
 
 from .configuration_gpt2scratch import GPT2ScratchConfig
 from .modeling_gpt2scratch import GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
-from .tokenizer import default_vocab_dir, find_vocab_files
+from .tokenizer import default_vocab_dir, find_vocab_files, load_encoding
 
 TASK_CLASSES = {"causal-lm": GPT2ScratchForCausalLM, "classification": GPT2ScratchForSequenceClassification}
 
@@ -89,10 +89,13 @@ def load_model(
     cls = _task_class(task)
     extra = {} if num_labels is None else {"num_labels": num_labels}
     given_vocab = Path(tokenizer_dir) if tokenizer_dir else None
-    if str(spec).startswith("init:"):
-        config = GPT2ScratchConfig.from_preset(str(spec)[5:], **extra)
-        model = cls(config)
-        return LoadedModel(model.eval(), _tokenizer_dir([given_vocab, default_vocab_dir()]), "init")
+    if str(spec).startswith("init:"):  # sized to the tokenizer, as `gpt2scratch init` does
+        vocab = _tokenizer_dir([given_vocab, default_vocab_dir()])
+        encoding = load_encoding(vocab)
+        eot = encoding.eot_token
+        sizes = dict(vocab_size=encoding.n_vocab, bos_token_id=eot, eos_token_id=eot)
+        model = cls(GPT2ScratchConfig.from_preset(str(spec)[5:], **sizes, **extra))
+        return LoadedModel(model.eval(), vocab, "init")
     folder, kind = resolve_folder(spec)
     if kind == "adapter":
         model = _load_adapter(folder, task, extra)
