@@ -328,12 +328,13 @@ def streamed_conversion(
     check_variables(ckpt, mapping, hparams_path)
     theirs = {ours: name for name, (ours, _) in mapping.items()}
     gpt2, fields = config_from_hparams(hparams), variant or {}
-    meta = empty_model(gpt2, dtype)
-    check_names(theirs, saved_weights(meta))
-    state = meta.state_dict()
-    config, state = to_variant({ours: state[ours] for ours in theirs}, gpt2, fields, drop_wpe)
-    model = empty_model(config, dtype)
-    check_names(state, saved_weights(model))
+    model = empty_model(gpt2, dtype)
+    check_names(theirs, saved_weights(model))
+    if fields:  # the variant's config and weights, on the meta device
+        state = model.state_dict()
+        config, state = to_variant({ours: state[ours] for ours in theirs}, gpt2, fields, drop_wpe)
+        model = empty_model(config, dtype)
+        check_names(state, saved_weights(model))
     scratch = torch.empty(max(math.prod(shape) for _, shape in mapping.values()), dtype=dtype)
 
     def weight(ours: str) -> torch.Tensor:
