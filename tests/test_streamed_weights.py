@@ -46,7 +46,9 @@ def test_every_dtype_mixed_in_one_file_equals_save_file(tmp_path, metadata):
     assert_same_as_save_file(tmp_path, tensors, metadata)
 
 
-names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12).filter(
+    lambda name: name != "__metadata__"
+)
 specs = st.tuples(st.sampled_from(list(SAFETENSORS_DTYPES)), st.lists(st.integers(0, 4), max_size=3))
 
 
@@ -57,6 +59,11 @@ def test_random_names_shapes_and_dtypes_equal_save_file(tmp_path, layout, value)
         name: random_tensor(dtype, tuple(shape), i) for i, (name, (dtype, shape)) in enumerate(layout.items())
     }
     assert_same_as_save_file(tmp_path, tensors, {"note": value})
+
+
+def test_the_metadata_key_is_no_tensor_name(tmp_path):
+    with pytest.raises(ValueError, match="__metadata__"):
+        write_safetensors(tmp_path / "w.safetensors", {"__metadata__": (torch.float32, (1,))}, lambda n: None)
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,10 @@ def safetensors_header(layout: Layout, metadata: dict[str, str] | None = None) -
     unknown = {str(dtype) for dtype, _ in layout.values() if dtype not in SAFETENSORS_DTYPES}
     if unknown:
         raise ValueError(f"dtype(s) {sorted(unknown)} cannot be stored in safetensors by this writer.")
+    if "__metadata__" in layout:
+        raise ValueError(
+            "a tensor cannot be named '__metadata__' in safetensors (the header's metadata key)."
+        )
     rank = list(SAFETENSORS_DTYPES)
     order = sorted(layout, key=lambda name: (-rank.index(layout[name][0]), name))
     header: dict = {} if metadata is None else {"__metadata__": metadata}
