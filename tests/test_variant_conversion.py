@@ -118,3 +118,19 @@ def test_cli_converts_into_a_variant_and_refuses_rotary_without_flag(tmp_path, v
         "rotary",
         16,
     )
+
+
+def test_convert_hf_cli_into_gqa(tmp_path, vocab_dir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    src = tmp_path / "hf"
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    ).save_pretrained(src)
+    vocab = ["--tokenizer-dir", str(vocab_dir)]
+    refused = run_cli("convert-hf", str(src), str(tmp_path / "r"), "--set", "n_layer=3", *vocab)
+    assert refused.returncode == 2 and "variant fields" in refused.stderr and not (tmp_path / "r").exists()
+    done = run_cli("convert-hf", str(src), str(tmp_path / "gqa"), "--set", "n_kv_head=1", *vocab)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "gqa" / "config.json").read_text())["n_kv_head"] == 1

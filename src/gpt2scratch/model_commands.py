@@ -139,8 +139,10 @@ def cmd_info(args) -> None:
 
 def cmd_convert_hf(args) -> None:
     from .conversion.hf_gpt2 import convert_hf
+    from .conversion.variants import variant_from_args
 
-    print(f"Wrote {convert_hf(args.src, args.out, tokenizer_dir=args.tokenizer_dir, force=args.force)}")
+    variant = variant_from_args(args)
+    print(f"Wrote {convert_hf(args.src, args.out, args.tokenizer_dir, args.force, variant, args.drop_wpe)}")
 
 
 def cmd_export_hf(args) -> None:
@@ -150,6 +152,8 @@ def cmd_export_hf(args) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .conversion.variants import add_variant_arguments
+
     p = sub.add_parser("init", help="write a randomly initialised model folder")
     p.add_argument("preset", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or tiny (or 124M ... 1558M)")
     p.add_argument("out", type=Path)
@@ -182,6 +186,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--tokenizer-dir", type=Path, help="used when SRC has no tokenizer files")
     p.add_argument("--force", action="store_true")
+    add_variant_arguments(p)
     p.set_defaults(func=cmd_convert_hf)
 
     p = sub.add_parser("export-hf", help="a folder of this package → a plain transformers GPT-2 folder")
