@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -308,3 +309,15 @@ def test_code_carrying_pickle_in_a_checkpoint_is_refused(finished_copy, tmp_path
     err = capsys.readouterr().err
     assert "refused" in err and "weights_only=True" in err
     assert not side_effect.exists()
+
+
+def test_finetune_script_gives_the_same_exit_codes(options, tmp_path):
+    """scripts/finetune.py as a user runs it: a NaN stop is exit 3 with its one-line message, no traceback."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "finetune.py"
+    env = {**os.environ, FAULT_ENV: "nan_loss:1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--output-dir", str(tmp_path / "run"), *options],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "finetune: error: Non-finite loss nan at step 1" in proc.stderr and "Traceback" not in proc.stderr

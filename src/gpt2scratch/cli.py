@@ -67,10 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_reporting(args.command, lambda: args.func(args))
+
+
+def run_reporting(command: str, call) -> int:
+    """``call()``'s return value as an exit status; an error a user can act on becomes one line on stderr and
+    its ``EXIT_CODES`` code (a bug keeps its traceback). Shared by ``gpt2scratch`` and ``scripts/finetune.py``."""
     try:
-        return int(args.func(args) or 0)
+        return int(call() or 0)
     except KeyboardInterrupt:
-        return _fail(args.command, "interrupted.", 130)
+        return _fail(command, "interrupted.", 130)
     except Exception as e:
         code = exit_code(e)
         if code is None:
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         if code == 4 and not isinstance(e, CommandError):
             message = f"no space left on device ({e}); free some space and run again."
-        return _fail(args.command, message, code)
+        return _fail(command, message, code)
 
 
 def exit_code(error: BaseException) -> int | None:
