@@ -43,6 +43,7 @@ def test_every_dtype_mixed_in_one_file_equals_save_file(tmp_path, metadata):
         for i, dtype in enumerate(reversed(list(SAFETENSORS_DTYPES)))
     }
     tensors |= {"scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4), "Zé→名": torch.arange(5)}
+    tensors["big"] = random_tensor(torch.float32, (3, 100_003), 99)  # written in several chunks
     assert_same_as_save_file(tmp_path, tensors, metadata)
 
 

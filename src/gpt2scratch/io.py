@@ -33,6 +33,7 @@ SAFETENSORS_DTYPES = {
 }  # fmt: skip
 WEIGHTS_METADATA = {"format": "pt"}  # what save_pretrained stores in model.safetensors' header
 Layout = dict[str, tuple[torch.dtype, tuple[int, ...]]]  # tensor name → (dtype, shape)
+WRITE_CHUNK = 1 << 20  # bytes per write call: much faster than one 150 MB write on the benchmark's Linux VM
 
 AUTO_MAP = {
     "AutoConfig": "configuration_gpt2scratch.GPT2ScratchConfig",
@@ -143,7 +144,9 @@ def write_safetensors(
                     f"{path}: tensor {name!r} came as {value.dtype} {list(value.shape)}"
                     f"{'' if value.is_contiguous() else ' (not contiguous)'}; the header says {dtype} {list(shape)}."
                 )
-            f.write(value.reshape(-1).view(torch.uint8).numpy())
+            data = value.reshape(-1).view(torch.uint8).numpy()
+            for start in range(0, data.size, WRITE_CHUNK):
+                f.write(data[start : start + WRITE_CHUNK])
 
 
 def saved_weights(model: PreTrainedModel) -> Layout:
