@@ -245,6 +245,23 @@ def test_damaged_checkpoint_is_skipped_with_a_warning(finished_copy, damage, cap
     assert code == 2 and str(newest) in capsys.readouterr().err
 
 
+def test_run_folder_as_model_loads_the_newest_complete_checkpoint(uninterrupted, tmp_path):
+    """A run folder without a final model (still running, or killed) given as MODEL: the newest checkpoint
+    that verifies, not the highest-numbered one."""
+    from gpt2scratch.loading import load_model
+
+    run = tmp_path / "unfinished"
+    run.mkdir()
+    for name in ("checkpoint-4", "checkpoint-6"):
+        shutil.copytree(uninterrupted / name, run / name)
+    weights = run / "checkpoint-6" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    loaded = load_model(run, task="classification")
+    want = load_file(uninterrupted / "checkpoint-4" / "model" / "model.safetensors")
+    got = loaded.model.state_dict()
+    assert loaded.kind == "checkpoint" and all(torch.equal(got[k], v) for k, v in want.items())
+
+
 def test_nan_loss_stops_with_exit_3_naming_the_step(options, tmp_path, capsys, monkeypatch):
     out = tmp_path / "nan"
     monkeypatch.setenv(FAULT_ENV, "nan_loss:5")

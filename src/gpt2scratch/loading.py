@@ -60,9 +60,11 @@ def resolve_folder(spec: str | os.PathLike) -> tuple[Path, str]:
     if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         if (path / "model").is_dir():  # a training checkpoint-<step>/ folder
             return resolve_folder(path / "model")[0], "checkpoint"
-        checkpoints = sorted(path.glob("checkpoint-*/model"), key=lambda p: int(p.parent.name.split("-")[-1]))
-        if checkpoints:  # a run still in progress: its latest checkpoint
-            return resolve_folder(checkpoints[-1])[0], "checkpoint"
+        from .training.checkpoints import latest_checkpoint
+
+        newest = latest_checkpoint(path)  # a run still in progress: its newest complete, verified checkpoint
+        if newest is not None:
+            return resolve_folder(newest / "model")[0], "checkpoint"
         if (path / "hparams.json").exists():
             return path, "openai"
         raise FileNotFoundError(
