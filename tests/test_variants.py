@@ -78,6 +78,10 @@ def test_defaults_are_gpt2():
         (dict(sliding_window=0), "sliding_window"),
         (dict(position_embedding_type="rotary", rotary_pct=0.1), "rotary_pct"),
         (dict(position_embedding_type="rotary", rotary_pct=1.5), "rotary_pct"),
+        (dict(n_layer=0), "n_layer"),
+        (dict(n_head="4"), "n_head"),
+        (dict(attn_pdrop=1.5), "attn_pdrop"),
+        (dict(resid_pdrop="0.1"), "resid_pdrop"),
     ],
 )
 def test_impossible_variants_are_refused(fields, needle):

@@ -63,6 +63,10 @@ class GPT2ScratchConfig(PreTrainedConfig):
         pad_token_id: int | None = None,
         **kwargs,
     ):
+        _check_sizes(
+            vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head
+        )
+        _check_rates(resid_pdrop=resid_pdrop, embd_pdrop=embd_pdrop, attn_pdrop=attn_pdrop)
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}).")
         if pad_vocab_size_multiple < 1:
@@ -126,6 +130,18 @@ class GPT2ScratchConfig(PreTrainedConfig):
             choices = ", ".join([*PRESETS, *OPENAI_SIZES])
             raise ValueError(f"Unknown preset {name!r}; choose one of: {choices}.")
         return cls(**{**PRESETS[key], **overrides})
+
+
+def _check_sizes(**sizes) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
+
+
+def _check_rates(**rates) -> None:
+    for name, value in rates.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{name} must be a dropout probability between 0 and 1, got {value!r}.")
 
 
 def _rotary_dim(head_dim: int, rotary_pct: float) -> int:
