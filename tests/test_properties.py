@@ -136,15 +136,19 @@ def test_checkpoint_reader_detects_any_damage_and_falls_back(payload, damage, ta
 
 # ----------------------------------------------------------------------------------------- dataset loaders
 
-JUNK_LINE = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r"), max_size=40)
+JUNK_LINE = st.one_of(
+    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r"), max_size=40),
+    st.dictionaries(  # records with missing, extra, empty or mistyped fields (what a JSONL file may hold)
+        st.sampled_from(["text", "label", "other"]), st.one_of(st.text(max_size=10), st.integers(), st.none())
+    ).map(json.dumps),
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lines=st.lists(JUNK_LINE, min_size=0, max_size=8),
-    # no ".jsonl": one junk JSONL file made pyarrow's JSON reader (inside datasets.load_dataset) segfault,
-    # killing the test process (reported; not reproduced on demand, so no xfail can track it)
-    suffix=st.sampled_from([".csv", ".tsv", ""]),
+    # .jsonl: every line is parsed by Python's json first (one junk JSONL file once made pyarrow's reader segfault)
+    suffix=st.sampled_from([".csv", ".tsv", ".jsonl", ""]),
     header=st.booleans(),
 )
 def test_training_loader_on_junk_rows_gives_rows_or_a_user_error(tmp_path_factory, lines, suffix, header):
@@ -176,3 +180,15 @@ def test_classify_reader_on_junk_bytes_gives_rows_or_a_user_error(tmp_path_facto
     except USER_ERRORS:
         return
     assert all(isinstance(t, str) for t in texts)
+
+
+def test_malformed_jsonl_line_is_named(tmp_path):
+    from gpt2scratch.training.data import read_table
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "hi", "label": "ham"}\n{"text": "oops", \n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train.jsonl, line 2: not valid JSON"):
+        read_table(path)
+    path.write_text('{"text": "hi", "label": "ham"}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 2: expected a JSON object"):
+        read_table(path)

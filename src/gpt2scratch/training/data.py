@@ -103,6 +103,8 @@ def read_table(path: str | os.PathLike):
 def _load_with_datasets(path: Path, kind: str):
     from datasets import load_dataset
 
+    if kind == "json":
+        _check_json(path)
     builder, options = {
         "tsv": ("csv", {"delimiter": "\t"}),
         "text": ("text", {"sample_by": "paragraph"}),
@@ -111,6 +113,31 @@ def _load_with_datasets(path: Path, kind: str):
         return load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as e:  # malformed CSV/JSON: pyarrow/pandas errors of many types
         raise ValueError(f"{path}: cannot be read as {kind.upper()}: {e}") from None
+
+
+def _check_json(path: Path) -> None:
+    """Parse a .json/.jsonl file with Python's json first: a clear error naming the line, and pyarrow's reader
+    (which crashed the process on one fuzzed file) never sees malformed input."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) or (isinstance(data, list) and all(isinstance(r, dict) for r in data)):
+        return  # one JSON document: an array of records (or columns)
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}, line {n}: not valid JSON ({e.msg}); expected one JSON object per line."
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{path}, line {n}: expected a JSON object (a record), got {type(record).__name__}."
+            )
 
 
 def _read_sms(path: Path):
