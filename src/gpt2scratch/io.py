@@ -131,8 +131,9 @@ def write_safetensors(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Write the safetensors file ``path`` of tensors ``layout``, asking ``tensor(name)`` for each in file
-    order and writing its bytes at once, so only one tensor need be in memory (``tensor`` may reuse a
-    buffer or return a memory-mapped one). The file equals ``save_file`` of the same tensors."""
+    order and writing its bytes (in ``WRITE_CHUNK`` calls) before asking for the next, so only one tensor
+    need be in memory (``tensor`` may reuse a buffer or return a memory-mapped one). The file equals
+    ``save_file`` of the same tensors."""
     header, order = safetensors_header(layout, metadata)
     with open(path, "wb") as f:
         f.write(header)
