@@ -621,8 +621,9 @@ class Trainer:
         try:
             acc.save_state(str(tmp / "state"))
             acc.wait_for_everyone()
+            weights = self._gathered_weights()  # every process takes part
             if acc.is_main_process:
-                self._write_model(tmp / "model")
+                self._write_model(tmp / "model", weights)
                 injected("enospc_checkpoint", step)
                 final = finish_checkpoint(self.out, step, self._trainer_state())
                 removed = rotate_checkpoints(self.out, self.args.keep_checkpoints)
@@ -685,18 +686,28 @@ class Trainer:
             _truncate_log(self.out / "train_log.jsonl", self.state.step)
         log.info("resumed from %s at step %d", checkpoint, self.state.step)
 
-    def _write_model(self, folder: Path) -> None:
-        """A model folder (full, last-block, merged LoRA) or a PEFT adapter folder pointing at ``base/``."""
+    def _gathered_weights(self) -> dict | None:
+        """Under FSDP, the whole state dict gathered from the shards (a collective: every process must call
+        it); None otherwise, where the unwrapped model holds whole tensors already."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type != DistributedType.FSDP:
+            return None
+        return self.accelerator.get_state_dict(self.model)
+
+    def _write_model(self, folder: Path, weights: dict | None = None) -> None:
+        """A model folder (full, last-block, merged LoRA) or a PEFT adapter folder pointing at ``base/``;
+        ``weights``: the gathered state dict under FSDP (:meth:`_gathered_weights`)."""
         from ..io import write_model_folder
         from ..tokenizer import save_tokenizer
 
         model = self.accelerator.unwrap_model(self.model)
         folder.mkdir(parents=True, exist_ok=True)
         if self.args.method != "lora":
-            write_model_folder(model, folder, self.vocab)
+            write_model_folder(model, folder, self.vocab, weights=weights.__getitem__ if weights else None)
             return
         model.peft_config["default"].base_model_name_or_path = str((self.out / "base").resolve())
-        model.save_pretrained(str(folder))
+        model.save_pretrained(str(folder), **({"state_dict": weights} if weights else {}))
         save_tokenizer(self.vocab, folder, model_max_length=self.config.n_positions)
 
     def _pause(self, progress) -> None:
@@ -725,9 +736,10 @@ class Trainer:
                 rouge_l=rouge,
             )
         acc.wait_for_everyone()
+        weights = self._gathered_weights()  # every process takes part
         if acc.is_main_process:
             extra = self._summary(train_seconds)
-            self._save_final()
+            self._save_final(weights)
             (self.out / "metrics.json").write_text(
                 json.dumps({**metrics, **extra}, indent=1), encoding="utf-8"
             )
@@ -763,7 +775,7 @@ class Trainer:
             "mfu_note": None if mfu else "n/a: no known peak FLOP/s for this device (CPU)",
         }
 
-    def _save_final(self) -> None:
+    def _save_final(self, weights: dict | None = None) -> None:
         """Write the final model into the top of the output folder (via a temporary folder, then moved in)."""
         from ..io import write_model_folder
 
@@ -776,7 +788,7 @@ class Trainer:
                 tmp.mkdir()
                 write_model_folder(merged, tmp, self.vocab)
             else:
-                self._write_model(tmp)
+                self._write_model(tmp, weights)
             injected("enospc_final", self.state.step)
             fsync_tree(tmp)
         except BaseException as e:
