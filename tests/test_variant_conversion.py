@@ -134,3 +134,4 @@ def test_convert_hf_cli_into_gqa(tmp_path, vocab_dir):
     done = run_cli("convert-hf", str(src), str(tmp_path / "gqa"), "--set", "n_kv_head=1", *vocab)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "gqa" / "config.json").read_text())["n_kv_head"] == 1
+    assert "gpt2scratch convert-hf" in (tmp_path / "gqa" / "README.md").read_text()

@@ -385,6 +385,10 @@ def test_init_sets_variant_fields(tmp_path, vocab_dir):
         32,
     )
     assert config["rope_theta"] == 5000
+    card = (out / "README.md").read_text()  # init writes a model card too
+    assert (
+        card.startswith("---\n") and "library_name: transformers" in card and "gpt2scratch init tiny" in card
+    )
     bad = run_cli("init", "tiny", str(tmp_path / "bad"), "--set", "n_kv_head=3")
     assert bad.returncode == 2 and "n_kv_head" in bad.stderr and not (tmp_path / "bad").exists()
 

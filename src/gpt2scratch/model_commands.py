@@ -26,6 +26,7 @@ def cmd_init(args) -> None:
 
     from .configuration_gpt2scratch import GPT2ScratchConfig
     from .io import save_model_folder
+    from .model_card import model_card
     from .modeling_gpt2scratch import GPT2ScratchForCausalLM
     from .tokenizer import default_vocab_dir, load_encoding
 
@@ -48,7 +49,12 @@ def cmd_init(args) -> None:
         )
     torch.manual_seed(args.seed)
     model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset(args.preset, **overrides))
-    save_model_folder(model, args.out, vocab, force=args.force)
+    source = (
+        f"Created by `gpt2scratch init {args.preset}` (seed {args.seed}): randomly initialised with GPT-2's "
+        "initialisation, not trained. Train it with `scripts/finetune.py --model FOLDER`."
+    )
+    card = model_card(model.config, title=f"GPT-2 architecture ({args.preset}), untrained", source=source)
+    save_model_folder(model, args.out, vocab, model_card=card, force=args.force)
     print(f"Wrote {args.out}: {args.preset}, {model.num_parameters():,} parameters.")
 
 

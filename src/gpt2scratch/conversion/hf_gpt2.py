@@ -15,6 +15,7 @@ import torch
 
 from ..configuration_gpt2scratch import GPT2ScratchConfig
 from ..io import atomic_folder, save_model_folder
+from ..model_card import model_card
 from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
 from ..tokenizer import save_tokenizer
 from .variants import to_variant
@@ -137,7 +138,13 @@ def convert_hf(
             raise FileNotFoundError(
                 f"{src} has no tokenizer (tokenizer.json or vocab.json + merges.txt); pass --tokenizer-dir."
             )
-        return save_model_folder(model, out, vocab, force=force)
+        source = f"Converted by `gpt2scratch convert-hf` from transformers' GPT-2 folder `{src.name}/`" + (
+            f", as the variant {variant}." if variant else " (same weights, same logits)."
+        )
+        card = model_card(
+            model.config, title="GPT-2, converted from transformers' GPT2LMHeadModel", source=source
+        )
+        return save_model_folder(model, out, vocab, model_card=card, force=force)
 
 
 def export_hf(src: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
