@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_finetune import SMALL, sms_subset, train
+from test_finetune import SMALL, one_thread, sms_subset, train  # noqa: F401 (one_thread: autouse)
 from test_finetune_resume import train_losses
 
 from gpt2scratch.cli import main as cli_main
@@ -39,14 +39,6 @@ from gpt2scratch.training.checkpoints import (
 
 pytestmark = pytest.mark.xdist_group("reliability")
 RANDOM_KILL_SEED = 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
