@@ -20,6 +20,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.integrations.sdpa_attention import repeat_kv  # each k/v head → its group of query heads
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -30,14 +31,6 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_gpt2scratch import GPT2ScratchConfig
-
-
-def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B, n_kv_head, T, hs) → (B, n_kv_head * groups, T, hs): each key/value head serves ``groups`` query heads."""
-    if groups == 1:
-        return x
-    B, n_kv, T, hs = x.shape
-    return x[:, :, None].expand(B, n_kv, groups, T, hs).reshape(B, n_kv * groups, T, hs)
 
 
 def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
