@@ -7,7 +7,9 @@ and transformers' own ``GPT2LMHeadModel`` fed the checkpoint's arrays directly.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +17,11 @@ import pytest
 import torch
 from conftest import run_cli
 
+import gpt2scratch.io as io
 from gpt2scratch.cli import main
 from gpt2scratch.conversion.openai import convert_openai, find_checkpoint, from_openai_checkpoint
 from gpt2scratch.conversion.tf_bundle import CheckpointError, TFCheckpoint
+from gpt2scratch.tokenizer import save_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 GPT2_FIXTURES = ["gpt2_a", "gpt2_b", "gpt2_sharded"]
@@ -174,6 +178,8 @@ BREAKAGES = {  # name → (how to break the folder, what the message must contai
     "hparams n_layer high": (lambda f: _set_hparam(f, n_layer=3), ["model.ckpt.index", "missing", "model/h2/"]),
     "missing encoder.json": (lambda f: (f / "encoder.json").unlink(), ["encoder.json", "missing"]),
     "missing vocab.bpe": (lambda f: (f / "vocab.bpe").unlink(), ["vocab.bpe", "missing"]),
+    # read by the forked child that writes the tokenizer files: its error must reach the user the same way
+    "corrupt encoder.json": (lambda f: (f / "encoder.json").write_text('{"a": 0,'), ["encoder.json", "not a valid vocabulary"]),
 }  # fmt: skip
 
 
@@ -209,3 +215,31 @@ def test_cli_error_exit_code_in_a_real_process(tmp_path, vocab_dir):
 def test_convert_openai_function_refuses_unknown_dtype(tmp_path, vocab_dir):
     with pytest.raises(ValueError, match="float8"):
         convert_openai(ckpt_folder(tmp_path, vocab_dir), tmp_path / "out", dtype="float8")
+
+
+def save_tokenizer_recording_pid(folder, out, model_max_length):  # module level: the child unpickles it
+    Path(out, "writer.pid").write_text(str(os.getpid()))
+    return save_tokenizer(folder, out, model_max_length)
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_tokenizer_files_written_by_a_forked_child_on_linux(tmp_path, vocab_dir, monkeypatch, fork):
+    """convert-openai builds the tokenizer in a forked process on Linux (it holds the GIL, so a thread
+    would only take turns with the weights); other commands use a thread. Same files either way."""
+    monkeypatch.setattr(io, "save_tokenizer", save_tokenizer_recording_pid)
+    model = from_openai_checkpoint(ckpt_folder(tmp_path, vocab_dir))
+    out = io.save_model_folder(model, tmp_path / "out", vocab_dir, fork=fork)
+    child = int((out / "writer.pid").read_text()) != os.getpid()
+    assert child == (fork and sys.platform == "linux")
+    reference = tmp_path / "reference"
+    save_tokenizer(vocab_dir, reference, model.config.n_positions)
+    for f in reference.iterdir():
+        assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_convert_openai_forks_for_the_tokenizer(tmp_path, vocab_dir, monkeypatch):
+    calls = []
+    writer = io.tokenizer_writer
+    monkeypatch.setattr(io, "tokenizer_writer", lambda fork: calls.append(fork) or writer(fork))
+    convert_openai(ckpt_folder(tmp_path, vocab_dir), tmp_path / "out")
+    assert calls == [True]

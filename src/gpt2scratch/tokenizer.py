@@ -47,9 +47,20 @@ def find_vocab_files(folder: str | os.PathLike) -> tuple[Path, Path]:
     )
 
 
+def read_vocab(path: Path) -> dict:
+    """``encoder.json`` / ``vocab.json``: token → id; an error naming the file when it is not JSON."""
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a valid vocabulary file (a JSON object of token → id): {e}") from None
+    if not isinstance(vocab, dict):
+        raise ValueError(f"{path} is not a valid vocabulary file: it should hold a JSON object of token → id.")
+    return vocab
+
+
 @lru_cache(maxsize=8)
 def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
-    eot = json.loads(Path(encoder_json).read_text(encoding="utf-8")).get(ENDOFTEXT)
+    eot = read_vocab(Path(encoder_json)).get(ENDOFTEXT)
     if eot is None:
         raise ValueError(f"{encoder_json} has no {ENDOFTEXT} token; every GPT-2-style vocabulary needs it.")
     try:
@@ -89,9 +100,11 @@ def hf_tokenizer(folder: str | os.PathLike, model_max_length: int = 1024):
     from transformers import GPT2Tokenizer
 
     enc, bpe = find_vocab_files(folder)
-    vocab = json.loads(enc.read_text(encoding="utf-8"))
-    lines = bpe.read_text(encoding="utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
+    vocab = read_vocab(enc)
+    lines = bpe.read_text(encoding="utf-8").splitlines()
+    if lines and lines[0].startswith("#version"):
+        lines = lines[1:]
+    merges = [tuple(line.split()) for line in lines if line and not line.isspace()]
     return GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 

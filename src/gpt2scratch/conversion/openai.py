@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..configuration_gpt2scratch import GPT2ScratchConfig
-from ..model_card import model_card
+from ..model_card import meta_model, model_card
 from ..modeling_gpt2scratch import GPT2ScratchForCausalLM
 from .tf_bundle import CheckpointError, TFCheckpoint, checkpoint_prefix
 from .variants import add_variant_arguments, to_variant, variant_from_args
@@ -221,8 +221,7 @@ def state_dict_from_checkpoint(
 
 def empty_model(config: GPT2ScratchConfig, dtype: torch.dtype = torch.float32) -> GPT2ScratchForCausalLM:
     """The model on the meta device (no memory, no time spent on random init), weights typed ``dtype``."""
-    with torch.device("meta"):
-        return GPT2ScratchForCausalLM(config).to(dtype)
+    return meta_model(GPT2ScratchForCausalLM, config).to(dtype)
 
 
 def check_names(names, expected) -> None:
@@ -309,7 +308,9 @@ def convert_openai(
     ckpt, hparams, hparams_path = open_openai_checkpoint(ckpt_dir)
     model, weight = streamed_conversion(ckpt, hparams, hparams_path, TORCH_DTYPES[dtype], variant, drop_wpe)
     card_text = card(ckpt_dir, model, dtype)
-    return save_model_folder(model, out, ckpt_dir, model_card=card_text, force=force, weights=weight)
+    return save_model_folder(
+        model, out, ckpt_dir, model_card=card_text, force=force, weights=weight, fork=True
+    )
 
 
 def streamed_conversion(
