@@ -243,3 +243,13 @@ def test_convert_openai_forks_for_the_tokenizer(tmp_path, vocab_dir, monkeypatch
     monkeypatch.setattr(io, "tokenizer_writer", lambda fork: calls.append(fork) or writer(fork))
     convert_openai(ckpt_folder(tmp_path, vocab_dir), tmp_path / "out")
     assert calls == [True]
+
+
+def test_a_daemonic_process_writes_the_tokenizer_in_a_thread(monkeypatch):
+    """multiprocessing forbids children of daemonic processes (e.g. Pool workers): no fork there."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(io.multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
+    with io.tokenizer_writer(fork=True) as pool:
+        assert isinstance(pool, ThreadPoolExecutor)

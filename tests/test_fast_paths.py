@@ -252,3 +252,34 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
     assert all(v > 0 for v in cpu["decode_b8"].values())
     assert "prefill_4x256/ours/1thr" in result["ratios"]
     assert "| greedy generate() batch 1" in (tmp_path / "speed-latest.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------- LM head
+def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(model, ids, monkeypatch):
+    """No-grad CPU forwards over several rows compute the head as (W hᵀ)ᵀ (faster with MKL); one row, or a
+    forward that records autograd, calls the Linear itself. Logits agree either way."""
+    calls = []
+    model.lm_head.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[:-1].numel()))
+    with torch.no_grad():
+        fast_logits = model(ids).logits
+        assert calls == [], "several rows without grad: the head Linear must not be called"
+        one_row = model(ids[:1], logits_to_keep=1).logits
+        assert calls == [1]
+        h = model.transformer(ids).last_hidden_state
+        torch.testing.assert_close(fast_logits, model.lm_head(h), atol=1e-5, rtol=0)
+        torch.testing.assert_close(one_row, fast_logits[:1, -1:], atol=1e-5, rtol=0)
+    assert fast_logits.is_contiguous() and fast_logits.shape == (*ids.shape, model.config.vocab_size)
+    grad_logits = model(ids).logits
+    assert calls[-1] == ids.numel(), "with autograd the Linear (and its backward) is used"
+    torch.testing.assert_close(grad_logits.detach(), fast_logits, atol=1e-5, rtol=0)
+
+
+def test_lm_head_uses_the_linear_beyond_the_row_limit(model, monkeypatch):
+    monkeypatch.setattr(modeling, "HEAD_TRANSPOSED_MAX_ROWS", 4)
+    calls = []
+    model.lm_head.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[:-1].numel()))
+    with torch.no_grad():
+        model(torch.zeros(1, 4, dtype=torch.long))
+        assert calls == []
+        model(torch.zeros(1, 5, dtype=torch.long))
+        assert calls == [5]

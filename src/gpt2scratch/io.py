@@ -219,8 +219,9 @@ def tokenizer_writer(fork: bool) -> Executor:
     Building GPT-2's tokenizer holds the GIL for most of its ≈ 0.3 s, so in a thread it mostly takes turns
     with the weights' loop; a child process runs truly beside it (measured: 124M conversion ≈ 1.0 s → 0.8 s,
     ``benchmarks/results/convert_openai-*.md``). Forking suits short-lived converting processes (the
-    ``convert-*`` commands), not a training process that may hold accelerators or many threads."""
-    if fork and sys.platform == "linux":
+    ``convert-*`` commands), not a training process that may hold accelerators or many threads. A daemonic
+    process (e.g. a ``multiprocessing.Pool`` worker) may not have children: it uses the thread."""
+    if fork and sys.platform == "linux" and not multiprocessing.current_process().daemon:
         return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
     return ThreadPoolExecutor(1, thread_name_prefix="save_tokenizer")
 
