@@ -101,10 +101,8 @@ def hf_tokenizer(folder: str | os.PathLike, model_max_length: int = 1024):
 
     enc, bpe = find_vocab_files(folder)
     vocab = read_vocab(enc)
-    lines = bpe.read_text(encoding="utf-8").splitlines()
-    if lines and lines[0].startswith("#version"):
-        lines = lines[1:]
-    merges = [tuple(line.split()) for line in lines if line and not line.isspace()]
+    lines = bpe.read_text(encoding="utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
     return GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
