@@ -255,7 +255,7 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
 
 
 # ------------------------------------------------------------------------------------------- LM head
-def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(model, ids, monkeypatch):
+def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(model, ids):
     """No-grad CPU forwards over several rows compute the head as (W hᵀ)ᵀ (faster with MKL); one row, or a
     forward that records autograd, calls the Linear itself. Logits agree either way."""
     calls = []
