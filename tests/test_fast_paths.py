@@ -254,32 +254,173 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
     assert "| greedy generate() batch 1" in (tmp_path / "speed-latest.md").read_text()
 
 
-# ------------------------------------------------------------------------------------------- LM head
-def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(model, ids):
-    """No-grad CPU forwards over several rows compute the head as (W hᵀ)ᵀ (faster with MKL); one row, or a
-    forward that records autograd, calls the Linear itself. Logits agree either way."""
-    calls = []
-    model.lm_head.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[:-1].numel()))
+# ------------------------------------------------------------------------- projections over few rows
+@pytest.fixture
+def linear_calls(monkeypatch):
+    """(rows, out_features) of every ``nn.Linear.forward`` call (patched on the class, since a hook would
+    turn the fast paths off)."""
+    calls, forward = [], torch.nn.Linear.forward
+
+    def recording(self, x):
+        calls.append((x.shape[:-1].numel(), self.out_features))
+        return forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    return calls
+
+
+@pytest.fixture
+def split_calls(monkeypatch):
+    calls, split = [], modeling.split_matmul
+
+    def recording(x, weight, parts, transposed):
+        calls.append((x.shape[0], tuple(weight.shape), parts, transposed))
+        return split(x, weight, parts, transposed)
+
+    monkeypatch.setattr(modeling, "split_matmul", recording)
+    return calls
+
+
+def two_threads(restore_threads) -> None:
+    """Run the model at 2 threads, with the thread policy told that 2 threads are not slower here."""
+    torch.set_num_threads(2)
+    modeling._ONE_THREAD_FASTER[2] = False
+
+
+@pytest.mark.parametrize("n", [7, 8, 50257])
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("parts", [2, 3])
+def test_split_matmul_equals_the_plain_product(n, rows, parts):
+    """Split over the weight's rows (uneven splits leave a remainder), in both orientations."""
+    g = torch.Generator().manual_seed(n + rows)
+    weight, x = torch.randn(n, 16, generator=g), torch.randn(rows, 16, generator=g)
+    for transposed in (False, True):
+        y = modeling.split_matmul(x, weight, parts, transposed)
+        torch.testing.assert_close(y, x @ weight.t(), atol=1e-5, rtol=1e-5)
+        assert y.shape == (rows, n) and y.is_contiguous()
+
+
+def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(
+    model, ids, linear_calls, restore_threads
+):
+    """At one thread, no-grad CPU forwards over 2..HEAD_TRANSPOSED_MAX_ROWS rows compute the head as
+    (W hᵀ)ᵀ (faster with MKL); one row, or a forward that records autograd, calls the Linear. Same logits."""
+    torch.set_num_threads(1)
+    head = model.config.vocab_size
     with torch.no_grad():
         fast_logits = model(ids).logits
-        assert calls == [], "several rows without grad: the head Linear must not be called"
+        assert (ids.numel(), head) not in linear_calls, "several rows without grad: not the head Linear"
+        assert (ids.numel(), model.config.n_embd) in linear_calls, "the blocks call their Linears"
+        linear_calls.clear()
         one_row = model(ids[:1], logits_to_keep=1).logits
-        assert calls == [1]
+        assert (1, head) in linear_calls
         h = model.transformer(ids).last_hidden_state
         torch.testing.assert_close(fast_logits, model.lm_head(h), atol=1e-5, rtol=0)
         torch.testing.assert_close(one_row, fast_logits[:1, -1:], atol=1e-5, rtol=0)
-    assert fast_logits.is_contiguous() and fast_logits.shape == (*ids.shape, model.config.vocab_size)
+    assert fast_logits.is_contiguous() and fast_logits.shape == (*ids.shape, head)
+    linear_calls.clear()
     grad_logits = model(ids).logits
-    assert calls[-1] == ids.numel(), "with autograd the Linear (and its backward) is used"
+    assert linear_calls[-1] == (ids.numel(), head), "with autograd the Linear (and its backward) is used"
     torch.testing.assert_close(grad_logits.detach(), fast_logits, atol=1e-5, rtol=0)
 
 
-def test_lm_head_uses_the_linear_beyond_the_row_limit(model, monkeypatch):
+def test_lm_head_uses_the_linear_beyond_the_row_limit(model, monkeypatch, linear_calls, restore_threads):
+    torch.set_num_threads(1)
     monkeypatch.setattr(modeling, "HEAD_TRANSPOSED_MAX_ROWS", 4)
-    calls = []
-    model.lm_head.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[:-1].numel()))
     with torch.no_grad():
         model(torch.zeros(1, 4, dtype=torch.long))
-        assert calls == []
+        assert (4, model.config.vocab_size) not in linear_calls
         model(torch.zeros(1, 5, dtype=torch.long))
-        assert calls == [5]
+        assert (5, model.config.vocab_size) in linear_calls
+
+
+def test_few_rows_split_across_threads_and_match(model, ids, split_calls, linear_calls, restore_threads):
+    """With 2 threads, a no-grad forward over <= SPLIT_MAX_ROWS rows splits every projection (the head in
+    the transposed orientation when it has several rows) and gives the one-thread logits; more rows, or
+    one thread, do not split."""
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        reference = model(ids).logits
+        decode_ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+    assert split_calls == []
+    linear_calls.clear()
+    two_threads(restore_threads)
+    with torch.no_grad():
+        logits = model(ids).logits
+        decoded = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
+    assert torch.equal(decoded, decode_ref)
+    assert linear_calls == [], "every projection of a small no-grad forward is split"
+    head = (ids.numel(), (model.config.vocab_size, model.config.n_embd), 2, True)
+    assert head in split_calls and (ids.shape[0], *head[1:3], False) not in split_calls
+    assert len({call[1] for call in split_calls}) == 5, "qkv, attention out, MLP in and out, the head"
+    assert all(parts == 2 for _, _, parts, _ in split_calls)
+    assert any(rows == 2 and not transposed for rows, _, _, transposed in split_calls), "decode steps"
+
+    split_calls.clear()
+    big = torch.zeros(1, modeling.SPLIT_MAX_ROWS + 1, dtype=torch.long)
+    with torch.no_grad():
+        model(big, logits_to_keep=1)
+    c = model.config.n_embd
+    kept_row = [(c, c), (4 * c, c), (c, 4 * c), head[1]]  # last attention out, MLP and head: the kept row
+    assert split_calls == [(1, shape, 2, False) for shape in kept_row]
+    split_calls.clear()
+    model(ids)  # autograd
+    assert split_calls == []
+
+
+def test_hooked_or_wrapped_projections_are_called_as_modules(model, ids, split_calls, restore_threads):
+    """A forward hook, a replaced ``forward`` (Accelerate's offloading) or a subclass (LoRA layers) keeps
+    the module call, so whatever it adds still runs."""
+    two_threads(restore_threads)
+    fc = model.transformer.h[0].mlp.c_fc
+    seen = []
+    handle = fc.register_forward_hook(lambda module, args, out: seen.append("hook"))
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    assert seen == ["hook"] and fc.weight.shape not in [c[1] for c in split_calls[:1]]
+    fc.forward = lambda x, _f=fc.forward: (seen.append("forward"), _f(x))[1]
+    with torch.no_grad():
+        model(ids)
+    assert seen == ["hook", "forward"]
+    del fc.forward
+    seen.clear()
+    with torch.no_grad():
+        model(ids)
+    assert seen == []
+
+
+# --------------------------------------------------------------------------- positions to keep
+def test_kept_positions_skip_the_last_blocks_mlp_and_keep_the_cache(model, ids):
+    """``logits_to_keep`` reaches the last block: it runs its attention projection and MLP for the kept
+    positions only (earlier blocks and every cache entry still see all positions); logits, cache and
+    hidden states equal the full forward's."""
+    rows = {}
+
+    def record(layer):
+        def hook(module, args, out):
+            rows[layer] = args[0].shape[1]
+
+        return hook
+
+    for i, block in enumerate(model.transformer.h):
+        block.mlp.c_fc.register_forward_hook(record(i))
+    with torch.no_grad():
+        full = model(ids, use_cache=True)
+        rows_full, rows = dict(rows), {}
+        kept = model(ids, use_cache=True, logits_to_keep=1)
+    last = model.config.n_layer - 1
+    assert rows_full[last] == ids.shape[1] and rows[last] == 1
+    assert all(rows[i] == ids.shape[1] for i in range(last))
+    torch.testing.assert_close(kept.logits, full.logits[:, -1:], atol=1e-5, rtol=0)
+    for layer in range(model.config.n_layer):
+        torch.testing.assert_close(kept.cache.layers[layer].keys, full.cache.layers[layer].keys)
+        torch.testing.assert_close(kept.cache.layers[layer].values, full.cache.layers[layer].values)
+    picked = torch.tensor([0, 5, 11])
+    with torch.no_grad():
+        indexed = model(ids, logits_to_keep=picked, output_hidden_states=True)
+    torch.testing.assert_close(indexed.logits, full.logits[:, picked], atol=1e-5, rtol=0)
+    assert indexed.hidden_states[-1].shape[1] == ids.shape[1], "hidden states keep every position"
+    base = model.transformer(ids, positions_to_keep=2)
+    assert base.last_hidden_state.shape[1] == 2

@@ -78,6 +78,62 @@ def rotary_cos_sin(config: GPT2ScratchConfig, position_ids: torch.Tensor, dtype:
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+# Projections over few rows on CPU without autograd (decoding, short prompts). MKL runs a matrix-vector
+# product and a few-row product on one thread even when it has more, and multiplies the 50k-row LM head by
+# a few columns faster than a few rows by it (measured on x86 with MKL: benchmarks/results/linear-*.md).
+SPLIT_MAX_ROWS = 64  # at most this many rows: with > 1 thread, split the output features across threads
+HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)ᵀ
+
+
+def _plain_cpu_inference(linear: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``linear(x)`` may be computed another way: a plain fp32 ``nn.Linear`` with no hooks and no
+    replaced ``forward`` (as Accelerate's offloading installs), on CPU, without autograd or compilation."""
+    return (
+        type(linear) is nn.Linear
+        and not (linear._forward_hooks or linear._forward_pre_hooks or "forward" in vars(linear))
+        and x.device.type == "cpu"
+        and x.dtype == linear.weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: bool) -> torch.Tensor:
+    """x Wᵀ for x (rows, in) and W (out, in), as one batched product over ``parts`` slices of W's rows, so
+    that each thread reads its own slice; ``transposed`` computes each slice as (W_i xᵀ)ᵀ."""
+    rows, (n, k) = x.shape[0], weight.shape
+    size = n // parts
+    slices = weight[: parts * size].view(parts, size, k)
+    if transposed:
+        y = torch.matmul(slices, x.t()).permute(2, 0, 1)  # (parts, size, rows) -> (rows, parts, size)
+    else:
+        y = torch.matmul(x, slices.transpose(1, 2)).transpose(0, 1)  # (parts, rows, size) -> (rows, ...)
+    y = y.reshape(rows, parts * size).contiguous()
+    if parts * size < n:
+        y = torch.cat((y, F.linear(x, weight[parts * size :])), dim=1)
+    return y
+
+
+def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Tensor:
+    """``linear(x)``. For a no-grad CPU forward over at most ``SPLIT_MAX_ROWS`` rows with more than one
+    thread, the output features are split across the threads (``split_matmul``); for the LM head
+    (``head``) over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows the product is taken as (W hᵀ)ᵀ. Same values up
+    to float rounding; anything else (autograd, GPU, LoRA or hooked layers, other dtypes) calls ``linear``."""
+    rows = x.shape[:-1].numel()
+    if rows == 0 or not _plain_cpu_inference(linear, x):
+        return linear(x)
+    threads, flat = torch.get_num_threads(), x.reshape(rows, x.shape[-1])
+    if threads > 1 and rows <= SPLIT_MAX_ROWS and linear.out_features >= threads:
+        y = split_matmul(flat, linear.weight, threads, transposed=head and rows > 1)
+    elif head and 1 < rows <= HEAD_TRANSPOSED_MAX_ROWS:
+        y = torch.mm(linear.weight, flat.t()).t().contiguous()
+    else:
+        return linear(x)
+    if linear.bias is not None:
+        y = y + linear.bias
+    return y.view(*x.shape[:-1], -1)
+
+
 class GPT2ScratchAttention(nn.Module):
     """Causal self-attention with one fused q/k/v projection; ``n_kv_head`` < ``n_head`` shares each key/value
     head among a group of query heads (grouped-query / multi-query attention)."""
@@ -106,10 +162,11 @@ class GPT2ScratchAttention(nn.Module):
         cache: Cache | None = None,
         output_attentions=False,
         rotary=None,
+        keep=None,
         **kwargs,
     ):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split([C, self.kv_dim, self.kv_dim], dim=-1)
+        q, k, v = project(self.c_attn, x).split([C, self.kv_dim, self.kv_dim], dim=-1)
         q = q.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hs)
         v = v.view(B, T, -1, self.head_dim).transpose(1, 2)
@@ -131,7 +188,9 @@ class GPT2ScratchAttention(nn.Module):
             **kwargs,
         )
         y = y.reshape(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), weights
+        if keep is not None:  # only these positions go on (the cache above holds every position's k/v)
+            y = y[:, keep]
+        return self.resid_dropout(project(self.c_proj, y)), weights
 
 
 # GPT-2's tanh-approximated GELU, computed by torch's one fused kernel instead of six elementwise ops
@@ -150,7 +209,7 @@ class GPT2ScratchMLP(nn.Module):
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return self.dropout(project(self.c_proj, self.act(project(self.c_fc, x))))
 
 
 class GPT2ScratchBlock(GradientCheckpointingLayer):
@@ -163,16 +222,21 @@ class GPT2ScratchBlock(GradientCheckpointingLayer):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = GPT2ScratchMLP(config)
 
-    def forward(self, x, attention_mask=None, cache=None, output_attentions=False, rotary=None, **kwargs):
+    def forward(
+        self, x, attention_mask=None, cache=None, output_attentions=False, rotary=None, keep=None, **kwargs
+    ):
+        """``keep`` (a slice or index tensor over positions, or None for all): the positions whose output is
+        wanted; the others still fill the cache but skip the attention projection and the MLP."""
         a, weights = self.attn(
             self.ln_1(x),
             attention_mask,
             cache=cache,
             output_attentions=output_attentions,
             rotary=rotary,
+            keep=keep,
             **kwargs,
         )
-        x = x + a
+        x = (x if keep is None else x[:, keep]) + a
         x = x + self.mlp(self.ln_2(x))
         return x, weights
 
@@ -267,7 +331,6 @@ def _check_inputs(
 # thread count and again every REMEASURE_S seconds (well under 1 ms on a quiet machine); the caller's
 # setting is restored after each call.
 SMALL_CALL_TOKENS = 64
-HEAD_TRANSPOSED_MAX_ROWS = 128  # see GPT2ScratchForCausalLM.head_logits
 REMEASURE_S = 10.0
 _ONE_THREAD_FASTER: dict[int, bool] = {}
 _MEASURED_AT: dict[int, float] = {}  # time.monotonic() of each measurement; absent = never re-measure
@@ -374,8 +437,13 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        positions_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
+        """``positions_to_keep``: the positions ``last_hidden_state`` holds (as transformers'
+        ``logits_to_keep``: 0 for all, n for the last n, or a tensor of indices); every position still fills
+        the cache and ``hidden_states``, and unless those are requested the last block computes its
+        attention projection and MLP for the kept positions only."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         output_attentions = bool(
@@ -425,6 +493,8 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         )
         hidden_states = (x,) if output_hidden_states else None
         attentions = () if output_attentions else None
+        keep = None if isinstance(positions_to_keep, int) and positions_to_keep == 0 else positions_to_keep
+        keep = slice(-keep, None) if isinstance(keep, int) else keep
         for block in self.h:
             x, weights = block(
                 x,
@@ -432,6 +502,7 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
                 cache=cache,
                 output_attentions=output_attentions,
                 rotary=rotary,
+                keep=keep if block is self.h[-1] and not output_hidden_states else None,
                 **kwargs,
             )
             if output_attentions:
@@ -441,6 +512,7 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         x = self.ln_f(x)
         if output_hidden_states:
             hidden_states += (x,)
+            x = x if keep is None else x[:, keep]
         out = BaseModelOutputWithPast(
             last_hidden_state=x, cache=cache, hidden_states=hidden_states, attentions=attentions
         )
@@ -489,11 +561,10 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            positions_to_keep=logits_to_keep,
             **kwargs,
         )
-        h = out.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.head_logits(h[:, keep, :])  # (B, T_keep, V)
+        logits = project(self.lm_head, out.last_hidden_state, head=True)  # (B, T_keep, V)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]
         loss = None
@@ -507,25 +578,6 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
             attentions=out.attentions,
         )
         return result if return_dict is not False else result.to_tuple()
-
-    def head_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """``self.lm_head(h)``. On CPU without autograd, for 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows (batched
-        decoding, prefill keeping the last logits), computed as (W hᵀ)ᵀ: the BLAS multiplies the 50k-row head
-        by a few columns faster that way round than a few rows by the transposed head (measured on x86 with
-        MKL: 1.4-3.4x at 2-8 rows, 1.0-1.7x up to 128, none beyond; benchmarks/results/lm-head-*.md).
-        Same values up to float rounding."""
-        head, rows = self.lm_head, h.shape[:-1].numel()
-        if (
-            1 < rows <= HEAD_TRANSPOSED_MAX_ROWS
-            and h.device.type == "cpu"
-            and not torch.is_grad_enabled()
-            and type(head) is nn.Linear
-            and head.bias is None
-            and not torch.compiler.is_compiling()
-        ):
-            flat = h.reshape(rows, h.shape[-1])
-            return torch.mm(head.weight, flat.t()).t().contiguous().view(*h.shape[:-1], -1)
-        return head(h)
 
     @torch.no_grad()
     def generate(self, inputs=None, *args, **kwargs):
