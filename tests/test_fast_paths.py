@@ -341,7 +341,9 @@ def test_few_rows_split_across_threads_and_match(model, ids, split_calls, linear
     torch.set_num_threads(1)
     with torch.no_grad():
         reference = model(ids).logits
-        decode_ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+        decode_ref = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False
+        )
     assert split_calls == []
     linear_calls.clear()
     two_threads(restore_threads)

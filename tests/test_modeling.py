@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
 from gpt2scratch.conversion.hf_gpt2 import config_from_hf, from_hf_model, state_dict_from_hf
+from gpt2scratch.modeling_gpt2scratch import GrowingLayer
 
 ODD = dict(n_embd=96, n_head=3, n_layer=5, n_positions=77, vocab_size=50257)
 TOL = 1e-4
@@ -101,6 +102,66 @@ def test_cache_matches_no_cache(odd_pair):
         for t in range(20, 30):
             steps.append(ours(x[:, t : t + 1], cache=first.cache, use_cache=True).logits)
     assert (torch.cat(steps, 1) - full).abs().max().item() <= TOL
+
+
+def test_default_cache_appends_in_place_and_matches_dynamic_cache(odd_pair):
+    """The cache a forward or ``generate`` makes has GrowingLayers: decode steps write into spare room
+    (same storage from step to step) and give the logits and tokens of transformers' DynamicCache."""
+    _, ours = odd_pair
+    x = torch.randint(0, 50257, (2, 30), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = ours(x[:, :20], use_cache=True)
+        cache = out.cache
+        assert all(type(layer) is GrowingLayer for layer in cache.layers)
+        plain = DynamicCache(config=ours.config)
+        ref = ours(x[:, :20], cache=plain, use_cache=True)
+        storage = cache.layers[0].keys.data_ptr()
+        for t in range(20, 30):
+            step = ours(x[:, t : t + 1], cache=cache, use_cache=True)
+            ref = ours(x[:, t : t + 1], cache=plain, use_cache=True)
+            torch.testing.assert_close(step.logits, ref.logits, atol=TOL, rtol=0)
+        assert cache.layers[0].keys.data_ptr() == storage, "appended in place, not copied"
+        assert cache.get_seq_length() == 30
+        for ours_layer, ref_layer in zip(cache.layers, plain.layers, strict=True):
+            torch.testing.assert_close(ours_layer.keys, ref_layer.keys, atol=0, rtol=0)
+            torch.testing.assert_close(ours_layer.values, ref_layer.values, atol=0, rtol=0)
+    prompt = x[:, :5]
+    kw = dict(max_new_tokens=70, do_sample=False, pad_token_id=50256, attention_mask=torch.ones_like(prompt))
+    user_cache = DynamicCache(config=ours.config)  # left as the user made it
+    assert torch.equal(ours.generate(prompt, **kw), ours.generate(prompt, cache=user_cache, **kw))
+    assert all(type(layer) is DynamicLayer for layer in user_cache.layers)
+
+
+def test_growing_cache_after_crop_reorder_and_with_autograd(odd_pair):
+    """Crop keeps writing into the buffer (over the cropped positions); a reorder (beam search) copies into a
+    new buffer; with autograd the layer concatenates like DynamicLayer. Each agrees with DynamicCache."""
+    _, ours = odd_pair
+    x = torch.randint(0, 50257, (3, 12), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        grow = ours(x[:, :8], use_cache=True).cache
+        plain = DynamicCache(config=ours.config)
+        ours(x[:, :8], cache=plain, use_cache=True)
+        for cache in (grow, plain):
+            cache.crop(-2)
+            cache.reorder_cache(torch.tensor([2, 0, 1]))
+        for cache in (grow, plain):
+            ours(x[[2, 0, 1], 6:9], cache=cache, use_cache=True)
+            cache.crop(-2)
+            logits = ours(x[[2, 0, 1], 7:10], cache=cache, use_cache=True).logits
+        torch.testing.assert_close(logits, ours(x[[2, 0, 1], :10]).logits[:, 7:], atol=TOL, rtol=0)
+        for g, p in zip(grow.layers, plain.layers, strict=True):
+            torch.testing.assert_close(g.keys, p.keys, atol=0, rtol=0)
+    with_grad = ours(x, use_cache=True).cache.layers[0]
+    assert with_grad.keys.requires_grad and not hasattr(with_grad, "_buffers")
+
+
+def test_beam_search_matches_transformers(odd_pair):
+    hf, ours = odd_pair
+    x = torch.randint(0, 50257, (2, 5), generator=torch.Generator().manual_seed(7))
+    kw = dict(
+        max_new_tokens=20, num_beams=3, do_sample=False, pad_token_id=50256, attention_mask=torch.ones_like(x)
+    )
+    assert torch.equal(hf.generate(x, **kw), ours.generate(x, **kw))
 
 
 def test_static_cache_generation_matches_dynamic(odd_pair):

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.integrations.sdpa_attention import repeat_kv  # each k/v head → its group of query heads
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -396,6 +396,72 @@ def _with_thread_policy(forward):
     return wrapped
 
 
+class GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are views into buffers with room to spare: a no-grad
+    update writes the new positions in place instead of copying the whole cache (``torch.cat``) at every
+    decode step; the room doubles when full. Whatever replaces ``keys``/``values`` by other tensors (beam
+    reordering, batch selection) is copied into a new buffer at the next update; ``crop`` keeps a prefix
+    view, and the next update writes over the cropped positions. With autograd it concatenates, as
+    ``DynamicLayer`` does (in-place writes would corrupt saved tensors)."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return super().update(key_states, value_states, *args, **kwargs)
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        old = self.get_seq_length()
+        end = old + key_states.shape[-2]
+        if not self._holds(key_states, old, end):
+            self._buffers = tuple(
+                self._grown(cached, new, old, end)
+                for cached, new in ((self.keys, key_states), (self.values, value_states))
+            )
+        key_buffer, value_buffer = self._buffers
+        key_buffer[..., old:end, :] = key_states
+        value_buffer[..., old:end, :] = value_states
+        self.keys, self.values = key_buffer[..., :end, :], value_buffer[..., :end, :]
+        return self.keys, self.values
+
+    def _holds(self, new: torch.Tensor, old: int, end: int) -> bool:
+        """Whether the buffers fit ``new`` with room for ``end`` positions, and keys/values still start them."""
+        buffers = getattr(self, "_buffers", None)
+        if buffers is None:
+            return False
+        first = buffers[0]
+        if (
+            first.shape[-2] < end
+            or first.shape[:-2] != new.shape[:-2]
+            or (first.dtype, first.device)
+            != (
+                new.dtype,
+                new.device,
+            )
+        ):
+            return False
+        return old == 0 or all(
+            cached.data_ptr() == buffer.data_ptr() and cached.stride() == buffer.stride()
+            for cached, buffer in zip((self.keys, self.values), buffers, strict=True)
+        )
+
+    @staticmethod
+    def _grown(cached: torch.Tensor, new: torch.Tensor, old: int, end: int) -> torch.Tensor:
+        buffer = new.new_empty((*new.shape[:-2], max(2 * end, 64), new.shape[-1]))
+        if old:
+            buffer[..., :old, :] = cached
+        return buffer
+
+
+def growing_cache(cache: Cache | None) -> Cache | None:
+    """Give a fresh ``DynamicCache`` (nothing stored yet) ``GrowingLayer``s in place of its ``DynamicLayer``s;
+    any other cache is returned as it is."""
+    if type(cache) is DynamicCache and not getattr(cache, "offloading", False):
+        if not any(layer.is_initialized for layer in cache.layers):
+            cache.layers = [
+                GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers
+            ]
+    return cache
+
+
 def positions_from_mask(attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
     """Positions that count real tokens only (cumsum of the mask - 1; 0 on padding), for the last
     ``query_length`` columns of a 2-D mask: a left-padded row gets the same positions as when alone."""
@@ -456,7 +522,7 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = growing_cache(DynamicCache(config=self.config))
         if not use_cache:
             cache = None
 
@@ -578,6 +644,15 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
             attentions=out.attentions,
         )
         return result if return_dict is not False else result.to_tuple()
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """transformers' cache set-up; the default dynamic cache it makes gets ``GrowingLayer``s."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get("cache")
+        if generation_config.cache_implementation in (None, "dynamic") and not getattr(
+            cache, "_is_user_defined", False
+        ):
+            growing_cache(cache)
 
     @torch.no_grad()
     def generate(self, inputs=None, *args, **kwargs):

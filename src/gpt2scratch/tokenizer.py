@@ -52,9 +52,13 @@ def read_vocab(path: Path) -> dict:
     try:
         vocab = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a valid vocabulary file (a JSON object of token → id): {e}") from None
+        raise ValueError(
+            f"{path} is not a valid vocabulary file (a JSON object of token → id): {e}"
+        ) from None
     if not isinstance(vocab, dict):
-        raise ValueError(f"{path} is not a valid vocabulary file: it should hold a JSON object of token → id.")
+        raise ValueError(
+            f"{path} is not a valid vocabulary file: it should hold a JSON object of token → id."
+        )
     return vocab
 
 

@@ -1,0 +1,109 @@
+"""GPT-2's projections over few rows on CPU without autograd: ``nn.Linear`` against the model's ``project``.
+
+``project`` (in ``modeling_gpt2scratch.py``) is what every block and the LM head call: with more than one
+thread and at most ``SPLIT_MAX_ROWS`` rows it splits the output features across the threads in one
+batched matmul; for the LM head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows it takes (W hᵀ)ᵀ. This times
+both ways for each projection shape of the 124M model (12 layers' worth of weights, so that, as in
+decoding, they do not sit in the cache), at each row count and thread count, best of several runs, in
+turn; the result goes to ``benchmarks/results/projections-<date>.{json,md}``::
+
+    .venv/bin/python benchmarks/bench_projections.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gpt2scratch.modeling_gpt2scratch import project
+
+RESULTS = Path(__file__).resolve().parent / "results"
+C, V, LAYERS = 768, 50257, 12
+SHAPES = {  # name: (in, out, copies)
+    "attn.c_attn": (C, 3 * C, LAYERS),
+    "attn.c_proj": (C, C, LAYERS),
+    "mlp.c_fc": (C, 4 * C, LAYERS),
+    "mlp.c_proj": (4 * C, C, LAYERS),
+    "lm_head": (C, V, 1),
+}
+
+
+def best_ms(fn, runs: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def measure(name: str, rows: int, threads: int, runs: int) -> dict:
+    torch.set_num_threads(threads)
+    fan_in, fan_out, copies = SHAPES[name]
+    head = name == "lm_head"
+    layers = [nn.Linear(fan_in, fan_out, bias=not head) for _ in range(copies)]
+    x = torch.randn(rows, fan_in)
+    plain = lambda: [layer(x) for layer in layers]  # noqa: E731
+    ours = lambda: [project(layer, x, head=head) for layer in layers]  # noqa: E731
+    with torch.no_grad():
+        diff = max((a - b).abs().max().item() for a, b in zip(plain(), ours(), strict=True))
+        a, b = best_ms(plain, runs), best_ms(ours, runs)
+        a, b = min(a, best_ms(plain, runs)), min(b, best_ms(ours, runs))  # interleaved
+    weight_bytes = copies * fan_in * fan_out * 4
+    return {"projection": name, "rows": rows, "threads": threads, "linear_ms": round(a / copies, 3),
+            "project_ms": round(b / copies, 3), "speedup": round(a / b, 2),
+            "project_gb_s": round(weight_bytes / b / 1e6, 1), "max_abs_diff": diff}  # fmt: skip
+
+
+def markdown(result: dict, runs: int) -> str:
+    lines = [
+        f"# Projections over few rows: nn.Linear vs `project` — {result['date']}",
+        "",
+        f"GPT-2 124M shapes, fp32, no autograd, torch {result['torch']}, {result['cores']} cores "
+        f"({result['cpu']}), load average {result['load_average'][0]:.2f} at the start; per-layer time, best "
+        f"of {runs} runs × 2, the two ways in turn. `benchmarks/bench_projections.py`.",
+        "",
+        "| projection | rows | threads | nn.Linear, ms | project, ms | speedup | project GB/s | max abs diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['projection']} | {r['rows']} | {r['threads']} | {r['linear_ms']} | {r['project_ms']} | "
+        f"{r['speedup']}× | {r['project_gb_s']} | {r['max_abs_diff']:.1e} |"
+        for r in result["results"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 8, 32, 64, 128])
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
+    parser.add_argument("--projections", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    date = datetime.date.today().isoformat()
+    result = {
+        "benchmark": "projections", "date": date, "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(), "torch": torch.__version__, "load_average": os.getloadavg(),
+        "results": [measure(name, rows, threads, args.runs)
+                    for threads in args.threads for name in args.projections for rows in args.rows],
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"projections-{date}.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result, args.runs)
+    (args.out / f"projections-{date}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
