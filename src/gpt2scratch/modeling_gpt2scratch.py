@@ -78,9 +78,9 @@ def rotary_cos_sin(config: GPT2ScratchConfig, position_ids: torch.Tensor, dtype:
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-# Projections over few rows on CPU without autograd (decoding, short prompts). MKL runs a matrix-vector
-# product and a few-row product on one thread even when it has more, and multiplies the 50k-row LM head by
-# a few columns faster than a few rows by it (measured on x86 with MKL: benchmarks/results/linear-*.md).
+# Projections over few rows on CPU without autograd (decoding, short prompts). MKL runs a matrix-vector or
+# few-row product no faster on two threads than on one, and multiplies the 50k-row LM head by a few columns
+# faster than a few rows by it (measured on x86 with MKL: benchmarks/results/projections-*.md).
 SPLIT_MAX_ROWS = 64  # at most this many rows: with > 1 thread, split the output features across threads
 HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)ᵀ
 
