@@ -86,13 +86,15 @@ HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W háµ€)áµ
 
 
 def _plain_cpu_inference(linear: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``linear(x)`` may be computed another way: a plain fp32 ``nn.Linear`` with no hooks and no
-    replaced ``forward`` (as Accelerate's offloading installs), on CPU, without autograd or compilation."""
+    """Whether ``linear(x)`` may be computed another way: a plain ``nn.Linear`` (contiguous fp32 weight, no
+    hooks, no replaced ``forward`` as Accelerate's offloading installs), on CPU, without autograd or
+    compilation."""
     return (
         type(linear) is nn.Linear
         and not (linear._forward_hooks or linear._forward_pre_hooks or "forward" in vars(linear))
         and x.device.type == "cpu"
         and x.dtype == linear.weight.dtype == torch.float32
+        and linear.weight.is_contiguous()
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
     )
@@ -226,7 +228,7 @@ class GPT2ScratchBlock(GradientCheckpointingLayer):
         self, x, attention_mask=None, cache=None, output_attentions=False, rotary=None, keep=None, **kwargs
     ):
         """``keep`` (a slice or index tensor over positions, or None for all): the positions whose output is
-        wanted; the others still fill the cache but skip the attention projection and the MLP."""
+        wanted; the others still fill the cache but skip the attention output projection and the MLP."""
         a, weights = self.attn(
             self.ln_1(x),
             attention_mask,
@@ -428,15 +430,8 @@ class GrowingLayer(DynamicLayer):
         if buffers is None:
             return False
         first = buffers[0]
-        if (
-            first.shape[-2] < end
-            or first.shape[:-2] != new.shape[:-2]
-            or (first.dtype, first.device)
-            != (
-                new.dtype,
-                new.device,
-            )
-        ):
+        fits = first.shape[-2] >= end and first.shape[:-2] == new.shape[:-2]
+        if not fits or first.dtype != new.dtype or first.device != new.device:
             return False
         return old == 0 or all(
             cached.data_ptr() == buffer.data_ptr() and cached.stride() == buffer.stride()
