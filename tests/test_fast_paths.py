@@ -281,8 +281,9 @@ def split_calls(monkeypatch):
     return calls
 
 
-def two_threads(restore_threads) -> None:
-    """Run the model at 2 threads, with the thread policy told that 2 threads are not slower here."""
+def two_threads() -> None:
+    """Run the model at 2 threads, with the thread policy told that 2 threads are not slower here (use
+    with the ``restore_threads`` fixture)."""
     torch.set_num_threads(2)
     modeling._ONE_THREAD_FASTER[2] = False
 
@@ -346,7 +347,7 @@ def test_few_rows_split_across_threads_and_match(model, ids, split_calls, linear
         )
     assert split_calls == []
     linear_calls.clear()
-    two_threads(restore_threads)
+    two_threads()
     with torch.no_grad():
         logits = model(ids).logits
         decoded = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
@@ -372,25 +373,36 @@ def test_few_rows_split_across_threads_and_match(model, ids, split_calls, linear
 
 
 def test_hooked_or_wrapped_projections_are_called_as_modules(model, ids, split_calls, restore_threads):
-    """A forward hook, a replaced ``forward`` (Accelerate's offloading) or a subclass (LoRA layers) keeps
-    the module call, so whatever it adds still runs."""
-    two_threads(restore_threads)
-    fc = model.transformer.h[0].mlp.c_fc
+    """A forward hook, a replaced ``forward`` (Accelerate's offloading) or a subclass (PEFT's LoRA layers)
+    keeps the module call for that layer, so whatever it adds still runs; the other layers still split."""
+    two_threads()
+    block = model.transformer.h[0].mlp
+    fc_shape, layers = tuple(block.c_fc.weight.shape), model.config.n_layer
     seen = []
-    handle = fc.register_forward_hook(lambda module, args, out: seen.append("hook"))
-    with torch.no_grad():
-        model(ids)
+
+    def split_fc_calls() -> int:
+        split_calls.clear()
+        with torch.no_grad():
+            model(ids)
+        return sum(shape == fc_shape for _, shape, _, _ in split_calls)
+
+    assert split_fc_calls() == layers
+    handle = block.c_fc.register_forward_hook(lambda module, args, out: seen.append("hook"))
+    assert split_fc_calls() == layers - 1 and seen == ["hook"]
     handle.remove()
-    assert seen == ["hook"] and fc.weight.shape not in [c[1] for c in split_calls[:1]]
-    fc.forward = lambda x, _f=fc.forward: (seen.append("forward"), _f(x))[1]
-    with torch.no_grad():
-        model(ids)
-    assert seen == ["hook", "forward"]
-    del fc.forward
-    seen.clear()
-    with torch.no_grad():
-        model(ids)
-    assert seen == []
+    block.c_fc.forward = lambda x, _f=block.c_fc.forward: (seen.append("forward"), _f(x))[1]
+    assert split_fc_calls() == layers - 1 and seen == ["hook", "forward"]
+    del block.c_fc.forward
+
+    class Wrapped(torch.nn.Linear):
+        def forward(self, x):
+            seen.append("subclass")
+            return super().forward(x)
+
+    wrapped = Wrapped(block.c_fc.in_features, block.c_fc.out_features)
+    wrapped.load_state_dict(block.c_fc.state_dict())
+    block.c_fc = wrapped
+    assert split_fc_calls() == layers - 1 and seen == ["hook", "forward", "subclass"]
 
 
 # --------------------------------------------------------------------------- positions to keep
