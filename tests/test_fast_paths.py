@@ -14,7 +14,7 @@ import torch
 from transformers.activations import ACT2FN
 
 import gpt2scratch.modeling_gpt2scratch as modeling
-from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, fast
+from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification, fast
 
 
 @pytest.fixture
@@ -438,3 +438,30 @@ def test_kept_positions_skip_the_last_blocks_mlp_and_keep_the_cache(model, ids):
     assert indexed.hidden_states[-1].shape[1] == ids.shape[1], "hidden states keep every position"
     base = model.transformer(ids, positions_to_keep=2)
     assert base.last_hidden_state.shape[1] == 2
+
+
+def test_classifier_keeps_each_rows_pooled_position_only(tiny_config):
+    """The classifier hands each row's last real token to the base model as a (batch, 1) index: the last
+    block's MLP runs on one position per row, with the logits (and gradients) of the full computation."""
+    torch.manual_seed(0)
+    model = GPT2ScratchForSequenceClassification(
+        tiny_config.__class__(**{**tiny_config.to_dict(), "num_labels": 3})
+    )
+    ids = torch.randint(0, 50257, (3, 9), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0  # right-padded
+    mask[1, :4] = 0  # left-padded
+    rows = []
+    model.transformer.h[-1].mlp.c_fc.register_forward_hook(lambda m, a, o: rows.append(tuple(a[0].shape[:2])))
+    model.eval()
+    kept = model(ids, attention_mask=mask).logits
+    full = model(ids, attention_mask=mask, output_hidden_states=True).logits  # hidden states: no keeping
+    assert rows == [(3, 1), (3, 9)]
+    torch.testing.assert_close(kept, full, atol=1e-5, rtol=0)
+    labels = torch.tensor([0, 2, 1])
+    grads = []
+    for hidden in (False, True):
+        model.zero_grad()
+        model(ids, attention_mask=mask, labels=labels, output_hidden_states=hidden).loss.backward()
+        grads.append(model.transformer.h[0].attn.c_attn.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)

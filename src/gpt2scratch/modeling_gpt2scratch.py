@@ -190,9 +190,19 @@ class GPT2ScratchAttention(nn.Module):
             **kwargs,
         )
         y = y.reshape(B, T, C)
-        if keep is not None:  # only these positions go on (the cache above holds every position's k/v)
-            y = y[:, keep]
+        y = take_positions(y, keep)  # only these go on (the cache above holds every position's k/v)
         return self.resid_dropout(project(self.c_proj, y)), weights
+
+
+def take_positions(x: torch.Tensor, keep) -> torch.Tensor:
+    """``x`` (B, T, ...) at the kept positions: all for None; a slice or 1-D index tensor, the same in every
+    row; a (B, k) index tensor, each row's own."""
+    if keep is None:
+        return x
+    if isinstance(keep, torch.Tensor) and keep.dim() == 2:
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]
+        return x[rows, keep.to(x.device)]
+    return x[:, keep]
 
 
 # GPT-2's tanh-approximated GELU, computed by torch's one fused kernel instead of six elementwise ops
@@ -227,8 +237,7 @@ class GPT2ScratchBlock(GradientCheckpointingLayer):
     def forward(
         self, x, attention_mask=None, cache=None, output_attentions=False, rotary=None, keep=None, **kwargs
     ):
-        """``keep`` (a slice or index tensor over positions, or None for all): the positions whose output is
-        wanted; the others still fill the cache but skip the attention output projection and the MLP."""
+        """``keep`` (see ``take_positions``; None for all): the positions whose output is wanted; the others still fill the cache but skip the attention output projection and the MLP."""
         a, weights = self.attn(
             self.ln_1(x),
             attention_mask,
@@ -238,7 +247,7 @@ class GPT2ScratchBlock(GradientCheckpointingLayer):
             keep=keep,
             **kwargs,
         )
-        x = (x if keep is None else x[:, keep]) + a
+        x = take_positions(x, keep) + a
         x = x + self.mlp(self.ln_2(x))
         return x, weights
 
@@ -502,7 +511,8 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
         """``positions_to_keep``: the positions ``last_hidden_state`` holds (as transformers'
-        ``logits_to_keep``: 0 for all, n for the last n, or a tensor of indices); every position still fills
+        ``logits_to_keep``: 0 for all, n for the last n, or a tensor of indices: 1-D for the same positions in
+        every row, (batch, k) for each row's own); every position still fills
         the cache and ``hidden_states``, and unless those are requested the last block computes its
         attention projection and MLP for the kept positions only."""
         if (input_ids is None) == (inputs_embeds is None):
@@ -573,7 +583,7 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         x = self.ln_f(x)
         if output_hidden_states:
             hidden_states += (x,)
-            x = x if keep is None else x[:, keep]
+            x = take_positions(x, keep)
         out = BaseModelOutputWithPast(
             last_hidden_state=x, cache=cache, hidden_states=hidden_states, attentions=attentions
         )
@@ -697,6 +707,8 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast | tuple:
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        pool = None if tokens is None else last_token_index(attention_mask, tokens.shape[1])
         out = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -706,11 +718,10 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            positions_to_keep=1 if pool is None else pool,  # the last block runs its MLP for these only
             **kwargs,
         )
-        h = out.last_hidden_state  # (B, T, C)
-        last = last_token_index(attention_mask, h.shape[1])
-        pooled = h[torch.arange(h.shape[0], device=h.device), last.to(h.device)]  # (B, C)
+        pooled = out.last_hidden_state[:, -1]  # (B, C): each row's one kept position
         logits = self.score(pooled)  # (B, num_labels)
         loss = self._loss(logits, labels) if labels is not None else None
         result = SequenceClassifierOutputWithPast(
@@ -739,13 +750,14 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-def last_token_index(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor:
-    """Index of the last real token of each row: the last 1 in a 2-D mask (any padding side)."""
+def last_token_index(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    """Index (B, 1) of the last real token of each row: the last 1 in a 2-D mask (any padding side); None
+    without a mask (then the last position)."""
     if attention_mask is None:
-        return torch.tensor([seq_len - 1])
+        return None
     mask = attention_mask[:, -seq_len:].long()
     idx = torch.arange(seq_len, device=mask.device)
-    return (mask * (idx + 1)).argmax(-1)
+    return (mask * (idx + 1)).argmax(-1, keepdim=True)
 
 
 __all__ = [
