@@ -237,7 +237,8 @@ class GPT2ScratchBlock(GradientCheckpointingLayer):
     def forward(
         self, x, attention_mask=None, cache=None, output_attentions=False, rotary=None, keep=None, **kwargs
     ):
-        """``keep`` (see ``take_positions``; None for all): the positions whose output is wanted; the others still fill the cache but skip the attention output projection and the MLP."""
+        """``keep`` (see ``take_positions``; None for all): the positions whose output is wanted; the others
+        still fill the cache but skip the attention output projection and the MLP."""
         a, weights = self.attn(
             self.ln_1(x),
             attention_mask,
