@@ -1,8 +1,11 @@
 """Each speed path is taken when it should be, and gives the eager path's outputs.
 
 Paths in the model file (every user gets them): the fused tanh-GELU, the CPU thread policy for small
-calls, SDPA with ``is_causal`` and no mask when nothing is padded. Opt-in paths (``gpt2scratch.fast``):
-vocabulary padding, fused AdamW, static-cache generation, static cache + ``torch.compile``.
+calls, SDPA with ``is_causal`` and no mask when nothing is padded, few-row projections (split across
+threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
+in-place KV cache is tested against ``DynamicCache`` in test_modeling.py. Opt-in paths
+(``gpt2scratch.fast``): vocabulary padding, fused AdamW, static-cache generation, static cache +
+``torch.compile``.
 """
 
 from __future__ import annotations
