@@ -1,8 +1,8 @@
 """Each speed path is taken when it should be, and gives the eager path's outputs.
 
 Paths in the model file (every user gets them): the fused tanh-GELU, the CPU thread policy for small
-calls, SDPA with ``is_causal`` and no mask when nothing is padded, few-row projections (split across
-threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
+calls, SDPA with ``is_causal`` and no mask when nothing is padded, wide weights held column-major in eval
+mode, few-row projections (split across threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
 in-place KV cache is tested against ``DynamicCache`` in test_modeling.py. Opt-in paths
 (``gpt2scratch.fast``): vocabulary padding, fused AdamW, static-cache generation, static cache +
 ``torch.compile``.
@@ -291,13 +291,22 @@ def two_threads() -> None:
     modeling._ONE_THREAD_FASTER[2] = False
 
 
+def column_major(weight: torch.Tensor) -> bool:
+    return weight.t().is_contiguous() and not weight.is_contiguous()
+
+
 @pytest.mark.parametrize("n", [7, 8, 50257])
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("parts", [2, 3])
-def test_split_matmul_equals_the_plain_product(n, rows, parts):
-    """Split over the weight's rows (uneven splits leave a remainder), in both orientations."""
+@pytest.mark.parametrize("stored", ["row-major", "column-major"])
+def test_split_matmul_equals_the_plain_product(n, rows, parts, stored):
+    """Split over the weight's rows (uneven splits leave a remainder), in both orientations, for a weight
+    stored either way."""
     g = torch.Generator().manual_seed(n + rows)
     weight, x = torch.randn(n, 16, generator=g), torch.randn(rows, 16, generator=g)
+    if stored == "column-major":
+        weight = weight.t().contiguous().t()
+        assert column_major(weight)
     for transposed in (False, True):
         y = modeling.split_matmul(x, weight, parts, transposed)
         torch.testing.assert_close(y, x @ weight.t(), atol=1e-5, rtol=1e-5)
@@ -308,7 +317,9 @@ def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(
     model, ids, linear_calls, restore_threads
 ):
     """At one thread, no-grad CPU forwards over 2..HEAD_TRANSPOSED_MAX_ROWS rows compute the head as
-    (W hᵀ)ᵀ (faster with MKL); one row, or a forward that records autograd, calls the Linear. Same logits."""
+    (W hᵀ)ᵀ (faster with MKL) when the head is held row-major; one row, or a forward that records autograd,
+    calls the Linear. Same logits."""
+    modeling.set_weight_layout(model, column_major=False)
     torch.set_num_threads(1)
     head = model.config.vocab_size
     with torch.no_grad():
@@ -329,6 +340,7 @@ def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(
 
 
 def test_lm_head_uses_the_linear_beyond_the_row_limit(model, monkeypatch, linear_calls, restore_threads):
+    modeling.set_weight_layout(model, column_major=False)
     torch.set_num_threads(1)
     monkeypatch.setattr(modeling, "HEAD_TRANSPOSED_MAX_ROWS", 4)
     with torch.no_grad():
@@ -338,10 +350,15 @@ def test_lm_head_uses_the_linear_beyond_the_row_limit(model, monkeypatch, linear
         assert (5, model.config.vocab_size) in linear_calls
 
 
-def test_few_rows_split_across_threads_and_match(model, ids, split_calls, linear_calls, restore_threads):
-    """With 2 threads, a no-grad forward over <= SPLIT_MAX_ROWS rows splits every projection (the head in
-    the transposed orientation when it has several rows) and gives the one-thread logits; more rows, or
-    one thread, do not split."""
+@pytest.mark.parametrize("column_major_weights", [True, False])
+def test_few_rows_split_across_threads_and_match(
+    model, ids, split_calls, linear_calls, restore_threads, column_major_weights
+):
+    """With 2 threads, a no-grad forward over <= SPLIT_MAX_ROWS rows splits every projection (a row-major
+    head in the transposed orientation when it has several rows) and gives the one-thread logits; more
+    rows, or one thread, do not split. Wide weights held either way (eval mode holds them column-major)."""
+    modeling.set_weight_layout(model, column_major=column_major_weights)
+    assert column_major(model.lm_head.weight) == column_major_weights
     torch.set_num_threads(1)
     with torch.no_grad():
         reference = model(ids).logits
@@ -357,8 +374,8 @@ def test_few_rows_split_across_threads_and_match(model, ids, split_calls, linear
     torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
     assert torch.equal(decoded, decode_ref)
     assert linear_calls == [], "every projection of a small no-grad forward is split"
-    head = (ids.numel(), (model.config.vocab_size, model.config.n_embd), 2, True)
-    assert head in split_calls and (ids.shape[0], *head[1:3], False) not in split_calls
+    head = (ids.numel(), (model.config.vocab_size, model.config.n_embd), 2, not column_major_weights)
+    assert head in split_calls and (ids.shape[0], *head[1:3], not head[3]) not in split_calls
     assert len({call[1] for call in split_calls}) == 5, "qkv, attention out, MLP in and out, the head"
     assert all(parts == 2 for _, _, parts, _ in split_calls)
     assert any(rows == 2 and not transposed for rows, _, _, transposed in split_calls), "decode steps"
@@ -406,6 +423,106 @@ def test_hooked_or_wrapped_projections_are_called_as_modules(model, ids, split_c
     wrapped.load_state_dict(block.c_fc.state_dict())
     block.c_fc = wrapped
     assert split_fc_calls() == layers - 1 and seen == ["hook", "forward", "subclass"]
+
+
+# ---------------------------------------------------------------------- column-major weights in eval
+needs_mkl = pytest.mark.skipif(not modeling.COLUMN_MAJOR_IN_EVAL, reason="eval keeps row-major without MKL")
+
+
+@needs_mkl
+def test_eval_holds_wide_weights_column_major_and_train_restores_them(model, ids):
+    """eval() stores q/k/v, MLP-input and the tied head/embedding weights column-major, in the same
+    parameter objects with the same values; the square and narrow ones stay; train() restores row-major.
+    Logits and greedy decoding equal the row-major model's."""
+    params = dict(model.named_parameters())
+    before = {name: p.detach().clone() for name, p in params.items()}
+    wide = {n for n, p in params.items() if p.dim() == 2 and p.shape[0] > p.shape[1] and "wpe" not in n}
+    assert {
+        "transformer.wte.weight",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.1.mlp.c_fc.weight",
+    } <= wide
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert all(column_major(params[n]) for n in wide)
+    assert all(params[n].is_contiguous() for n in params if n not in wide)
+    with torch.no_grad():
+        logits = model(ids).logits
+        decoded = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+    model.train()
+    assert dict(model.named_parameters()) == params, "the same parameter objects"
+    assert all(p.is_contiguous() for p in params.values())
+    assert all(torch.equal(p, before[n]) for n, p in params.items())
+    model.eval()
+    modeling.set_weight_layout(model, column_major=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, logits, atol=1e-5, rtol=0)
+        assert torch.equal(
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False),
+            decoded,
+        )
+
+
+@needs_mkl
+def test_only_cpu_fp32_weights_owning_their_storage_change_layout(tiny_config):
+    """bf16 weights, and a weight that is a view into a larger buffer (as FSDP's flat parameters are),
+    keep their layout in eval mode."""
+    torch.manual_seed(0)
+    model = GPT2ScratchForCausalLM(tiny_config)
+    c_fc = model.transformer.h[0].mlp.c_fc
+    flat = torch.zeros(c_fc.weight.numel() + 7)
+    flat[: c_fc.weight.numel()] = c_fc.weight.detach().reshape(-1)
+    c_fc.weight.data = flat[: c_fc.weight.numel()].view(c_fc.weight.shape)
+    model.eval()
+    assert c_fc.weight.is_contiguous() and c_fc.weight.data_ptr() == flat.data_ptr()
+    assert column_major(model.transformer.h[1].mlp.c_fc.weight)
+    half = GPT2ScratchForCausalLM(tiny_config).to(torch.bfloat16).eval()
+    assert all(p.is_contiguous() for p in half.parameters())
+
+
+@needs_mkl
+def test_state_dict_of_an_eval_model_is_contiguous_tied_and_saves(model, tmp_path):
+    """state_dict() hands out contiguous copies (one for the tied head and embedding), so safetensors'
+    save_file takes it; save_pretrained writes the tied weight once and reloads the same values."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    assert all(t.is_contiguous() for t in state.values())
+    assert state["lm_head.weight"] is state["transformer.wte.weight"]
+    assert column_major(model.lm_head.weight), "the model itself keeps its layout"
+    save_file({k: v for k, v in state.items() if k != "lm_head.weight"}, tmp_path / "plain.safetensors")
+    model.save_pretrained(tmp_path / "saved")
+    with safe_open(tmp_path / "saved" / "model.safetensors", "pt") as f:
+        assert "lm_head.weight" not in f.keys()
+        torch.testing.assert_close(
+            f.get_tensor("transformer.h.0.attn.c_attn.weight"),
+            state["transformer.h.0.attn.c_attn.weight"],
+            atol=0,
+            rtol=0,
+        )
+    reloaded = GPT2ScratchForCausalLM.from_pretrained(tmp_path / "saved")
+    assert column_major(reloaded.lm_head.weight), "from_pretrained returns an eval model"
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    kept = model.state_dict(keep_vars=True)
+    assert kept["lm_head.weight"] is model.lm_head.weight, "keep_vars hands out the parameters themselves"
+
+
+@needs_mkl
+def test_training_in_eval_mode_gives_the_row_major_gradients(model, ids):
+    """A backward pass through column-major weights (a user training in eval mode) gives the gradients the
+    row-major model gives."""
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    column = grads()
+    modeling.set_weight_layout(model, column_major=False)
+    row = grads()
+    for name, grad in row.items():
+        torch.testing.assert_close(column[name], grad, atol=1e-5, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- positions to keep

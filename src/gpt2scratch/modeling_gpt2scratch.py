@@ -3,7 +3,9 @@
 This file travels with the weights (``trust_remote_code``): it imports only the standard library, torch,
 transformers and its sibling ``configuration_gpt2scratch``. Parameter names follow GPT-2's own (``wte``,
 ``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in),
-the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters.
+the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. In eval mode
+on CPU the wide weights are held column-major in memory (``set_weight_layout``); shapes, names and the
+state dict are unchanged.
 """
 
 from __future__ import annotations
@@ -86,15 +88,16 @@ HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)�
 
 
 def _plain_cpu_inference(linear: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``linear(x)`` may be computed another way: a plain ``nn.Linear`` (contiguous fp32 weight, no
-    hooks, no replaced ``forward`` as Accelerate's offloading installs), on CPU, without autograd or
-    compilation."""
+    """Whether ``linear(x)`` may be computed another way: a plain ``nn.Linear`` (fp32 weight stored row- or
+    column-major, no hooks, no replaced ``forward`` as Accelerate's offloading installs), on CPU, without
+    autograd or compilation."""
+    weight = linear.weight
     return (
         type(linear) is nn.Linear
         and not (linear._forward_hooks or linear._forward_pre_hooks or "forward" in vars(linear))
         and x.device.type == "cpu"
-        and x.dtype == linear.weight.dtype == torch.float32
-        and linear.weight.is_contiguous()
+        and x.dtype == weight.dtype == torch.float32
+        and (weight.is_contiguous() or weight.t().is_contiguous())
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
     )
@@ -102,10 +105,14 @@ def _plain_cpu_inference(linear: nn.Module, x: torch.Tensor) -> bool:
 
 def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: bool) -> torch.Tensor:
     """x Wᵀ for x (rows, in) and W (out, in), as one batched product over ``parts`` slices of W's rows, so
-    that each thread reads its own slice; ``transposed`` computes each slice as (W_i xᵀ)ᵀ."""
+    that each thread reads its own slice; ``transposed`` computes each slice as (W_i xᵀ)ᵀ. A column-major
+    W (``weight.t()`` contiguous) is sliced in place, each slice a block of Wᵀ's columns."""
     rows, (n, k) = x.shape[0], weight.shape
     size = n // parts
-    slices = weight[: parts * size].view(parts, size, k)
+    if weight.is_contiguous():
+        slices = weight[: parts * size].view(parts, size, k)
+    else:
+        slices = weight.as_strided((parts, size, k), (size, 1, n))
     if transposed:
         y = torch.matmul(slices, x.t()).permute(2, 0, 1)  # (parts, size, rows) -> (rows, parts, size)
     else:
@@ -118,22 +125,74 @@ def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: 
 
 def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Tensor:
     """``linear(x)``. For a no-grad CPU forward over at most ``SPLIT_MAX_ROWS`` rows with more than one
-    thread, the output features are split across the threads (``split_matmul``); for the LM head
+    thread, the output features are split across the threads (``split_matmul``); for a row-major LM head
     (``head``) over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows the product is taken as (W hᵀ)ᵀ. Same values up
     to float rounding; anything else (autograd, GPU, LoRA or hooked layers, other dtypes) calls ``linear``."""
     rows = x.shape[:-1].numel()
     if rows == 0 or not _plain_cpu_inference(linear, x):
         return linear(x)
     threads, flat = torch.get_num_threads(), x.reshape(rows, x.shape[-1])
+    row_major = linear.weight.is_contiguous()
     if threads > 1 and rows <= SPLIT_MAX_ROWS and linear.out_features >= threads:
-        y = split_matmul(flat, linear.weight, threads, transposed=head and rows > 1)
-    elif head and 1 < rows <= HEAD_TRANSPOSED_MAX_ROWS:
+        y = split_matmul(flat, linear.weight, threads, transposed=head and row_major and rows > 1)
+    elif head and row_major and 1 < rows <= HEAD_TRANSPOSED_MAX_ROWS:
         y = torch.mm(linear.weight, flat.t()).t().contiguous()
     else:
         return linear(x)
     if linear.bias is not None:
         y = y + linear.bias
     return y.view(*x.shape[:-1], -1)
+
+
+COLUMN_MAJOR_IN_EVAL = torch.backends.mkl.is_available()
+
+
+def _layout_candidates(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of ``model``'s wide ``nn.Linear`` layers (out > in: q/k/v, MLP input, LM head), once
+    each, that are fp32 on CPU and own their storage (not views into a flat buffer as FSDP or DeepSpeed
+    make them)."""
+    found: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if type(module) is nn.Linear and module.out_features > module.in_features:
+            weight = module.weight
+            data = weight.data
+            if (
+                type(data) is torch.Tensor
+                and data.device.type == "cpu"
+                and data.dtype == torch.float32
+                and data.untyped_storage().nbytes() == data.numel() * data.element_size()
+            ):
+                found[id(weight)] = weight
+    return list(found.values())
+
+
+def set_weight_layout(model: nn.Module, column_major: bool) -> None:
+    """Hold the wide CPU fp32 weights (``_layout_candidates``) column-major (each stored as a contiguous Wᵀ,
+    the memory layout of transformers' ``Conv1D``) or row-major. Values, shapes and parameter objects do not
+    change. With MKL, a product over a few rows streams a wide weight about 1.3–1.7× faster column-major
+    (``benchmarks/bench_projections.py``), which is what decoding does; ``train()`` restores row-major."""
+    with torch.no_grad():
+        for weight in _layout_candidates(model):
+            data = weight.data
+            if column_major and data.is_contiguous():
+                weight.data = data.t().contiguous().t()
+            elif not column_major and not data.is_contiguous() and data.t().is_contiguous():
+                weight.data = data.contiguous()
+
+
+def _contiguous_state(module, state_dict, prefix, local_metadata) -> None:
+    """State-dict post-hook: column-major weights leave as contiguous copies (tied ones share one), so that
+    ``state_dict()`` reads as it does in training mode (``safetensors.torch.save_file`` accepts it). A base
+    model inside a head model leaves this to the head model, which sees both ends of the tie."""
+    if getattr(module, "_head_copies_state", False):
+        return
+    copies: dict[tuple, torch.Tensor] = {}
+    for name, tensor in state_dict.items():
+        if name.startswith(prefix) and not isinstance(tensor, nn.Parameter) and not tensor.is_contiguous():
+            key = (tensor.data_ptr(), tensor.shape, tensor.stride())
+            if key not in copies:
+                copies[key] = tensor.contiguous()
+            state_dict[name] = copies[key]
 
 
 class GPT2ScratchAttention(nn.Module):
@@ -264,6 +323,18 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    def __init__(self, config: GPT2ScratchConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self.register_state_dict_post_hook(_contiguous_state)
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``; on a machine with MKL, eval mode also holds the wide CPU fp32 weights
+        column-major for faster decoding, and training mode row-major again (``set_weight_layout``)."""
+        super().train(mode)
+        if COLUMN_MAJOR_IN_EVAL:
+            set_weight_layout(self, column_major=not mode)
+        return self
 
     def _init_weights(self, module):
         """GPT-2's initialisation: N(0, 0.02), zero biases, unit LayerNorm, and the residual projections
@@ -599,6 +670,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
     def __init__(self, config: GPT2ScratchConfig):
         super().__init__(config)
         self.transformer = GPT2ScratchModel(config)
+        self.transformer._head_copies_state = True  # see _contiguous_state
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.post_init()
 
@@ -690,6 +762,7 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.transformer = GPT2ScratchModel(config)
+        self.transformer._head_copies_state = True  # see _contiguous_state
         self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
         self.post_init()
 
