@@ -465,7 +465,7 @@ def test_eval_holds_wide_weights_column_major_and_train_restores_them(model, ids
 @needs_mkl
 def test_only_cpu_fp32_weights_owning_their_storage_change_layout(tiny_config):
     """bf16 weights, and a weight that is a view into a larger buffer (as FSDP's flat parameters are),
-    keep their layout in eval mode."""
+    keep their layout in eval mode; train() restores a column-major weight whatever its dtype."""
     torch.manual_seed(0)
     model = GPT2ScratchForCausalLM(tiny_config)
     c_fc = model.transformer.h[0].mlp.c_fc
@@ -477,6 +477,10 @@ def test_only_cpu_fp32_weights_owning_their_storage_change_layout(tiny_config):
     assert column_major(model.transformer.h[1].mlp.c_fc.weight)
     half = GPT2ScratchForCausalLM(tiny_config).to(torch.bfloat16).eval()
     assert all(p.is_contiguous() for p in half.parameters())
+    model.to(torch.bfloat16)  # eval on CPU, then cast (or moved): the layout goes along
+    assert column_major(model.lm_head.weight) and model.lm_head.weight.dtype == torch.bfloat16
+    model.train()
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 @needs_mkl

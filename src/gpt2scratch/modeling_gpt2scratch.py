@@ -147,34 +147,34 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
 COLUMN_MAJOR_IN_EVAL = torch.backends.mkl.is_available()
 
 
-def _layout_candidates(model: nn.Module) -> list[nn.Parameter]:
+def _wide_weights(model: nn.Module) -> list[nn.Parameter]:
     """The weights of ``model``'s wide ``nn.Linear`` layers (out > in: q/k/v, MLP input, LM head), once
-    each, that are fp32 on CPU and own their storage (not views into a flat buffer as FSDP or DeepSpeed
+    each, that are plain tensors owning their storage (not views into a flat buffer as FSDP or DeepSpeed
     make them)."""
     found: dict[int, nn.Parameter] = {}
     for module in model.modules():
         if type(module) is nn.Linear and module.out_features > module.in_features:
-            weight = module.weight
-            data = weight.data
-            if (
-                type(data) is torch.Tensor
-                and data.device.type == "cpu"
-                and data.dtype == torch.float32
-                and data.untyped_storage().nbytes() == data.numel() * data.element_size()
-            ):
-                found[id(weight)] = weight
+            data = module.weight.data
+            if type(data) is torch.Tensor and data.untyped_storage().nbytes() == data.nbytes:
+                found[id(module.weight)] = module.weight
     return list(found.values())
 
 
 def set_weight_layout(model: nn.Module, column_major: bool) -> None:
-    """Hold the wide CPU fp32 weights (``_layout_candidates``) column-major (each stored as a contiguous Wᵀ,
-    the memory layout of transformers' ``Conv1D``) or row-major. Values, shapes and parameter objects do not
-    change. With MKL, a product over a few rows streams a wide weight about 1.3–1.7× faster column-major
-    (``benchmarks/bench_projections.py``), which is what decoding does; ``train()`` restores row-major."""
+    """Hold the wide CPU fp32 weights (``_wide_weights``) column-major (each stored as a contiguous Wᵀ, the
+    memory layout of transformers' ``Conv1D``), or every column-major one, on any device, row-major again.
+    Values, shapes and parameter objects do not change. With MKL, a product over a few rows streams a wide
+    weight about 1.3–1.7× faster column-major (``benchmarks/bench_projections.py``), which is what decoding
+    does; ``train()`` restores row-major."""
     with torch.no_grad():
-        for weight in _layout_candidates(model):
+        for weight in _wide_weights(model):
             data = weight.data
-            if column_major and data.is_contiguous():
+            if (
+                column_major
+                and data.is_contiguous()
+                and data.device.type == "cpu"
+                and data.dtype == torch.float32
+            ):
                 weight.data = data.t().contiguous().t()
             elif not column_major and not data.is_contiguous() and data.t().is_contiguous():
                 weight.data = data.contiguous()
