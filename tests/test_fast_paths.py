@@ -1,8 +1,8 @@
 """Each speed path is taken when it should be, and gives the eager path's outputs.
 
 Paths in the model file (every user gets them): the fused tanh-GELU, the CPU thread policy for small
-calls, SDPA with ``is_causal`` and no mask when nothing is padded, wide weights held column-major in eval
-mode, few-row projections (split across threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
+calls, SDPA with ``is_causal`` and no mask when nothing is padded, wide weights held column-major for
+decoding, few-row projections (split across threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
 in-place KV cache is tested against ``DynamicCache`` in test_modeling.py. Opt-in paths
 (``gpt2scratch.fast``): vocabulary padding, fused AdamW, static-cache generation, static cache +
 ``torch.compile``.
@@ -352,11 +352,12 @@ def test_lm_head_uses_the_linear_beyond_the_row_limit(model, monkeypatch, linear
 
 @pytest.mark.parametrize("column_major_weights", [True, False])
 def test_few_rows_split_across_threads_and_match(
-    model, ids, split_calls, linear_calls, restore_threads, column_major_weights
+    model, ids, split_calls, linear_calls, restore_threads, column_major_weights, monkeypatch
 ):
     """With 2 threads, a no-grad forward over <= SPLIT_MAX_ROWS rows splits every projection (a row-major
     head in the transposed orientation when it has several rows) and gives the one-thread logits; more
     rows, or one thread, do not split. Wide weights held either way (eval mode holds them column-major)."""
+    monkeypatch.setattr(modeling, "COLUMN_MAJOR_DECODING", column_major_weights)  # what generate holds
     modeling.set_weight_layout(model, column_major=column_major_weights)
     assert column_major(model.lm_head.weight) == column_major_weights
     torch.set_num_threads(1)
@@ -425,15 +426,15 @@ def test_hooked_or_wrapped_projections_are_called_as_modules(model, ids, split_c
     assert split_fc_calls() == layers - 1 and seen == ["hook", "forward", "subclass"]
 
 
-# ---------------------------------------------------------------------- column-major weights in eval
-needs_mkl = pytest.mark.skipif(not modeling.COLUMN_MAJOR_IN_EVAL, reason="eval keeps row-major without MKL")
+# ------------------------------------------------------------------ column-major weights for decoding
+needs_mkl = pytest.mark.skipif(not modeling.COLUMN_MAJOR_DECODING, reason="row-major throughout without MKL")
 
 
 @needs_mkl
-def test_eval_holds_wide_weights_column_major_and_train_restores_them(model, ids):
-    """eval() stores q/k/v, MLP-input and the tied head/embedding weights column-major, in the same
-    parameter objects with the same values; the square and narrow ones stay; train() restores row-major.
-    Logits and greedy decoding equal the row-major model's."""
+def test_generate_in_eval_holds_wide_weights_column_major_and_train_restores_them(model, ids, monkeypatch):
+    """eval() alone keeps row-major; generate() in eval mode stores q/k/v, MLP-input and the tied
+    head/embedding weights column-major, in the same parameter objects with the same values, the square and
+    narrow ones as they were, and decodes the row-major model's tokens; train() restores row-major."""
     params = dict(model.named_parameters())
     before = {name: p.detach().clone() for name, p in params.items()}
     wide = {n for n, p in params.items() if p.dim() == 2 and p.shape[0] > p.shape[1] and "wpe" not in n}
@@ -442,54 +443,61 @@ def test_eval_holds_wide_weights_column_major_and_train_restores_them(model, ids
         "transformer.h.0.attn.c_attn.weight",
         "transformer.h.1.mlp.c_fc.weight",
     } <= wide
+    assert all(p.is_contiguous() for p in params.values()), "eval() alone changes nothing"
+
+    def greedy() -> torch.Tensor:
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+
+    monkeypatch.setattr(modeling, "COLUMN_MAJOR_DECODING", False)
+    row_major_tokens = greedy()
+    assert all(p.is_contiguous() for p in params.values())
+    with torch.no_grad():
+        row_major_logits = model(ids).logits
+    monkeypatch.setattr(modeling, "COLUMN_MAJOR_DECODING", True)
+    assert torch.equal(greedy(), row_major_tokens)
     assert model.lm_head.weight is model.transformer.wte.weight
     assert all(column_major(params[n]) for n in wide)
     assert all(params[n].is_contiguous() for n in params if n not in wide)
     with torch.no_grad():
-        logits = model(ids).logits
-        decoded = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+        torch.testing.assert_close(model(ids).logits, row_major_logits, atol=1e-5, rtol=0)
     model.train()
     assert dict(model.named_parameters()) == params, "the same parameter objects"
     assert all(p.is_contiguous() for p in params.values())
     assert all(torch.equal(p, before[n]) for n, p in params.items())
-    model.eval()
-    modeling.set_weight_layout(model, column_major=False)
-    with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, logits, atol=1e-5, rtol=0)
-        assert torch.equal(
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False),
-            decoded,
-        )
+    model.generate(ids, max_new_tokens=1)
+    assert all(p.is_contiguous() for p in params.values()), "generate in training mode keeps row-major"
 
 
 @needs_mkl
 def test_only_cpu_fp32_weights_owning_their_storage_change_layout(tiny_config):
     """bf16 weights, and a weight that is a view into a larger buffer (as FSDP's flat parameters are),
-    keep their layout in eval mode; train() restores a column-major weight whatever its dtype."""
+    stay row-major; train() restores a column-major weight whatever its dtype."""
     torch.manual_seed(0)
     model = GPT2ScratchForCausalLM(tiny_config)
     c_fc = model.transformer.h[0].mlp.c_fc
     flat = torch.zeros(c_fc.weight.numel() + 7)
     flat[: c_fc.weight.numel()] = c_fc.weight.detach().reshape(-1)
     c_fc.weight.data = flat[: c_fc.weight.numel()].view(c_fc.weight.shape)
-    model.eval()
+    modeling.set_weight_layout(model, column_major=True)
     assert c_fc.weight.is_contiguous() and c_fc.weight.data_ptr() == flat.data_ptr()
     assert column_major(model.transformer.h[1].mlp.c_fc.weight)
-    half = GPT2ScratchForCausalLM(tiny_config).to(torch.bfloat16).eval()
+    half = GPT2ScratchForCausalLM(tiny_config).to(torch.bfloat16)
+    modeling.set_weight_layout(half, column_major=True)
     assert all(p.is_contiguous() for p in half.parameters())
-    model.to(torch.bfloat16)  # eval on CPU, then cast (or moved): the layout goes along
+    model.to(torch.bfloat16)  # column-major on CPU, then cast (or moved): the layout goes along
     assert column_major(model.lm_head.weight) and model.lm_head.weight.dtype == torch.bfloat16
     model.train()
     assert all(p.is_contiguous() for p in model.parameters())
 
 
 @needs_mkl
-def test_state_dict_of_an_eval_model_is_contiguous_tied_and_saves(model, tmp_path):
+def test_state_dict_of_column_major_weights_is_contiguous_tied_and_saves(model, tmp_path):
     """state_dict() hands out contiguous copies (one for the tied head and embedding), so safetensors'
     save_file takes it; save_pretrained writes the tied weight once and reloads the same values."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    modeling.set_weight_layout(model, column_major=True)
     state = model.state_dict()
     assert all(t.is_contiguous() for t in state.values())
     assert state["lm_head.weight"] is state["transformer.wte.weight"]
@@ -505,7 +513,6 @@ def test_state_dict_of_an_eval_model_is_contiguous_tied_and_saves(model, tmp_pat
             rtol=0,
         )
     reloaded = GPT2ScratchForCausalLM.from_pretrained(tmp_path / "saved")
-    assert column_major(reloaded.lm_head.weight), "from_pretrained returns an eval model"
     for name, tensor in reloaded.state_dict().items():
         assert torch.equal(tensor, state[name]), name
     kept = model.state_dict(keep_vars=True)
@@ -514,8 +521,9 @@ def test_state_dict_of_an_eval_model_is_contiguous_tied_and_saves(model, tmp_pat
 
 @needs_mkl
 def test_training_in_eval_mode_gives_the_row_major_gradients(model, ids):
-    """A backward pass through column-major weights (a user training in eval mode) gives the gradients the
-    row-major model gives."""
+    """A backward pass through column-major weights (a user training in eval mode after generate) gives
+    the gradients the row-major model gives."""
+    modeling.set_weight_layout(model, column_major=True)
 
     def grads() -> dict[str, torch.Tensor]:
         model.zero_grad()

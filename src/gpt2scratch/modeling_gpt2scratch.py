@@ -3,9 +3,9 @@
 This file travels with the weights (``trust_remote_code``): it imports only the standard library, torch,
 transformers and its sibling ``configuration_gpt2scratch``. Parameter names follow GPT-2's own (``wte``,
 ``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in),
-the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. In eval mode
-on CPU the wide weights are held column-major in memory (``set_weight_layout``); shapes, names and the
-state dict are unchanged.
+the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. ``generate``
+in eval mode on CPU holds the wide weights column-major in memory until ``train()`` (``set_weight_layout``);
+shapes, names and the state dict are unchanged.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     return y.view(*x.shape[:-1], -1)
 
 
-COLUMN_MAJOR_IN_EVAL = torch.backends.mkl.is_available()
+COLUMN_MAJOR_DECODING = torch.backends.mkl.is_available()  # where column-major was measured faster
 
 
 def _wide_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -165,7 +165,8 @@ def set_weight_layout(model: nn.Module, column_major: bool) -> None:
     memory layout of transformers' ``Conv1D``), or every column-major one, on any device, row-major again.
     Values, shapes and parameter objects do not change. With MKL, a product over a few rows streams a wide
     weight about 1.3–1.7× faster column-major (``benchmarks/bench_projections.py``), which is what decoding
-    does; ``train()`` restores row-major."""
+    does: ``generate`` in eval mode switches, ``train()`` switches back. Not thread-safe against a forward
+    running on the same model meanwhile."""
     with torch.no_grad():
         for weight in _wide_weights(model):
             data = weight.data
@@ -329,11 +330,11 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
         self.register_state_dict_post_hook(_contiguous_state)
 
     def train(self, mode: bool = True):
-        """``nn.Module.train``; on a machine with MKL, eval mode also holds the wide CPU fp32 weights
-        column-major for faster decoding, and training mode row-major again (``set_weight_layout``)."""
+        """``nn.Module.train``; training mode also holds the weights row-major again if ``generate`` made
+        them column-major (``set_weight_layout``)."""
         super().train(mode)
-        if COLUMN_MAJOR_IN_EVAL:
-            set_weight_layout(self, column_major=not mode)
+        if mode:
+            set_weight_layout(self, column_major=False)
         return self
 
     def _init_weights(self, module):
@@ -734,7 +735,11 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate(self, inputs=None, *args, **kwargs):
-        """transformers' ``generate`` with the inputs checked once up front (not at every decode step)."""
+        """transformers' ``generate`` with the inputs checked once up front (not at every decode step). In
+        eval mode on a CPU with MKL, the wide fp32 weights are held column-major from here until ``train()``
+        (``set_weight_layout``: decoding streams them faster); the first call pays one copy of them."""
+        if not self.training and COLUMN_MAJOR_DECODING:
+            set_weight_layout(self, column_major=True)
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if isinstance(input_ids, torch.Tensor) and input_ids.dtype in (torch.long, torch.int):
             _check_inputs(
