@@ -357,7 +357,7 @@ def test_few_rows_split_across_threads_and_match(
     """With 2 threads, a no-grad forward over <= SPLIT_MAX_ROWS rows splits every projection (a row-major
     head in the transposed orientation when it has several rows) and gives the one-thread logits; more
     rows, or one thread, do not split. Wide weights held either way (eval mode holds them column-major)."""
-    monkeypatch.setattr(modeling, "COLUMN_MAJOR_DECODING", column_major_weights)  # what generate holds
+    monkeypatch.setattr(modeling, "COLUMN_MAJOR_DECODING", False)  # generate leaves the layout set here
     modeling.set_weight_layout(model, column_major=column_major_weights)
     assert column_major(model.lm_head.weight) == column_major_weights
     torch.set_num_threads(1)
@@ -431,10 +431,11 @@ needs_mkl = pytest.mark.skipif(not modeling.COLUMN_MAJOR_DECODING, reason="row-m
 
 
 @needs_mkl
-def test_generate_in_eval_holds_wide_weights_column_major_and_train_restores_them(model, ids, monkeypatch):
-    """eval() alone keeps row-major; generate() in eval mode stores q/k/v, MLP-input and the tied
+def test_one_row_generate_holds_wide_weights_column_major_and_train_restores_them(model, ids, monkeypatch):
+    """eval() alone keeps row-major; a one-row generate() in eval mode stores q/k/v, MLP-input and the tied
     head/embedding weights column-major, in the same parameter objects with the same values, the square and
-    narrow ones as they were, and decodes the row-major model's tokens; train() restores row-major."""
+    narrow ones as they were, and decodes the row-major model's tokens; several rows per step (a batch, beams,
+    several returned sequences) and train() restore row-major."""
     params = dict(model.named_parameters())
     before = {name: p.detach().clone() for name, p in params.items()}
     wide = {n for n, p in params.items() if p.dim() == 2 and p.shape[0] > p.shape[1] and "wpe" not in n}
@@ -444,28 +445,42 @@ def test_generate_in_eval_holds_wide_weights_column_major_and_train_restores_the
         "transformer.h.1.mlp.c_fc.weight",
     } <= wide
     assert all(p.is_contiguous() for p in params.values()), "eval() alone changes nothing"
+    row = ids[:1]
 
-    def greedy() -> torch.Tensor:
-        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+    def greedy(prompt, **kwargs) -> torch.Tensor:
+        mask = torch.ones_like(prompt)
+        return model.generate(prompt, attention_mask=mask, max_new_tokens=6, do_sample=False, **kwargs)
+
+    def row_major() -> bool:
+        return all(p.is_contiguous() for p in params.values())
 
     monkeypatch.setattr(modeling, "COLUMN_MAJOR_DECODING", False)
-    row_major_tokens = greedy()
-    assert all(p.is_contiguous() for p in params.values())
+    row_major_tokens = greedy(row)
+    assert row_major()
     with torch.no_grad():
-        row_major_logits = model(ids).logits
+        row_major_logits = model(row).logits
     monkeypatch.setattr(modeling, "COLUMN_MAJOR_DECODING", True)
-    assert torch.equal(greedy(), row_major_tokens)
+    assert torch.equal(greedy(row), row_major_tokens)
     assert model.lm_head.weight is model.transformer.wte.weight
     assert all(column_major(params[n]) for n in wide)
     assert all(params[n].is_contiguous() for n in params if n not in wide)
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, row_major_logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(row).logits, row_major_logits, atol=1e-5, rtol=0)
+    for several_rows in (
+        {"prompt": ids},
+        {"prompt": row, "num_beams": 2},
+        {"prompt": row, "num_beams": 2, "num_return_sequences": 2},
+    ):
+        greedy(**several_rows)
+        assert row_major(), several_rows
+        greedy(row)
+        assert column_major(model.lm_head.weight)
     model.train()
     assert dict(model.named_parameters()) == params, "the same parameter objects"
-    assert all(p.is_contiguous() for p in params.values())
+    assert row_major()
     assert all(torch.equal(p, before[n]) for n, p in params.items())
-    model.generate(ids, max_new_tokens=1)
-    assert all(p.is_contiguous() for p in params.values()), "generate in training mode keeps row-major"
+    model.generate(row, max_new_tokens=1)
+    assert row_major(), "generate in training mode keeps row-major"
 
 
 @needs_mkl
@@ -521,7 +536,7 @@ def test_state_dict_of_column_major_weights_is_contiguous_tied_and_saves(model, 
 
 @needs_mkl
 def test_training_in_eval_mode_gives_the_row_major_gradients(model, ids):
-    """A backward pass through column-major weights (a user training in eval mode after generate) gives
+    """A backward pass through column-major weights (a user training in eval mode after generating) gives
     the gradients the row-major model gives."""
     modeling.set_weight_layout(model, column_major=True)
 

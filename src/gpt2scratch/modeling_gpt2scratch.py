@@ -3,8 +3,8 @@
 This file travels with the weights (``trust_remote_code``): it imports only the standard library, torch,
 transformers and its sibling ``configuration_gpt2scratch``. Parameter names follow GPT-2's own (``wte``,
 ``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in),
-the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. ``generate``
-in eval mode on CPU holds the wide weights column-major in memory until ``train()`` (``set_weight_layout``);
+the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. One-row
+``generate`` in eval mode on CPU holds the wide weights column-major in memory (``set_weight_layout``);
 shapes, names and the state dict are unchanged.
 """
 
@@ -164,9 +164,9 @@ def set_weight_layout(model: nn.Module, column_major: bool) -> None:
     """Hold the wide CPU fp32 weights (``_wide_weights``) column-major (each stored as a contiguous Wᵀ, the
     memory layout of transformers' ``Conv1D``), or every column-major one, on any device, row-major again.
     Values, shapes and parameter objects do not change. With MKL, a product over a few rows streams a wide
-    weight about 1.3–1.7× faster column-major (``benchmarks/bench_projections.py``), which is what decoding
-    does: ``generate`` in eval mode switches, ``train()`` switches back. Not thread-safe against a forward
-    running on the same model meanwhile."""
+    weight about 1.3–1.7× faster column-major (``benchmarks/bench_projections.py``), which is what one-row
+    decoding does; with more rows row-major is faster. ``generate`` picks the layout for its call,
+    ``train()`` restores row-major. Not thread-safe against a forward running on the same model meanwhile."""
     with torch.no_grad():
         for weight in _wide_weights(model):
             data = weight.data
@@ -733,14 +733,24 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         ):
             growing_cache(cache)
 
+    def _rows_per_step(self, input_ids, kwargs: dict) -> int:
+        """How many sequences each decode step of ``generate(input_ids, **kwargs)`` runs."""
+        config = kwargs.get("generation_config") or self.generation_config
+        beams = kwargs.get("num_beams", config.num_beams) or 1
+        returned = kwargs.get("num_return_sequences", config.num_return_sequences) or 1
+        x = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() >= 2 else 1
+        return batch * max(beams, returned)
+
     @torch.no_grad()
     def generate(self, inputs=None, *args, **kwargs):
         """transformers' ``generate`` with the inputs checked once up front (not at every decode step). In
-        eval mode on a CPU with MKL, the wide fp32 weights are held column-major from here until ``train()``
-        (``set_weight_layout``: decoding streams them faster); the first call pays one copy of them."""
-        if not self.training and COLUMN_MAJOR_DECODING:
-            set_weight_layout(self, column_major=True)
+        eval mode on a CPU with MKL, the wide fp32 weights are held column-major while decoding one row per
+        step, row-major otherwise (``set_weight_layout``); a call that changes the layout pays one copy of
+        those weights."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if not self.training and COLUMN_MAJOR_DECODING:
+            set_weight_layout(self, column_major=self._rows_per_step(input_ids, kwargs) == 1)
         if isinstance(input_ids, torch.Tensor) and input_ids.dtype in (torch.long, torch.int):
             _check_inputs(
                 self.config, input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"), 0, True
