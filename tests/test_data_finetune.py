@@ -246,6 +246,12 @@ def test_empty_text_value_names_the_row(capsys, existing_output, tmp_path):
     assert "t.csv, row 5, column 'text'" in err
 
 
+def test_numbers_in_the_text_column_are_refused(capsys, existing_output, tmp_path):
+    path = write(tmp_path / "t.jsonl", '{"text": 12, "label": "ham"}\n{"text": 7, "label": "spam"}\n')
+    err = fails(capsys, "--train-file", str(path), output=existing_output)
+    assert "t.jsonl: column 'text' was read as Value('int64'), not as text" in err
+
+
 def test_label_unseen_in_training(capsys, existing_output, tmp_path):
     train = write(tmp_path / "train.csv", CSV)
     test = write(tmp_path / "test.csv", "text,label\nhi,ham\nbuy now,scam\n")

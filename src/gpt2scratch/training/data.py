@@ -317,6 +317,7 @@ def standardise(ds, args, source: str):
         if col not in ds.column_names:
             shown = [c for c in ds.column_names if c != ROW]
             raise ValueError(f"{source}: no column {col!r} ({option}); the file has columns {shown}.")
+    _check_text_type(ds, text_col, source)
     if args.task == "lm":
         ds = ds.filter(lambda b: [bool(t and t.strip()) for t in b[text_col]], batched=True)
     else:
@@ -336,6 +337,16 @@ def standardise(ds, args, source: str):
         separator = "\n\n" if source.endswith(".txt") else "<|endoftext|>"
         ds = ds.map(lambda b: {"text": [t + separator for t in b["text"]]}, batched=True)
     return ds
+
+
+def _check_text_type(ds, column: str, source: str) -> None:
+    """The text column must have been read as strings (or be empty), not numbers or records."""
+    dtype = getattr(ds.features[column], "dtype", None)
+    if dtype not in ("string", "large_string", "null"):
+        raise ValueError(
+            f"{source}: column {column!r} was read as {ds.features[column]}, not as text; every value in it "
+            'must be a string (in JSON, quote numbers: "text": "42").'
+        )
 
 
 def _check_no_missing(ds, column: str, source: str) -> None:
