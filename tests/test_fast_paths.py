@@ -352,12 +352,12 @@ def test_lm_head_uses_the_linear_beyond_the_row_limit(model, monkeypatch, linear
 
 @pytest.mark.parametrize("column_major_weights", [True, False])
 def test_few_rows_split_across_threads_and_match(
-    model, ids, split_calls, linear_calls, restore_threads, column_major_weights, monkeypatch
+    model, ids, split_calls, linear_calls, restore_threads, column_major_weights
 ):
     """With 2 threads, a no-grad forward over <= SPLIT_MAX_ROWS rows splits every projection (a row-major
     head in the transposed orientation when it has several rows) and gives the one-thread logits; more
     rows, or one thread, do not split. Wide weights held either way (eval mode holds them column-major)."""
-    monkeypatch.setattr(modeling, "COLUMN_MAJOR_DECODING", False)  # generate leaves the layout set here
+    model.column_major_decoding = False  # generate leaves the layout set here
     modeling.set_weight_layout(model, column_major=column_major_weights)
     assert column_major(model.lm_head.weight) == column_major_weights
     torch.set_num_threads(1)
@@ -431,7 +431,7 @@ needs_mkl = pytest.mark.skipif(not modeling.COLUMN_MAJOR_DECODING, reason="row-m
 
 
 @needs_mkl
-def test_one_row_generate_holds_wide_weights_column_major_and_train_restores_them(model, ids, monkeypatch):
+def test_one_row_generate_holds_wide_weights_column_major_and_train_restores_them(model, ids):
     """eval() alone keeps row-major; a one-row generate() in eval mode stores q/k/v, MLP-input and the tied
     head/embedding weights column-major, in the same parameter objects with the same values, the square and
     narrow ones as they were, and decodes the row-major model's tokens; several rows per step (a batch, beams,
@@ -454,12 +454,12 @@ def test_one_row_generate_holds_wide_weights_column_major_and_train_restores_the
     def row_major() -> bool:
         return all(p.is_contiguous() for p in params.values())
 
-    monkeypatch.setattr(modeling, "COLUMN_MAJOR_DECODING", False)
+    model.column_major_decoding = False  # the switch a user has
     row_major_tokens = greedy(row)
     assert row_major()
     with torch.no_grad():
         row_major_logits = model(row).logits
-    monkeypatch.setattr(modeling, "COLUMN_MAJOR_DECODING", True)
+    del model.column_major_decoding  # the default: on with MKL
     assert torch.equal(greedy(row), row_major_tokens)
     assert model.lm_head.weight is model.transformer.wte.weight
     assert all(column_major(params[n]) for n in wide)

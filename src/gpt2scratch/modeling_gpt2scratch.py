@@ -667,6 +667,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
     """GPT-2 with its language-model head, tied to the token embeddings."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    column_major_decoding = COLUMN_MAJOR_DECODING  # False on a model: generate leaves the layout alone
 
     def __init__(self, config: GPT2ScratchConfig):
         super().__init__(config)
@@ -747,9 +748,10 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         """transformers' ``generate`` with the inputs checked once up front (not at every decode step). In
         eval mode on a CPU with MKL, the wide fp32 weights are held column-major while decoding one row per
         step, row-major otherwise (``set_weight_layout``); a call that changes the layout pays one copy of
-        those weights."""
+        those weights. ``model.column_major_decoding = False`` turns this off (it costs memory: the copies
+        are held besides the file pages a memory-mapped checkpoint keeps resident)."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        if not self.training and COLUMN_MAJOR_DECODING:
+        if not self.training and self.column_major_decoding:
             set_weight_layout(self, column_major=self._rows_per_step(input_ids, kwargs) == 1)
         if isinstance(input_ids, torch.Tensor) and input_ids.dtype in (torch.long, torch.int):
             _check_inputs(
