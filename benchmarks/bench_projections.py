@@ -81,7 +81,8 @@ def markdown(result: dict, runs: int) -> str:
         f"GPT-2 124M shapes, fp32, no autograd, torch {result['torch']}, {result['cores']} cores "
         f"({result['cpu']}), load average {result['load_average'][0]:.2f} at the start; per-layer time, best "
         f"of {runs} runs × 2, in turn. Speedups are over `nn.Linear` on the row-major weight; column-major is "
-        "how the model holds its wide weights in eval mode (the memory layout of transformers' `Conv1D`). "
+        "how one-row `generate()` holds the wide weights (the memory layout of transformers' `Conv1D`); "
+        "square and narrow weights stay row-major, so for them both `project` columns time the same thing. "
         "`benchmarks/bench_projections.py`.",
         "",
         "| projection | rows | threads | nn.Linear, ms | project, ms | speedup | project column-major, ms "
