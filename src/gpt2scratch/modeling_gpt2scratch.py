@@ -164,7 +164,7 @@ def set_weight_layout(model: nn.Module, column_major: bool) -> None:
     """Hold the wide CPU fp32 weights (``_wide_weights``) column-major (each stored as a contiguous Wᵀ, the
     memory layout of transformers' ``Conv1D``), or every column-major one, on any device, row-major again.
     Values, shapes and parameter objects do not change. With MKL, a product over a few rows streams a wide
-    weight about 1.3–1.7× faster column-major (``benchmarks/bench_projections.py``), which is what one-row
+    weight 1.2–1.8× faster column-major (``benchmarks/bench_projections.py``), which is what one-row
     decoding does; with more rows row-major is faster. ``generate`` picks the layout for its call,
     ``train()`` restores row-major. Not thread-safe against a forward running on the same model meanwhile."""
     with torch.no_grad():
