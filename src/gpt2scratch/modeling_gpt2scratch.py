@@ -751,8 +751,6 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         those weights. ``model.column_major_decoding = False`` turns this off (it costs memory: the copies
         are held besides the file pages a memory-mapped checkpoint keeps resident)."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        if not self.training and self.column_major_decoding:
-            set_weight_layout(self, column_major=self._rows_per_step(input_ids, kwargs) == 1)
         if isinstance(input_ids, torch.Tensor) and input_ids.dtype in (torch.long, torch.int):
             _check_inputs(
                 self.config, input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"), 0, True
@@ -763,6 +761,8 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
                     f"The prompt ({input_ids.shape[1]} tokens) plus max_new_tokens={new} exceeds this model's "
                     f"n_positions={self.config.n_positions}. Shorten the prompt or lower max_new_tokens."
                 )
+        if not self.training and self.column_major_decoding:
+            set_weight_layout(self, column_major=self._rows_per_step(input_ids, kwargs) == 1)
         with self.transformer._inputs_checked():
             return super().generate(inputs, *args, **kwargs)
 
