@@ -2,7 +2,8 @@
 
 Paths in the model file (every user gets them): the fused tanh-GELU, the CPU thread policy for small
 calls, SDPA with ``is_causal`` and no mask when nothing is padded, wide weights held column-major for
-decoding, few-row projections (split across threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
+decoding, projections over 8+ rows through oneDNN (the LM head also with autograd), few-row projections
+(split across threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
 in-place KV cache is tested against ``DynamicCache`` in test_modeling.py. Opt-in paths
 (``gpt2scratch.fast``): vocabulary padding, fused AdamW, static-cache generation, static cache +
 ``torch.compile``.
@@ -284,6 +285,25 @@ def split_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def no_onednn(monkeypatch):
+    """The MKL paths alone (what a torch build without oneDNN runs)."""
+    monkeypatch.setattr(modeling, "ONEDNN_LINEAR", False)
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """(rows, out_features) of every ``onednn_linear`` call."""
+    calls, product = [], modeling.onednn_linear
+
+    def recording(x, weight, bias=None):
+        calls.append((x.shape[0], weight.shape[0]))
+        return product(x, weight, bias)
+
+    monkeypatch.setattr(modeling, "onednn_linear", recording)
+    return calls
+
+
 def two_threads() -> None:
     """Run the model at 2 threads, with the thread policy told that 2 threads are not slower here (use
     with the ``restore_threads`` fixture)."""
@@ -314,7 +334,7 @@ def test_split_matmul_equals_the_plain_product(n, rows, parts, stored):
 
 
 def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(
-    model, ids, linear_calls, restore_threads
+    model, ids, linear_calls, restore_threads, no_onednn
 ):
     """At one thread, no-grad CPU forwards over 2..HEAD_TRANSPOSED_MAX_ROWS rows compute the head as
     (W hᵀ)ᵀ (faster with MKL) when the head is held row-major; one row, or a forward that records autograd,
@@ -339,7 +359,9 @@ def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(
     torch.testing.assert_close(grad_logits.detach(), fast_logits, atol=1e-5, rtol=0)
 
 
-def test_lm_head_uses_the_linear_beyond_the_row_limit(model, monkeypatch, linear_calls, restore_threads):
+def test_lm_head_uses_the_linear_beyond_the_row_limit(
+    model, monkeypatch, linear_calls, restore_threads, no_onednn
+):
     modeling.set_weight_layout(model, column_major=False)
     torch.set_num_threads(1)
     monkeypatch.setattr(modeling, "HEAD_TRANSPOSED_MAX_ROWS", 4)
@@ -352,7 +374,7 @@ def test_lm_head_uses_the_linear_beyond_the_row_limit(model, monkeypatch, linear
 
 @pytest.mark.parametrize("column_major_weights", [True, False])
 def test_few_rows_split_across_threads_and_match(
-    model, ids, split_calls, linear_calls, restore_threads, column_major_weights
+    model, ids, split_calls, linear_calls, restore_threads, column_major_weights, no_onednn
 ):
     """With 2 threads, a no-grad forward over <= SPLIT_MAX_ROWS rows splits every projection (a row-major
     head in the transposed orientation when it has several rows) and gives the one-thread logits; more
@@ -393,7 +415,9 @@ def test_few_rows_split_across_threads_and_match(
     assert split_calls == []
 
 
-def test_hooked_or_wrapped_projections_are_called_as_modules(model, ids, split_calls, restore_threads):
+def test_hooked_or_wrapped_projections_are_called_as_modules(
+    model, ids, split_calls, restore_threads, no_onednn
+):
     """A forward hook, a replaced ``forward`` (Accelerate's offloading) or a subclass (PEFT's LoRA layers)
     keeps the module call for that layer, so whatever it adds still runs; the other layers still split."""
     two_threads()
@@ -424,6 +448,80 @@ def test_hooked_or_wrapped_projections_are_called_as_modules(model, ids, split_c
     wrapped.load_state_dict(block.c_fc.state_dict())
     block.c_fc = wrapped
     assert split_fc_calls() == layers - 1 and seen == ["hook", "forward", "subclass"]
+
+
+# --------------------------------------------------------------------------- oneDNN from eight rows
+needs_onednn = pytest.mark.skipif(not modeling.ONEDNN_LINEAR, reason="this torch build has no oneDNN")
+
+
+def _projection_shapes(config) -> set[int]:
+    c = config.n_embd
+    return {3 * c, c, 4 * c, config.vocab_size}  # q/k/v, attention out and MLP out, MLP in, the head
+
+
+@needs_onednn
+def test_onednn_projects_eight_rows_or_more_without_grad_and_matches(
+    model, ids, onednn_calls, linear_calls, monkeypatch
+):
+    """A no-grad forward over >= ONEDNN_MIN_ROWS rows on row-major weights runs every projection through
+    oneDNN (no Linear call) with the MKL paths' logits; fewer rows do not; column-major weights (one-row
+    decoding) keep the MKL paths; a batch of 8 decodes the MKL paths' tokens."""
+    modeling.set_weight_layout(model, column_major=False)
+    model.column_major_decoding = False
+    batch = torch.randint(0, 50257, (8, 5), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = model(ids).logits
+        tokens = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False)
+        assert {out for rows, out in onednn_calls} == _projection_shapes(model.config)
+        assert {rows for rows, out in onednn_calls} == {ids.numel(), batch.numel(), 8}, "prefill and decode"
+        assert linear_calls == []
+        onednn_calls.clear()
+        short = ids[:1, : modeling.ONEDNN_MIN_ROWS - 1]
+        short_logits = model(short).logits
+        assert onednn_calls == []
+        monkeypatch.setattr(modeling, "ONEDNN_LINEAR", False)
+        reference = model(ids).logits
+        ref_tokens = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False)
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(short_logits, reference[:1, : short.shape[1]], atol=1e-5, rtol=0)
+    assert torch.equal(tokens, ref_tokens)
+    assert onednn_calls == []
+    monkeypatch.setattr(modeling, "ONEDNN_LINEAR", True)
+    modeling.set_weight_layout(model, column_major=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference, atol=1e-5, rtol=0)
+    assert {out for rows, out in onednn_calls} == {model.config.n_embd}, "only the row-major (narrow) ones"
+
+
+@needs_onednn
+def test_onednn_head_trains_with_the_linears_loss_and_gradients(model, ids, onednn_calls, monkeypatch):
+    """With autograd, only the LM head goes through oneDNN (``OneDNNHead``); loss and every gradient (the
+    tied embedding's included) equal the Linear's. Autocast, and fewer than ONEDNN_MIN_ROWS rows, keep the
+    Linear."""
+    model.train()
+
+    def loss_and_grads(inputs):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same dropout masks
+        loss = model(inputs, labels=inputs).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss, grads = loss_and_grads(ids)
+    assert onednn_calls == [(ids.numel(), model.config.vocab_size)]
+    logits = model(ids).logits
+    assert type(logits.grad_fn.next_functions[0][0]).__name__ == "OneDNNHeadBackward"
+    onednn_calls.clear()
+    loss_and_grads(ids[:1, : modeling.ONEDNN_MIN_ROWS - 1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(ids).logits.dtype == torch.bfloat16
+    assert onednn_calls == []
+    monkeypatch.setattr(modeling, "ONEDNN_LINEAR", False)
+    ref_loss, ref_grads = loss_and_grads(ids)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=0)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 # ------------------------------------------------------------------ column-major weights for decoding

@@ -5,7 +5,8 @@ transformers and its sibling ``configuration_gpt2scratch``. Parameter names foll
 ``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in),
 the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. One-row
 ``generate`` in eval mode on CPU holds the wide weights column-major in memory (``set_weight_layout``);
-shapes, names and the state dict are unchanged.
+shapes, names and the state dict are unchanged. On CPU, products over 8 rows or more go through oneDNN
+(``project``), as torch.compile's CPU backend does.
 """
 
 from __future__ import annotations
@@ -85,12 +86,39 @@ def rotary_cos_sin(config: GPT2ScratchConfig, position_ids: torch.Tensor, dtype:
 # faster than a few rows by it (measured on x86 with MKL: benchmarks/results/projections-*.md).
 SPLIT_MAX_ROWS = 64  # at most this many rows: with > 1 thread, split the output features across threads
 HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)ᵀ
+# oneDNN's inner product (what torch.compile's CPU backend calls for a linear layer) beats MKL's GEMM on a
+# row-major weight from 8 rows on, most of all for the LM head (50257 outputs, an odd row length for MKL):
+# 1.3-2x there, up to 1.3x on the blocks' projections (benchmarks/bench_projections.py).
+ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN_MIN_ROWS = 8
 
 
-def _plain_cpu_inference(linear: nn.Module, x: torch.Tensor) -> bool:
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x Wᵀ + b for a contiguous x (rows, in) and a row-major fp32 W (out, in), through oneDNN; no autograd."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class OneDNNHead(torch.autograd.Function):
+    """The LM head's x Wᵀ with autograd: forward through ``onednn_linear``, backward as ``F.linear``'s
+    (MKL is the faster of the two for the two backward products)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return onednn_linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t() @ x if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight
+
+
+def _plain_cpu_fp32(linear: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``linear(x)`` may be computed another way: a plain ``nn.Linear`` (fp32 weight stored row- or
     column-major, no hooks, no replaced ``forward`` as Accelerate's offloading installs), on CPU, without
-    autograd or compilation."""
+    autocast or compilation."""
     weight = linear.weight
     return (
         type(linear) is nn.Linear
@@ -98,7 +126,7 @@ def _plain_cpu_inference(linear: nn.Module, x: torch.Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and (weight.is_contiguous() or weight.t().is_contiguous())
-        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
     )
 
@@ -124,24 +152,43 @@ def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: 
 
 
 def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Tensor:
-    """``linear(x)``. For a no-grad CPU forward over at most ``SPLIT_MAX_ROWS`` rows with more than one
-    thread, the output features are split across the threads (``split_matmul``); for a row-major LM head
-    (``head``) over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows the product is taken as (W hᵀ)ᵀ. Same values up
-    to float rounding; anything else (autograd, GPU, LoRA or hooked layers, other dtypes) calls ``linear``."""
+    """``linear(x)``, computed the fastest way measured for a plain CPU fp32 ``nn.Linear``:
+
+    - row-major weight, ``ONEDNN_MIN_ROWS`` rows or more: oneDNN (``onednn_linear``) without autograd; with
+      autograd only for the LM head (``head``), whose forward gains most (``OneDNNHead``);
+    - fewer rows, no autograd, more than one thread: the output features split across the threads
+      (``split_matmul``); a row-major head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows as (W hᵀ)ᵀ.
+
+    Same values up to float rounding; anything else (GPU, LoRA or hooked layers, other dtypes, autocast,
+    column-major weights with autograd) calls ``linear``."""
     rows = x.shape[:-1].numel()
-    if rows == 0 or not _plain_cpu_inference(linear, x):
+    if rows == 0 or not _plain_cpu_fp32(linear, x):
         return linear(x)
-    threads, flat = torch.get_num_threads(), x.reshape(rows, x.shape[-1])
-    row_major = linear.weight.is_contiguous()
+    flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
+    row_major, onednn = weight.is_contiguous(), ONEDNN_LINEAR and rows >= ONEDNN_MIN_ROWS
+    if torch.is_grad_enabled():
+        if not (head and onednn and row_major and linear.bias is None):
+            return linear(x)
+        y = OneDNNHead.apply(flat.contiguous(), weight)
+    elif onednn and row_major:
+        y = onednn_linear(flat.contiguous(), weight, linear.bias)
+    else:
+        y = _few_rows(flat, linear, head)
+        if y is None:
+            return linear(x)
+    return y.view(*x.shape[:-1], -1)
+
+
+def _few_rows(flat: torch.Tensor, linear: nn.Linear, head: bool) -> torch.Tensor | None:
+    """``project``'s MKL paths for a no-grad product (None: call the module)."""
+    threads, rows, row_major = torch.get_num_threads(), flat.shape[0], linear.weight.is_contiguous()
     if threads > 1 and rows <= SPLIT_MAX_ROWS and linear.out_features >= threads:
         y = split_matmul(flat, linear.weight, threads, transposed=head and row_major and rows > 1)
     elif head and row_major and 1 < rows <= HEAD_TRANSPOSED_MAX_ROWS:
         y = torch.mm(linear.weight, flat.t()).t().contiguous()
     else:
-        return linear(x)
-    if linear.bias is not None:
-        y = y + linear.bias
-    return y.view(*x.shape[:-1], -1)
+        return None
+    return y if linear.bias is None else y + linear.bias
 
 
 COLUMN_MAJOR_DECODING = torch.backends.mkl.is_available()  # where column-major was measured faster
