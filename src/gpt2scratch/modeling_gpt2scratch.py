@@ -87,8 +87,9 @@ def rotary_cos_sin(config: GPT2ScratchConfig, position_ids: torch.Tensor, dtype:
 SPLIT_MAX_ROWS = 64  # at most this many rows: with > 1 thread, split the output features across threads
 HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)ᵀ
 # oneDNN's inner product (what torch.compile's CPU backend calls for a linear layer) beats MKL's GEMM on a
-# row-major weight from 8 rows on, most of all for the LM head (50257 outputs, an odd row length for MKL):
-# 1.3-2x there, up to 1.3x on the blocks' projections (benchmarks/bench_projections.py).
+# row-major weight from 8 rows on, above all for the LM head (50257 outputs, an odd row length for MKL):
+# 1.6-2.6x over nn.Linear and 1.1-1.8x over MKL's best paths there; on the blocks' projections it is
+# within ±15% of MKL, slightly ahead on their sum (benchmarks/results/projections-2026-11-30.md).
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 ONEDNN_MIN_ROWS = 8
 
