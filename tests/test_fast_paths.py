@@ -524,6 +524,21 @@ def test_onednn_head_trains_with_the_linears_loss_and_gradients(model, ids, oned
         torch.testing.assert_close(grad, ref_grads[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+@needs_onednn
+def test_torch_func_transforms_keep_the_linear(model, ids, onednn_calls):
+    """Under ``torch.func`` (per-sample gradients and the like) every projection is the Linear: the
+    autograd Function and the oneDNN op have no functorch rules. Same gradients as autograd's."""
+    from torch.func import functional_call, grad
+
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    grads = grad(lambda p: functional_call(model, p, (ids,), {"labels": ids}).loss)(params)
+    assert onednn_calls == []
+    reference = torch.autograd.grad(model(ids, labels=ids).loss, list(model.parameters()))
+    assert onednn_calls == [(ids.numel(), model.config.vocab_size)]
+    for (name, _), expected in zip(model.named_parameters(), reference, strict=True):
+        torch.testing.assert_close(grads[name], expected, atol=1e-6, rtol=1e-5, msg=name)
+
+
 # ------------------------------------------------------------------ column-major weights for decoding
 needs_mkl = pytest.mark.skipif(not modeling.COLUMN_MAJOR_DECODING, reason="row-major throughout without MKL")
 

@@ -119,7 +119,7 @@ class OneDNNHead(torch.autograd.Function):
 def _plain_cpu_fp32(linear: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``linear(x)`` may be computed another way: a plain ``nn.Linear`` (fp32 weight stored row- or
     column-major, no hooks, no replaced ``forward`` as Accelerate's offloading installs), on CPU, without
-    autocast or compilation."""
+    autocast, compilation or ``torch.func`` transforms."""
     weight = linear.weight
     return (
         type(linear) is nn.Linear
@@ -129,6 +129,7 @@ def _plain_cpu_fp32(linear: nn.Module, x: torch.Tensor) -> bool:
         and (weight.is_contiguous() or weight.t().is_contiguous())
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
     )
 
 
