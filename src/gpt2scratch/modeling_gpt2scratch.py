@@ -5,8 +5,8 @@ transformers and its sibling ``configuration_gpt2scratch``. Parameter names foll
 ``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in),
 the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. One-row
 ``generate`` in eval mode on CPU holds the wide weights column-major in memory (``set_weight_layout``);
-shapes, names and the state dict are unchanged. On CPU, products over 8 rows or more go through oneDNN
-(``project``), as torch.compile's CPU backend does.
+shapes, names and the state dict are unchanged. On CPU, wide products over 8 rows or more go through
+oneDNN (``project``), as torch.compile's CPU backend does.
 """
 
 from __future__ import annotations
@@ -87,9 +87,10 @@ def rotary_cos_sin(config: GPT2ScratchConfig, position_ids: torch.Tensor, dtype:
 SPLIT_MAX_ROWS = 64  # at most this many rows: with > 1 thread, split the output features across threads
 HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)ᵀ
 # oneDNN's inner product (what torch.compile's CPU backend calls for a linear layer) beats MKL's GEMM on a
-# row-major weight from 8 rows on, above all for the LM head (50257 outputs, an odd row length for MKL):
-# 1.6-2.6x over nn.Linear and 1.1-1.8x over MKL's best paths there; on the blocks' projections it is
-# within ±15% of MKL, slightly ahead on their sum (benchmarks/results/projections-2026-11-30.md).
+# wide row-major weight (out > in: q/k/v, MLP input, the LM head) from 8 rows on, above all for the head
+# (50257 outputs, an odd row length for MKL): 1.3-2.3x over nn.Linear and 1.1-1.6x over MKL's best paths
+# there; on the narrow ones (attention output, MLP output) it does not win, and MKL keeps them
+# (benchmarks/results/projections-2026-11-30.md).
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 ONEDNN_MIN_ROWS = 8
 
@@ -156,8 +157,9 @@ def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: 
 def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Tensor:
     """``linear(x)``, computed the fastest way measured for a plain CPU fp32 ``nn.Linear``:
 
-    - row-major weight, ``ONEDNN_MIN_ROWS`` rows or more: oneDNN (``onednn_linear``) without autograd; with
-      autograd only for the LM head (``head``), whose forward gains most (``OneDNNHead``);
+    - wide row-major weight (out > in), ``ONEDNN_MIN_ROWS`` rows or more: oneDNN (``onednn_linear``)
+      without autograd; with autograd only for the LM head (``head``), whose forward gains most
+      (``OneDNNHead``);
     - fewer rows, no autograd, more than one thread: the output features split across the threads
       (``split_matmul``); a row-major head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows as (W hᵀ)ᵀ.
 
@@ -167,7 +169,8 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     if rows == 0 or not _plain_cpu_fp32(linear, x):
         return linear(x)
     flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
-    row_major, onednn = weight.is_contiguous(), ONEDNN_LINEAR and rows >= ONEDNN_MIN_ROWS
+    row_major = weight.is_contiguous()
+    onednn = ONEDNN_LINEAR and rows >= ONEDNN_MIN_ROWS and linear.out_features > linear.in_features
     if torch.is_grad_enabled():
         if not (head and onednn and row_major and linear.bias is None):
             return linear(x)
