@@ -88,9 +88,9 @@ SPLIT_MAX_ROWS = 64  # at most this many rows: with > 1 thread, split the output
 HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)ᵀ
 # oneDNN's inner product (what torch.compile's CPU backend calls for a linear layer) beats MKL's GEMM on a
 # wide row-major weight (out > in: q/k/v, MLP input, the LM head) from 8 rows on, above all for the head
-# (50257 outputs, an odd row length for MKL): 1.3-2.3x over nn.Linear and 1.1-1.6x over MKL's best paths
-# there; on the narrow ones (attention output, MLP output) it does not win, and MKL keeps them
-# (benchmarks/results/projections-2026-11-30.md).
+# (50257 outputs, an odd row length for MKL): at 8-512 rows 1.0-2.6x less time than nn.Linear and 1.1-1.8x
+# less than MKL's best paths, in three runs; on the narrow ones (attention output, MLP output) it did not
+# win, and MKL keeps them (benchmarks/results/projections-2026-11-30.md and its git history).
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 ONEDNN_MIN_ROWS = 8
 
