@@ -458,6 +458,24 @@ def _wide_projections(config) -> set[int]:
     return {3 * config.n_embd, 4 * config.n_embd, config.vocab_size}  # q/k/v, MLP in, the head
 
 
+def test_onednn_is_used_only_where_the_op_exists_and_works(monkeypatch):
+    """The oneDNN op is private to torch: a build without oneDNN, or an op that fails or answers wrong,
+    leaves the MKL paths."""
+    product = modeling.onednn_linear
+
+    def failing(*args):
+        raise RuntimeError("mkldnn::_linear_pointwise: schema changed")
+
+    monkeypatch.setattr(modeling, "onednn_linear", failing)
+    assert modeling._onednn_linear_works() is False
+    monkeypatch.setattr(modeling, "onednn_linear", lambda *args: product(*args) + 1)
+    assert modeling._onednn_linear_works() is False
+    monkeypatch.setattr(modeling, "onednn_linear", product)
+    assert modeling._onednn_linear_works() is torch.backends.mkldnn.is_available()
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert modeling._onednn_linear_works() is False
+
+
 @needs_onednn
 def test_onednn_projects_eight_rows_or_more_without_grad_and_matches(
     model, ids, onednn_calls, linear_calls, monkeypatch

@@ -91,13 +91,26 @@ HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)�
 # (50257 outputs, an odd row length for MKL): at 8-512 rows 1.0-2.6x less time than nn.Linear and 1.1-1.8x
 # less than MKL's best paths, in three runs; on the narrow ones (attention output, MLP output) it did not
 # win, and MKL keeps them (benchmarks/results/projections-2026-11-30.md and its git history).
-ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 ONEDNN_MIN_ROWS = 8
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x Wᵀ + b for a contiguous x (rows, in) and a row-major fp32 W (out, in), through oneDNN; no autograd."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _onednn_linear_works() -> bool:
+    """Whether this torch has the (private) op, and it computes a small product right."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    x, weight, bias = torch.arange(6.0).view(2, 3), torch.arange(12.0).view(4, 3), torch.ones(4)
+    try:
+        return torch.equal(onednn_linear(x, weight, bias), F.linear(x, weight, bias))
+    except (RuntimeError, TypeError):
+        return False
+
+
+ONEDNN_LINEAR = _onednn_linear_works()
 
 
 class OneDNNHead(torch.autograd.Function):
