@@ -191,13 +191,13 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     elif onednn and row_major:
         y = onednn_linear(flat.contiguous(), weight, linear.bias)
     else:
-        y = _few_rows(flat, linear, head)
+        y = _mkl_product(flat, linear, head)
         if y is None:
             return linear(x)
     return y.view(*x.shape[:-1], -1)
 
 
-def _few_rows(flat: torch.Tensor, linear: nn.Linear, head: bool) -> torch.Tensor | None:
+def _mkl_product(flat: torch.Tensor, linear: nn.Linear, head: bool) -> torch.Tensor | None:
     """``project``'s MKL paths for a no-grad product (None: call the module)."""
     threads, rows, row_major = torch.get_num_threads(), flat.shape[0], linear.weight.is_contiguous()
     if threads > 1 and rows <= SPLIT_MAX_ROWS and linear.out_features >= threads:
