@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadMo
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
-from gpt2scratch.conversion.hf_gpt2 import config_from_hf, from_hf_model, state_dict_from_hf
+from gpt2scratch.conversion.hf_gpt2 import config_from_hf, from_hf_model, state_dict_from_hf, state_dict_to_hf
 from gpt2scratch.modeling_gpt2scratch import GrowingLayer
 
 ODD = dict(n_embd=96, n_head=3, n_layer=5, n_positions=77, vocab_size=50257)
@@ -233,6 +233,38 @@ def test_logits_to_keep(odd_pair):
         last = ours(x, logits_to_keep=1).logits
     assert last.shape == (2, 1, 50257) and torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
 
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_training_with_dropout_matches_transformers_step_for_step(attn):
+    """Dropout on (GPT-2's 0.1 in all three places): from the same seed both models draw the same masks, so
+    the first step's gradients and every AdamW step's loss equal transformers'."""
+    hf, ours = make_pair(seed=3, attn=attn, **ODD)
+    assert ours.config.attn_pdrop == ours.config.resid_pdrop == ours.config.embd_pdrop == 0.1
+    x = torch.randint(0, 50257, (2, 32))
+
+    def train(model, seed: int, steps: int = 3) -> tuple[list[float], dict]:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        torch.manual_seed(seed)
+        losses, first_grads = [], None
+        for _ in range(steps):
+            loss = model(x, labels=x).loss
+            loss.backward()
+            if first_grads is None:
+                first_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        return losses, first_grads
+
+    (theirs, hf_grads), (mine, grads) = train(hf, seed=4), train(ours, seed=4)
+    assert mine == pytest.approx(theirs, abs=1e-5)
+    grads = state_dict_to_hf(grads)
+    assert hf_grads.keys() <= grads.keys()
+    for name, grad in hf_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    fresh = make_pair(seed=3, attn=attn, **ODD)[1]
+    assert abs(train(fresh, seed=5, steps=1)[0][0] - theirs[0]) > 1e-3, "other masks, another loss"
 
 def test_gradient_checkpointing_same_gradients():
     torch.manual_seed(0)
