@@ -266,6 +266,7 @@ def test_training_with_dropout_matches_transformers_step_for_step(attn):
     fresh = make_pair(seed=3, attn=attn, **ODD)[1]
     assert abs(train(fresh, seed=5, steps=1)[0][0] - theirs[0]) > 1e-3, "other masks, another loss"
 
+
 def test_gradient_checkpointing_same_gradients():
     torch.manual_seed(0)
     config = GPT2ScratchConfig.from_preset(
