@@ -5,7 +5,8 @@ Both models get the same random weights (124M shape by default), are loaded with
 so that load from other processes on a shared machine hits both alike; each figure is the best (least
 time) of several runs. Sections, at each requested thread count:
 
-- training step (forward + backward + AdamW) tokens/s at batch x 128 and batch x 256, fp32;
+- training step (forward + backward + AdamW) tokens/s at batch x 128 and batch x 256, fp32 (with
+  ``--train-compiled`` also the opt-in path compiled by ``torch.compile``);
 - prefill tokens/s (a no-grad forward that fills the KV cache and keeps the last logits, as
   ``generate`` does);
 - greedy decode tokens/s for N new tokens at batch 1 and batch 8 through plain ``generate()`` for both
@@ -240,6 +241,9 @@ def bench_training(dirs, args, batch: int, seq: int) -> dict:
     }
     fast_model = fast.prepare_for_training(load("ours", dirs["ours"]))
     steps["ours_fast"] = train_step_fn(fast_model, ids, fast.make_optimizer(fast_model, lr=1e-4))
+    if args.train_compiled:  # ours_fast plus torch.compile: whether compiling pays here (minutes to compile)
+        compiled = fast.prepare_for_training(load("ours", dirs["ours"]), compile=True)
+        steps["ours_compiled"] = train_step_fn(compiled, ids, fast.make_optimizer(compiled, lr=1e-4))
     times = interleaved(steps, args.train_repeats, warmup=args.train_warmup)
     return {name: batch * seq / t for name, t in times.items()}
 
@@ -557,6 +561,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-warmup", type=int, default=1, help="untimed training steps first")
     p.add_argument(
         "--train-seqs", type=int, nargs="+", default=[128, 256], help="training sequence lengths (batch 4)"
+    )
+    p.add_argument(
+        "--train-compiled",
+        action="store_true",
+        help="also time ours_fast with torch.compile (ours_compiled) in training; each shape compiles for minutes",
     )
     p.add_argument("--memory-shape", type=int, nargs=2, default=[4, 256], metavar=("BATCH", "SEQ"))
     p.add_argument("--new-tokens", type=int, default=128)

@@ -489,7 +489,9 @@ def test_onednn_projects_eight_rows_or_more_without_grad_and_matches(
     batch = torch.randint(0, 50257, (8, 5), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         logits = model(ids).logits
-        tokens = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False)
+        tokens = model.generate(
+            batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False
+        )
         assert {out for rows, out in onednn_calls} == _wide_projections(model.config)
         assert {rows for rows, out in onednn_calls} == {ids.numel(), batch.numel(), 8}, "prefill and decode"
         assert not {out for rows, out in linear_calls} & _wide_projections(model.config)
@@ -499,7 +501,9 @@ def test_onednn_projects_eight_rows_or_more_without_grad_and_matches(
         assert onednn_calls == []
         monkeypatch.setattr(modeling, "ONEDNN_LINEAR", False)
         reference = model(ids).logits
-        ref_tokens = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False)
+        ref_tokens = model.generate(
+            batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False
+        )
     torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
     torch.testing.assert_close(short_logits, reference[:1, : short.shape[1]], atol=1e-5, rtol=0)
     assert torch.equal(tokens, ref_tokens)

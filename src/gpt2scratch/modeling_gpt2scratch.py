@@ -183,7 +183,7 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
         return linear(x)
     flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
     row_major = weight.is_contiguous()
-    onednn = ONEDNN_LINEAR and rows >= ONEDNN_MIN_ROWS and linear.out_features > linear.in_features
+    onednn = ONEDNN_LINEAR and rows >= ONEDNN_MIN_ROWS and _is_wide(linear)
     if torch.is_grad_enabled():
         if not (head and onednn and row_major and linear.bias is None):
             return linear(x)
@@ -195,6 +195,11 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
         if y is None:
             return linear(x)
     return y.view(*x.shape[:-1], -1)
+
+
+def _is_wide(linear: nn.Linear) -> bool:
+    """More outputs than inputs: q/k/v, the MLP input and the LM head in GPT-2."""
+    return linear.out_features > linear.in_features
 
 
 def _mkl_product(flat: torch.Tensor, linear: nn.Linear, head: bool) -> torch.Tensor | None:
@@ -218,7 +223,7 @@ def _wide_weights(model: nn.Module) -> list[nn.Parameter]:
     make them)."""
     found: dict[int, nn.Parameter] = {}
     for module in model.modules():
-        if type(module) is nn.Linear and module.out_features > module.in_features:
+        if type(module) is nn.Linear and _is_wide(module):
             data = module.weight.data
             if type(data) is torch.Tensor and data.untyped_storage().nbytes() == data.nbytes:
                 found[id(module.weight)] = module.weight
