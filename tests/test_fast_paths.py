@@ -293,12 +293,12 @@ def no_onednn(monkeypatch):
 
 @pytest.fixture
 def onednn_calls(monkeypatch):
-    """(rows, out_features) of every ``onednn_linear`` call."""
+    """(rows, out_features, swapped) of every ``onednn_linear`` call."""
     calls, product = [], modeling.onednn_linear
 
-    def recording(x, weight, bias=None):
-        calls.append((x.shape[0], weight.shape[0]))
-        return product(x, weight, bias)
+    def recording(x, weight, bias=None, swapped=False):
+        calls.append((x.shape[0], weight.shape[0], swapped))
+        return product(x, weight, bias, swapped)
 
     monkeypatch.setattr(modeling, "onednn_linear", recording)
     return calls
@@ -477,42 +477,69 @@ def test_onednn_is_used_only_where_the_op_exists_and_works(monkeypatch):
 
 
 @needs_onednn
-def test_onednn_projects_eight_rows_or_more_without_grad_and_matches(
-    model, ids, onednn_calls, linear_calls, monkeypatch
+def test_onednn_projects_without_grad_and_matches(
+    model, ids, onednn_calls, linear_calls, restore_threads, monkeypatch
 ):
-    """A no-grad forward over >= ONEDNN_MIN_ROWS rows on row-major weights runs the wide projections (q/k/v,
-    MLP input, the head) through oneDNN and the narrow ones (attention and MLP output) through MKL, with
-    the MKL paths' logits; fewer rows do not; column-major weights (one-row decoding) keep the MKL paths;
-    a batch of 8 decodes the MKL paths' tokens."""
+    """No-grad forwards on row-major weights: over ONEDNN_SWAPPED_ROWS rows (the head from
+    ONEDNN_SWAPPED_HEAD_MIN_ROWS) every projection goes through oneDNN with the roles swapped; over more rows
+    the wide ones (q/k/v, MLP input, head) through oneDNN as they are and the narrow ones (attention and MLP
+    output) through MKL; one row not at all. Logits and batch-8 tokens equal the MKL paths'; column-major
+    wide weights (one-row decoding) keep the MKL paths."""
     modeling.set_weight_layout(model, column_major=False)
     model.column_major_decoding = False
+    torch.set_num_threads(1)
+    c, vocab = model.config.n_embd, model.config.vocab_size
+    every, wide = {3 * c, c, 4 * c, vocab}, _wide_projections(model.config)
+    high = modeling.ONEDNN_SWAPPED_ROWS[1]
+    few_for_head = modeling.ONEDNN_SWAPPED_HEAD_MIN_ROWS - 1
     batch = torch.randint(0, 50257, (8, 5), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        logits = model(ids).logits
-        tokens = model.generate(
-            batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False
-        )
-        assert {out for rows, out in onednn_calls} == _wide_projections(model.config)
-        assert {rows for rows, out in onednn_calls} == {ids.numel(), batch.numel(), 8}, "prefill and decode"
-        assert not {out for rows, out in linear_calls} & _wide_projections(model.config)
+    longer = torch.randint(0, 50257, (1, high + 1), generator=torch.Generator().manual_seed(6))
+
+    def run(inputs):
         onednn_calls.clear()
-        short = ids[:1, : modeling.ONEDNN_MIN_ROWS - 1]
-        short_logits = model(short).logits
-        assert onednn_calls == []
+        linear_calls.clear()
+        with torch.no_grad():
+            logits = model(inputs).logits
+            tokens = model.generate(
+                inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=4, do_sample=False
+            )
+        return logits, tokens
+
+    logits, _ = run(ids[:, :-1])  # 22 rows
+    assert set(onednn_calls) >= {(ids[:, :-1].numel(), out, True) for out in every}
+    assert {(2, out, True) for out in every - {vocab}} <= set(onednn_calls), "decode steps of two rows"
+    assert (2, vocab, True) not in onednn_calls and not linear_calls
+    few_logits, _ = run(ids[:1, :few_for_head])
+    assert {(few_for_head, out, True) for out in every - {vocab}} <= set(onednn_calls)
+    assert (few_for_head, vocab, True) not in onednn_calls, "the head keeps MKL's (W hᵀ)ᵀ"
+    longer_logits, _ = run(longer)
+    assert {call for call in onednn_calls if call[0] == high + 1} == {(high + 1, out, False) for out in wide}
+    assert {out for rows, out in linear_calls if rows == high + 1} == {c}, "narrow ones: MKL"
+    batch_logits, tokens = run(batch)
+    assert {(8, out, True) for out in every} <= set(onednn_calls), "batch-8 decode steps"
+    with torch.no_grad():
+        onednn_calls.clear()
+        model(ids[:1, :1])
+        assert onednn_calls == [], "one row"
         monkeypatch.setattr(modeling, "ONEDNN_LINEAR", False)
-        reference = model(ids).logits
+        few = ids[:1, :few_for_head]
+        for inputs, fast in (
+            (ids[:, :-1], logits),
+            (few, few_logits),
+            (longer, longer_logits),
+            (batch, batch_logits),
+        ):
+            torch.testing.assert_close(fast, model(inputs).logits, atol=1e-5, rtol=0)
         ref_tokens = model.generate(
             batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False
         )
-    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
-    torch.testing.assert_close(short_logits, reference[:1, : short.shape[1]], atol=1e-5, rtol=0)
     assert torch.equal(tokens, ref_tokens)
     assert onednn_calls == []
     monkeypatch.setattr(modeling, "ONEDNN_LINEAR", True)
     modeling.set_weight_layout(model, column_major=True)
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, reference, atol=1e-5, rtol=0)
-    assert onednn_calls == [], "column-major wide weights keep the MKL paths"
+        torch.testing.assert_close(model(ids[:, :-1]).logits, logits, atol=1e-5, rtol=0)
+    assert not {out for rows, out, swapped in onednn_calls} & wide, "column-major wide weights: MKL"
 
 
 @needs_onednn
@@ -530,7 +557,7 @@ def test_onednn_head_trains_with_the_linears_loss_and_gradients(model, ids, oned
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     loss, grads = loss_and_grads(ids)
-    assert onednn_calls == [(ids.numel(), model.config.vocab_size)]
+    assert onednn_calls == [(ids.numel(), model.config.vocab_size, False)]
     logits = model(ids).logits
     assert type(logits.grad_fn.next_functions[0][0]).__name__ == "OneDNNHeadBackward"
     onednn_calls.clear()
@@ -556,7 +583,7 @@ def test_torch_func_transforms_keep_the_linear(model, ids, onednn_calls):
     grads = grad(lambda p: functional_call(model, p, (ids,), {"labels": ids}).loss)(params)
     assert onednn_calls == []
     reference = torch.autograd.grad(model(ids, labels=ids).loss, list(model.parameters()))
-    assert onednn_calls == [(ids.numel(), model.config.vocab_size)]
+    assert onednn_calls == [(ids.numel(), model.config.vocab_size, False)]
     for (name, _), expected in zip(model.named_parameters(), reference, strict=True):
         torch.testing.assert_close(grads[name], expected, atol=1e-6, rtol=1e-5, msg=name)
 

@@ -92,11 +92,23 @@ HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)�
 # less than MKL's best paths, in three runs; on the narrow ones (attention output, MLP output) it did not
 # win, and MKL keeps them (benchmarks/results/projections-2026-11-30.md and its git history).
 ONEDNN_MIN_ROWS = 8
+# Over a few rows oneDNN is faster still with the roles swapped, the weight as its input and the rows as its
+# weight: (W xᵀ)ᵀ. On every row-major weight over 2-32 rows (the LM head from 4: below, MKL's (W hᵀ)ᵀ wins)
+# it took 1.1-1.8x less time than the paths above, in one-process A/B runs at 1 and 2 threads; at 48 rows
+# it lost (benchmarks/bench_projections.py).
+ONEDNN_SWAPPED_ROWS = (2, 32)
+ONEDNN_SWAPPED_HEAD_MIN_ROWS = 4
 
 
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x Wᵀ + b for a contiguous x (rows, in) and a row-major fp32 W (out, in), through oneDNN; no autograd."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+def onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, swapped: bool = False
+) -> torch.Tensor:
+    """x Wᵀ + b for a contiguous x (rows, in) and a row-major fp32 W (out, in), through oneDNN; no autograd.
+    ``swapped`` computes it as (W xᵀ)ᵀ, W as oneDNN's input and x as its weight (faster over a few rows)."""
+    if not swapped:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    y = torch.ops.mkldnn._linear_pointwise(weight, x, None, "none", [], "").t()
+    return y + bias if bias is not None else y.contiguous()
 
 
 def _onednn_linear_works() -> bool:
@@ -105,7 +117,8 @@ def _onednn_linear_works() -> bool:
         return False
     x, weight, bias = torch.arange(6.0).view(2, 3), torch.arange(12.0).view(4, 3), torch.ones(4)
     try:
-        return torch.equal(onednn_linear(x, weight, bias), F.linear(x, weight, bias))
+        expected = F.linear(x, weight, bias)
+        return all(torch.equal(onednn_linear(x, weight, bias, swapped), expected) for swapped in (False, True))
     except (RuntimeError, TypeError):
         return False
 
@@ -170,10 +183,11 @@ def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: 
 def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Tensor:
     """``linear(x)``, computed the fastest way measured for a plain CPU fp32 ``nn.Linear``:
 
-    - wide row-major weight (out > in), ``ONEDNN_MIN_ROWS`` rows or more: oneDNN (``onednn_linear``)
-      without autograd; with autograd only for the LM head (``head``), whose forward gains most
-      (``OneDNNHead``);
-    - fewer rows, no autograd, more than one thread: the output features split across the threads
+    - without autograd, row-major weight: over ``ONEDNN_SWAPPED_ROWS`` rows (the LM head, ``head``, from
+      ``ONEDNN_SWAPPED_HEAD_MIN_ROWS``) oneDNN with the roles swapped; over more rows, a wide weight
+      (out > in) through oneDNN (``onednn_linear``);
+    - with autograd, ``ONEDNN_MIN_ROWS`` rows or more: the LM head's forward through oneDNN (``OneDNNHead``);
+    - otherwise, no autograd, more than one thread, few rows: the output features split across the threads
       (``split_matmul``); a row-major head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows as (W hᵀ)ᵀ.
 
     Same values up to float rounding; anything else (GPU, LoRA or hooked layers, other dtypes, autocast,
@@ -182,13 +196,16 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     if rows == 0 or not _plain_cpu_fp32(linear, x):
         return linear(x)
     flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
-    row_major = weight.is_contiguous()
-    onednn = ONEDNN_LINEAR and rows >= ONEDNN_MIN_ROWS and _is_wide(linear)
+    onednn = ONEDNN_LINEAR and weight.is_contiguous()
+    wide_onednn = onednn and rows >= ONEDNN_MIN_ROWS and _is_wide(linear)
+    low, high = ONEDNN_SWAPPED_ROWS
     if torch.is_grad_enabled():
-        if not (head and onednn and row_major and linear.bias is None):
+        if not (head and wide_onednn and linear.bias is None):
             return linear(x)
         y = OneDNNHead.apply(flat.contiguous(), weight)
-    elif onednn and row_major:
+    elif onednn and max(low, ONEDNN_SWAPPED_HEAD_MIN_ROWS if head else 0) <= rows <= high:
+        y = onednn_linear(flat.contiguous(), weight, linear.bias, swapped=True)
+    elif wide_onednn:
         y = onednn_linear(flat.contiguous(), weight, linear.bias)
     else:
         y = _mkl_product(flat, linear, head)
