@@ -1,12 +1,14 @@
 """GPT-2's projections on CPU without autograd: ``nn.Linear`` against the model's ``project``.
 
 ``project`` (in ``modeling_gpt2scratch.py``) is what every block and the LM head call: on a row-major
-weight over ``ONEDNN_MIN_ROWS`` rows or more it calls oneDNN's inner product; over fewer rows, with more
-than one thread and at most ``SPLIT_MAX_ROWS`` rows it splits the output features across the threads in
-one batched matmul (MKL); for a row-major LM head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows it takes
-(W hᵀ)ᵀ. One-row ``generate`` holds the wide weights (out > in) column-major (``set_weight_layout``),
-which is transformers' ``Conv1D`` memory layout. This times ``nn.Linear``, ``project`` and ``project``
-with oneDNN turned off on row-major weights, and ``project`` on column-major ones, for each projection
+weight over ``ONEDNN_SWAPPED_ROWS`` rows (the head from ``ONEDNN_SWAPPED_HEAD_MIN_ROWS``) it calls
+oneDNN's inner product with the roles swapped, (W xᵀ)ᵀ; on a wide row-major weight over more rows, oneDNN
+as is; otherwise, with more than one thread and at most ``SPLIT_MAX_ROWS`` rows it splits the output
+features across the threads in one batched matmul (MKL), and a row-major LM head over 2 to
+``HEAD_TRANSPOSED_MAX_ROWS`` rows takes (W hᵀ)ᵀ. One-row ``generate`` holds the wide weights (out > in)
+column-major (``set_weight_layout``), which is transformers' ``Conv1D`` memory layout. This times
+``nn.Linear``, ``project``, ``project`` without the swapped roles and ``project`` with oneDNN turned off
+on row-major weights, and ``project`` on column-major ones, for each projection
 shape of the 124M model (12 layers' worth of weights, so that, as in decoding, they do not sit in the
 cache), at each row count and thread count, best of several runs, in turn; the result goes to
 ``benchmarks/results/projections-<date>.{json,md}``::
@@ -64,29 +66,33 @@ def measure(name: str, rows: int, threads: int, runs: int) -> dict:
     plain = lambda: [layer(x) for layer in layers]  # noqa: E731
     ours = lambda: [project(layer, x, head=head) for layer in layers]  # noqa: E731
     ours_column = lambda: [project(layer, x, head=head) for layer in column_major]  # noqa: E731
-    fns = (plain, ours, without_onednn(ours), ours_column)
+    unswapped = with_setting(ours, "ONEDNN_SWAPPED_ROWS", (2, 1))
+    fns = (plain, ours, unswapped, with_setting(ours, "ONEDNN_LINEAR", False), ours_column)
     with torch.no_grad():
         reference = plain()
         diff = max((a - b).abs().max().item() for fn in fns[1:] for a, b in zip(reference, fn(), strict=True))
         times = [best_ms(fn, runs) for fn in fns]
-        a, b, m, c = (min(t, best_ms(fn, runs)) for t, fn in zip(times, fns, strict=True))
+        a, b, u, m, c = (min(t, best_ms(fn, runs)) for t, fn in zip(times, fns, strict=True))
     weight_bytes = copies * fan_in * fan_out * 4
     return {"projection": name, "rows": rows, "threads": threads, "linear_ms": round(a / copies, 3),
             "project_ms": round(b / copies, 3), "speedup": round(a / b, 2),
+            "project_unswapped_ms": round(u / copies, 3), "unswapped_speedup": round(a / u, 2),
             "project_mkl_ms": round(m / copies, 3), "mkl_speedup": round(a / m, 2),
             "project_column_major_ms": round(c / copies, 3), "column_major_speedup": round(a / c, 2),
             "column_major_gb_s": round(weight_bytes / c / 1e6, 1), "max_abs_diff": diff}  # fmt: skip
 
 
-def without_onednn(fn):
-    """``fn`` run with the model file's oneDNN path turned off: its MKL paths alone."""
+def with_setting(fn, name: str, value):
+    """``fn`` run with the model file's ``name`` set to ``value``: ``ONEDNN_LINEAR`` False leaves the MKL
+    paths alone; ``ONEDNN_SWAPPED_ROWS`` (2, 1) turns the swapped roles off."""
 
     def run():
-        saved, modeling.ONEDNN_LINEAR = modeling.ONEDNN_LINEAR, False
+        saved = getattr(modeling, name)
+        setattr(modeling, name, value)
         try:
             return fn()
         finally:
-            modeling.ONEDNN_LINEAR = saved
+            setattr(modeling, name, saved)
 
     return run
 
@@ -98,19 +104,22 @@ def markdown(result: dict, runs: int) -> str:
         f"GPT-2 124M shapes, fp32, no autograd, torch {result['torch']}, {result['cores']} cores "
         f"({result['cpu']}), load average {result['load_average'][0]:.2f} at the start; per-layer time, best "
         f"of {runs} runs × 2, in turn. Speedups are over `nn.Linear` on the row-major weight. `project` on a "
-        f"row-major weight: oneDNN from {modeling.ONEDNN_MIN_ROWS} rows on (oneDNN available: "
-        f"{result.get('onednn')}), MKL paths below; the MKL column turns oneDNN off. Column-major is how "
+        f"row-major weight (oneDNN available: {result.get('onednn')}): oneDNN with the roles swapped over "
+        f"{result.get('swapped_rows')} rows (the head from {result.get('swapped_head_min_rows')}), oneDNN as is "
+        f"on the wide weights from {modeling.ONEDNN_MIN_ROWS} rows on, MKL paths otherwise; the unswapped "
+        "column turns the swapped roles off, the MKL column oneDNN altogether. Column-major is how "
         "one-row `generate()` holds the wide weights (the memory layout of transformers' `Conv1D`); square "
         "and narrow weights stay row-major, so for them the column-major column times row-major `project`. "
         "`benchmarks/bench_projections.py`.",
         "",
-        "| projection | rows | threads | nn.Linear, ms | project, ms | speedup | project MKL only, ms | speedup "
-        "| project column-major, ms | speedup | column-major GB/s | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| projection | rows | threads | nn.Linear, ms | project, ms | speedup | project unswapped, ms | speedup "
+        "| project MKL only, ms | speedup | project column-major, ms | speedup | column-major GB/s | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['projection']} | {r['rows']} | {r['threads']} | {r['linear_ms']} | {r['project_ms']} | "
-        f"{r['speedup']}× | {r['project_mkl_ms']} | {r['mkl_speedup']}× | {r['project_column_major_ms']} | "
+        f"{r['speedup']}× | {r['project_unswapped_ms']} | {r['unswapped_speedup']}× | "
+        f"{r['project_mkl_ms']} | {r['mkl_speedup']}× | {r['project_column_major_ms']} | "
         f"{r['column_major_speedup']}× | {r['column_major_gb_s']} | {r['max_abs_diff']:.1e} |"
         for r in result["results"]
     ]
@@ -119,7 +128,7 @@ def markdown(result: dict, runs: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 8, 32, 128, 512])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 512])
     parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
     parser.add_argument("--projections", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--runs", type=int, default=3)
@@ -129,7 +138,8 @@ def main() -> None:
     result = {
         "benchmark": "projections", "date": date, "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(), "torch": torch.__version__, "load_average": os.getloadavg(),
-        "onednn": modeling.ONEDNN_LINEAR,
+        "onednn": modeling.ONEDNN_LINEAR, "swapped_rows": list(modeling.ONEDNN_SWAPPED_ROWS),
+        "swapped_head_min_rows": modeling.ONEDNN_SWAPPED_HEAD_MIN_ROWS,
         "results": [measure(name, rows, threads, args.runs)
                     for threads in args.threads for name in args.projections for rows in args.rows],
     }  # fmt: skip
