@@ -5,8 +5,9 @@ transformers and its sibling ``configuration_gpt2scratch``. Parameter names foll
 ``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in),
 the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. One-row
 ``generate`` in eval mode on CPU holds the wide weights column-major in memory (``set_weight_layout``);
-shapes, names and the state dict are unchanged. On CPU, wide products over 8 rows or more go through
-oneDNN (``project``), as torch.compile's CPU backend does.
+shapes, names and the state dict are unchanged. On CPU, no-grad products over 2-32 rows go through oneDNN
+with the roles swapped, (W xᵀ)ᵀ, and wide ones over more rows through oneDNN as torch.compile's CPU backend
+calls it (``project``).
 """
 
 from __future__ import annotations
