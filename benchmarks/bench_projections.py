@@ -1,8 +1,8 @@
 """GPT-2's projections on CPU without autograd: ``nn.Linear`` against the model's ``project``.
 
 ``project`` (in ``modeling_gpt2scratch.py``) is what every block and the LM head call: on a row-major
-weight over ``ONEDNN_SWAPPED_ROWS`` rows (the head from ``ONEDNN_SWAPPED_HEAD_MIN_ROWS``) it calls
-oneDNN's inner product with the roles swapped, (W xᵀ)ᵀ; on a wide row-major weight over more rows, oneDNN
+weight over ``ONEDNN_MIN_ROWS`` to ``ONEDNN_SWAPPED_MAX_ROWS`` rows (q/k/v and the MLP input from 2 rows) it
+calls oneDNN's inner product with the roles swapped, (W xᵀ)ᵀ; on a wide row-major weight over more rows, oneDNN
 as is; otherwise, with more than one thread and at most ``SPLIT_MAX_ROWS`` rows it splits the output
 features across the threads in one batched matmul (MKL), and a row-major LM head over 2 to
 ``HEAD_TRANSPOSED_MAX_ROWS`` rows takes (W hᵀ)ᵀ. One-row ``generate`` holds the wide weights (out > in)
@@ -66,7 +66,7 @@ def measure(name: str, rows: int, threads: int, runs: int) -> dict:
     plain = lambda: [layer(x) for layer in layers]  # noqa: E731
     ours = lambda: [project(layer, x, head=head) for layer in layers]  # noqa: E731
     ours_column = lambda: [project(layer, x, head=head) for layer in column_major]  # noqa: E731
-    unswapped = with_setting(ours, "ONEDNN_SWAPPED_ROWS", (2, 1))
+    unswapped = with_setting(ours, "ONEDNN_SWAPPED_MAX_ROWS", 0)
     fns = (plain, ours, unswapped, with_setting(ours, "ONEDNN_LINEAR", False), ours_column)
     with torch.no_grad():
         reference = plain()
@@ -84,7 +84,7 @@ def measure(name: str, rows: int, threads: int, runs: int) -> dict:
 
 def with_setting(fn, name: str, value):
     """``fn`` run with the model file's ``name`` set to ``value``: ``ONEDNN_LINEAR`` False leaves the MKL
-    paths alone; ``ONEDNN_SWAPPED_ROWS`` (2, 1) turns the swapped roles off."""
+    paths alone; ``ONEDNN_SWAPPED_MAX_ROWS`` 0 turns the swapped roles off."""
 
     def run():
         saved = getattr(modeling, name)
@@ -105,8 +105,8 @@ def markdown(result: dict, runs: int) -> str:
         f"({result['cpu']}), load average {result['load_average'][0]:.2f} at the start; per-layer time, best "
         f"of {runs} runs × 2, in turn. Speedups are over `nn.Linear` on the row-major weight. `project` on a "
         f"row-major weight (oneDNN available: {result.get('onednn')}): oneDNN with the roles swapped over "
-        f"{result.get('swapped_rows')} rows (the head from {result.get('swapped_head_min_rows')}), oneDNN as is "
-        f"on the wide weights from {modeling.ONEDNN_MIN_ROWS} rows on, MKL paths otherwise; the unswapped "
+        f"{modeling.ONEDNN_MIN_ROWS}-{result.get('swapped_max_rows')} rows (q/k/v and MLP input from 2), oneDNN "
+        f"as is on the wide weights over more rows, MKL paths otherwise; the unswapped "
         "column turns the swapped roles off, the MKL column oneDNN altogether. Column-major is how "
         "one-row `generate()` holds the wide weights (the memory layout of transformers' `Conv1D`); square "
         "and narrow weights stay row-major, so for them the column-major column times row-major `project`. "
@@ -138,8 +138,7 @@ def main() -> None:
     result = {
         "benchmark": "projections", "date": date, "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(), "torch": torch.__version__, "load_average": os.getloadavg(),
-        "onednn": modeling.ONEDNN_LINEAR, "swapped_rows": list(modeling.ONEDNN_SWAPPED_ROWS),
-        "swapped_head_min_rows": modeling.ONEDNN_SWAPPED_HEAD_MIN_ROWS,
+        "onednn": modeling.ONEDNN_LINEAR, "swapped_max_rows": modeling.ONEDNN_SWAPPED_MAX_ROWS,
         "results": [measure(name, rows, threads, args.runs)
                     for threads in args.threads for name in args.projections for rows in args.rows],
     }  # fmt: skip

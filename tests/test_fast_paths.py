@@ -481,8 +481,8 @@ def test_onednn_is_used_only_where_the_op_exists_and_works(monkeypatch):
 def test_onednn_projects_without_grad_and_matches(
     model, ids, onednn_calls, linear_calls, restore_threads, monkeypatch
 ):
-    """No-grad forwards on row-major weights: over ONEDNN_SWAPPED_ROWS rows (the head from
-    ONEDNN_SWAPPED_HEAD_MIN_ROWS) every projection goes through oneDNN with the roles swapped; over more rows
+    """No-grad forwards on row-major weights: over ONEDNN_MIN_ROWS to ONEDNN_SWAPPED_MAX_ROWS rows every
+    projection goes through oneDNN with the roles swapped, q/k/v and the MLP input from 2 rows; over more rows
     the wide ones (q/k/v, MLP input, head) through oneDNN as they are and the narrow ones (attention and MLP
     output) through MKL; one row not at all. Logits and batch-8 tokens equal the MKL paths'; column-major
     wide weights (one-row decoding) keep the MKL paths."""
@@ -491,8 +491,7 @@ def test_onednn_projects_without_grad_and_matches(
     torch.set_num_threads(1)
     c, vocab = model.config.n_embd, model.config.vocab_size
     every, wide = {3 * c, c, 4 * c, vocab}, _wide_projections(model.config)
-    high = modeling.ONEDNN_SWAPPED_ROWS[1]
-    few_for_head = modeling.ONEDNN_SWAPPED_HEAD_MIN_ROWS - 1
+    high, few_rows = modeling.ONEDNN_SWAPPED_MAX_ROWS, modeling.ONEDNN_MIN_ROWS - 1
     batch = torch.randint(0, 50257, (8, 5), generator=torch.Generator().manual_seed(5))
     longer = torch.randint(0, 50257, (1, high + 1), generator=torch.Generator().manual_seed(6))
 
@@ -508,11 +507,10 @@ def test_onednn_projects_without_grad_and_matches(
 
     logits, _ = run(ids[:, :-1])  # 22 rows
     assert set(onednn_calls) >= {(ids[:, :-1].numel(), out, True) for out in every}
-    assert {(2, out, True) for out in every - {vocab}} <= set(onednn_calls), "decode steps of two rows"
-    assert (2, vocab, True) not in onednn_calls and not linear_calls
-    few_logits, _ = run(ids[:1, :few_for_head])
-    assert {(few_for_head, out, True) for out in every - {vocab}} <= set(onednn_calls)
-    assert (few_for_head, vocab, True) not in onednn_calls, "the head keeps MKL's (W hᵀ)ᵀ"
+    assert {call for call in onednn_calls if call[0] == 2} == {(2, out, True) for out in wide - {vocab}}
+    assert {out for rows, out in linear_calls} == {c}, "two-row decode steps: narrow ones and head on MKL"
+    few_logits, _ = run(ids[:1, :few_rows])
+    assert set(onednn_calls) == {(few_rows, out, True) for out in wide - {vocab}}
     longer_logits, _ = run(longer)
     assert {call for call in onednn_calls if call[0] == high + 1} == {(high + 1, out, False) for out in wide}
     assert {out for rows, out in linear_calls if rows == high + 1} == {c}, "narrow ones: MKL"
@@ -523,7 +521,7 @@ def test_onednn_projects_without_grad_and_matches(
         model(ids[:1, :1])
         assert onednn_calls == [], "one row"
         monkeypatch.setattr(modeling, "ONEDNN_LINEAR", False)
-        few = ids[:1, :few_for_head]
+        few = ids[:1, :few_rows]
         for inputs, fast in (
             (ids[:, :-1], logits),
             (few, few_logits),

@@ -94,11 +94,11 @@ HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)�
 # win, and MKL keeps them (benchmarks/results/projections-2026-11-30.md and its git history).
 ONEDNN_MIN_ROWS = 8
 # Over a few rows oneDNN is faster still with the roles swapped, the weight as its input and the rows as its
-# weight: (W xᵀ)ᵀ. On every row-major weight over 2-32 rows (the LM head from 4: below, MKL's (W hᵀ)ᵀ wins)
-# it took 1.1-1.8x less time than the paths above, in one-process A/B runs at 1 and 2 threads; at 48 rows
-# it lost (benchmarks/bench_projections.py).
-ONEDNN_SWAPPED_ROWS = (2, 32)
-ONEDNN_SWAPPED_HEAD_MIN_ROWS = 4
+# weight: (W xᵀ)ᵀ. Over ONEDNN_MIN_ROWS to ONEDNN_SWAPPED_MAX_ROWS rows on every row-major weight, and from
+# 2 rows on q/k/v and the MLP input, it took 1.05-1.8x less time than the paths above (1 and 2 threads,
+# benchmarks/results/projections-2026-11-30.md); over fewer rows the narrow weights and the head did not
+# gain (MKL's split and (W hᵀ)ᵀ), and at 48-64 rows nothing did.
+ONEDNN_SWAPPED_MAX_ROWS = 32
 
 
 def onednn_linear(
@@ -119,7 +119,9 @@ def _onednn_linear_works() -> bool:
     x, weight, bias = torch.arange(6.0).view(2, 3), torch.arange(12.0).view(4, 3), torch.ones(4)
     try:
         expected = F.linear(x, weight, bias)
-        return all(torch.equal(onednn_linear(x, weight, bias, swapped), expected) for swapped in (False, True))
+        return all(
+            torch.equal(onednn_linear(x, weight, bias, swapped), expected) for swapped in (False, True)
+        )
     except (RuntimeError, TypeError):
         return False
 
@@ -184,9 +186,9 @@ def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: 
 def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Tensor:
     """``linear(x)``, computed the fastest way measured for a plain CPU fp32 ``nn.Linear``:
 
-    - without autograd, row-major weight: over ``ONEDNN_SWAPPED_ROWS`` rows (the LM head, ``head``, from
-      ``ONEDNN_SWAPPED_HEAD_MIN_ROWS``) oneDNN with the roles swapped; over more rows, a wide weight
-      (out > in) through oneDNN (``onednn_linear``);
+    - without autograd, row-major weight: over ``ONEDNN_MIN_ROWS`` to ``ONEDNN_SWAPPED_MAX_ROWS`` rows (from
+      2 rows for a wide weight, out > in, other than the LM head, ``head``) oneDNN with the roles swapped;
+      over more rows, a wide weight through oneDNN as it is (``onednn_linear``);
     - with autograd, ``ONEDNN_MIN_ROWS`` rows or more: the LM head's forward through oneDNN (``OneDNNHead``);
     - otherwise, no autograd, more than one thread, few rows: the output features split across the threads
       (``split_matmul``); a row-major head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows as (W hᵀ)ᵀ.
@@ -199,12 +201,12 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
     onednn = ONEDNN_LINEAR and weight.is_contiguous()
     wide_onednn = onednn and rows >= ONEDNN_MIN_ROWS and _is_wide(linear)
-    low, high = ONEDNN_SWAPPED_ROWS
+    swapped_from = 2 if _is_wide(linear) and not head else ONEDNN_MIN_ROWS
     if torch.is_grad_enabled():
         if not (head and wide_onednn and linear.bias is None):
             return linear(x)
         y = OneDNNHead.apply(flat.contiguous(), weight)
-    elif onednn and max(low, ONEDNN_SWAPPED_HEAD_MIN_ROWS if head else 0) <= rows <= high:
+    elif onednn and swapped_from <= rows <= ONEDNN_SWAPPED_MAX_ROWS:
         y = onednn_linear(flat.contiguous(), weight, linear.bias, swapped=True)
     elif wide_onednn:
         y = onednn_linear(flat.contiguous(), weight, linear.bias)
