@@ -478,6 +478,19 @@ def test_onednn_is_used_only_where_the_op_exists_and_works(monkeypatch):
 
 
 @needs_onednn
+@pytest.mark.parametrize("swapped", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_onednn_linear_equals_the_linear_and_is_row_major(swapped, bias):
+    """Both orientations give F.linear's values as a contiguous (rows, out) tensor, with or without a bias
+    (the swapped product is a transposed view until the bias is added or it is copied)."""
+    x, weight = torch.randn(8, 48), torch.randn(144, 48)
+    b = torch.randn(144) if bias else None
+    y = modeling.onednn_linear(x, weight, b, swapped=swapped)
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, weight, b), atol=1e-5, rtol=1e-5)
+    assert y.shape == (8, 144) and y.is_contiguous()
+
+
+@needs_onednn
 def test_onednn_projects_without_grad_and_matches(
     model, ids, onednn_calls, linear_calls, restore_threads, monkeypatch
 ):

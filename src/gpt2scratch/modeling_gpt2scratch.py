@@ -5,9 +5,9 @@ transformers and its sibling ``configuration_gpt2scratch``. Parameter names foll
 ``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in),
 the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. One-row
 ``generate`` in eval mode on CPU holds the wide weights column-major in memory (``set_weight_layout``);
-shapes, names and the state dict are unchanged. On CPU, no-grad products over 2-32 rows go through oneDNN
-with the roles swapped, (W xᵀ)ᵀ, and wide ones over more rows through oneDNN as torch.compile's CPU backend
-calls it (``project``).
+shapes, names and the state dict are unchanged. On CPU, no-grad products over a few rows (8-32; 2-32 for
+q/k/v and the MLP input) go through oneDNN with the roles swapped, (W xᵀ)ᵀ, and wide ones over more rows
+through oneDNN as torch.compile's CPU backend calls it (``project``).
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)�
 ONEDNN_MIN_ROWS = 8
 # Over a few rows oneDNN is faster still with the roles swapped, the weight as its input and the rows as its
 # weight: (W xᵀ)ᵀ. Over ONEDNN_MIN_ROWS to ONEDNN_SWAPPED_MAX_ROWS rows on every row-major weight, and from
-# 2 rows on q/k/v and the MLP input, it took 1.05-1.8x less time than the paths above (1 and 2 threads,
-# benchmarks/results/projections-2026-11-30.md); over fewer rows the narrow weights and the head did not
+# 2 rows on q/k/v and the MLP input, it took 0.98-1.81x less time than the paths above (median 1.35x over
+# 38 shapes at 1 and 2 threads, benchmarks/results/projections-2026-11-30.md); over fewer rows the narrow weights and the head did not
 # gain (MKL's split and (W hᵀ)ᵀ), and at 48-64 rows nothing did.
 ONEDNN_SWAPPED_MAX_ROWS = 32
 
@@ -109,7 +109,9 @@ def onednn_linear(
     if not swapped:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     y = torch.ops.mkldnn._linear_pointwise(weight, x, None, "none", [], "").t()
-    return y + bias if bias is not None else y.contiguous()
+    if bias is None:
+        return y.contiguous()
+    return torch.add(y, bias, out=y.new_empty(y.shape))  # row-major, in the same pass (y + bias would not be)
 
 
 def _onednn_linear_works() -> bool:
