@@ -91,13 +91,15 @@ HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)�
 # wide row-major weight (out > in: q/k/v, MLP input, the LM head) from 8 rows on, above all for the head
 # (50257 outputs, an odd row length for MKL): at 8-512 rows 1.0-2.6x less time than nn.Linear and 1.1-1.8x
 # less than MKL's best paths, in three runs; on the narrow ones (attention output, MLP output) it did not
-# win, and MKL keeps them (benchmarks/results/projections-2026-11-30.md and its git history).
+# win, and MKL keeps them (benchmarks/results/projections-2026-11-30.md and its git history). Without
+# autograd this now serves the wide weights over more than ONEDNN_SWAPPED_MAX_ROWS rows; with autograd, the
+# LM head's forward from ONEDNN_MIN_ROWS rows.
 ONEDNN_MIN_ROWS = 8
 # Over a few rows oneDNN is faster still with the roles swapped, the weight as its input and the rows as its
 # weight: (W xᵀ)ᵀ. Over ONEDNN_MIN_ROWS to ONEDNN_SWAPPED_MAX_ROWS rows on every row-major weight, and from
 # 2 rows on q/k/v and the MLP input, it took 0.98-1.81x less time than the paths above (median 1.35x over
-# 38 shapes at 1 and 2 threads, benchmarks/results/projections-2026-11-30.md); over fewer rows the narrow weights and the head did not
-# gain (MKL's split and (W hᵀ)ᵀ), and at 48-64 rows nothing did.
+# 38 shapes at 1 and 2 threads, benchmarks/results/projections-2026-11-30.md); over fewer rows the narrow
+# weights and the head did not gain (MKL's split and (W hᵀ)ᵀ), and at 48-64 rows nothing did.
 ONEDNN_SWAPPED_MAX_ROWS = 32
 
 
