@@ -2,10 +2,9 @@
 
 Paths in the model file (every user gets them): the fused tanh-GELU, the CPU thread policy for small
 calls, SDPA with ``is_causal`` and no mask when nothing is padded, wide weights held column-major for
-decoding, no-grad projections over a few rows (8-32; q/k/v and MLP input from 2) through oneDNN with the roles
-swapped and wide ones over more rows
-through oneDNN as is (the LM head also with autograd), few-row projections on the MKL paths (split across
-threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
+decoding, no-grad projections over a few rows (8-32; q/k/v and MLP input from 2) through oneDNN with the
+roles swapped and wide ones over more rows through oneDNN as is (the LM head also with autograd), few-row
+projections on the MKL paths (split across threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
 in-place KV cache is tested against ``DynamicCache`` in test_modeling.py. Opt-in paths
 (``gpt2scratch.fast``): vocabulary padding, fused AdamW, static-cache generation, static cache +
 ``torch.compile``.
