@@ -203,9 +203,9 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     if rows == 0 or not _plain_cpu_fp32(linear, x):
         return linear(x)
     flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
-    onednn = ONEDNN_LINEAR and weight.is_contiguous()
-    wide_onednn = onednn and rows >= ONEDNN_MIN_ROWS and _is_wide(linear)
-    swapped_from = 2 if _is_wide(linear) and not head else ONEDNN_MIN_ROWS
+    onednn, wide = ONEDNN_LINEAR and weight.is_contiguous(), _is_wide(linear)
+    wide_onednn = onednn and rows >= ONEDNN_MIN_ROWS and wide
+    swapped_from = 2 if wide and not head else ONEDNN_MIN_ROWS
     if torch.is_grad_enabled():
         if not (head and wide_onednn and linear.bias is None):
             return linear(x)
