@@ -77,14 +77,29 @@ def versions() -> dict:
 
     import gpt2scratch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True, text=True)
     return {
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "gpt2scratch": gpt2scratch.__version__,
-        "git_commit": commit.stdout.strip() + ("+dirty-src" if dirty.stdout.strip() else ""),
+        "git_commit": os.environ.get("GPT2SCRATCH_COMMIT") or git_commit(),
     }
+
+
+def git_commit() -> str:
+    """This checkout's commit (+dirty-src if src/ has changes); '?' where there is no git or no .git (a copy
+    of the tree on another machine: pass GPT2SCRATCH_COMMIT there)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True, text=True
+        )
+    except OSError:
+        return "?"
+    if commit.returncode:
+        return "?"
+    return commit.stdout.strip() + ("+dirty-src" if dirty.stdout.strip() else "")
 
 
 def load_average() -> list[float]:
@@ -389,53 +404,137 @@ def _fmt(figures: dict) -> str:
 # ---------------------------------------------------------------------------------------------- GPU run
 
 
-def run_gpu(dirs, args) -> dict:
-    """bf16 training (tokens/s, MFU) and decode on the first CUDA device; only runs where CUDA exists."""
+GPU_TARGETS = {"train": 1.5, "train_mfu": 0.45, "decode_b1": 10.0, "decode_b1_tok_s": 3000.0}
+
+
+def run_gpu(dirs, args, result: dict, checkpoint: Callable[[], object]) -> None:
+    """The CUDA sections on the first device, each saved as soon as it ends (a run cut short keeps them):
+    parity (fp32 logits, bf16 loss), bf16 training 16 x 1024 with MFU, greedy decode at batch 1 and 8.
+    ``--gpu-device cpu`` runs the same code on the CPU (a dry run of the script, not a measurement)."""
+    cuda = args.gpu_device == "cuda"
+    gpu = result["gpu"] = {
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu (dry run)",
+        "cuda": torch.version.cuda,
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
+    }
+    sections = {
+        "parity": gpu_parity,
+        "train": gpu_training,
+        "decode_b1": lambda d, a: gpu_decode(d, a, 1),
+        "decode_b8": lambda d, a: gpu_decode(d, a, 8),
+    }
+    for name in args.gpu_sections:
+        start = time.perf_counter()
+        try:
+            gpu[name] = sections[name](dirs, args)
+        except Exception:  # noqa: BLE001  (the other sections are still worth having)
+            gpu[name] = {"failed": traceback.format_exc()[-2000:]}
+        gpu[f"{name}_seconds"] = round(time.perf_counter() - start, 1)
+        print(f"[gpu] {name} ({gpu[f'{name}_seconds']} s): {gpu[name]}", flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+        checkpoint()
+
+
+def gpu_parity(dirs, args) -> dict:
+    """Same weights on the GPU: fp32 logits (TF32 off) and the bf16-autocast loss of both models."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    device = args.gpu_device
+    ours, hf = (
+        load("ours", dirs["ours"]).to(device).eval(),
+        load("hf", dirs["transformers"]).to(device).eval(),
+    )
+    ids = random_ids(ours.config.vocab_size, 2, min(128, ours.config.n_positions)).to(device)
+    with torch.no_grad():
+        fp32 = (ours(ids).logits - hf(ids).logits).abs().max().item()
+        with torch.autocast(device, dtype=torch.bfloat16):
+            losses = [m(input_ids=ids, labels=ids).loss.item() for m in (ours, hf)]
+    return {
+        "max_abs_logit_diff_fp32": fp32,
+        "loss_bf16_autocast": {"ours": losses[0], "transformers": losses[1]},
+    }
+
+
+def gpu_training(dirs, args) -> dict:
+    """Tokens/s and MFU of one bf16-autocast training step (forward, backward, fused AdamW), TF32 on."""
     from gpt2scratch import fast
 
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    res: dict = {"device": torch.cuda.get_device_name(0)}
-    batch, seq = 16, 1024
+    device, backend = args.gpu_device, args.compile_backend
+    batch, seq = args.gpu_train_shape
     steps = {}
     for name, kind in (("ours", "ours"), ("transformers", "hf")):
-        model = load(kind, dirs[name]).cuda()
+        model = load(kind, dirs[name]).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         steps[name] = _gpu_train_step(model, optimizer, batch, seq)
-    fast_model = fast.prepare_for_training(load("ours", dirs["ours"]).cuda(), compile=True)
+    fast_model = fast.prepare_for_training(
+        load("ours", dirs["ours"]).to(device), compile=True, backend=backend
+    )
     steps["ours_fast"] = _gpu_train_step(fast_model, fast.make_optimizer(fast_model, lr=1e-4), batch, seq)
+    if args.gpu_hf_compiled:
+        hf = load("hf", dirs["transformers"]).to(device)
+        hf.forward = torch.compile(hf.forward, backend=backend)
+        steps["transformers_compiled"] = _gpu_train_step(
+            hf, torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True), batch, seq
+        )
     times = interleaved(steps, args.repeats, warmup=3)
-    res["train_16x1024_tok_s"] = {name: batch * seq / t for name, t in times.items()}
+    tok_s = {name: batch * seq / t for name, t in times.items()}
     flops_per_token = fast.training_flops_per_token(fast_model.config, seq)
-    peak = fast.peak_flops(torch.cuda.get_device_name(0))
+    peak = fast.peak_flops(torch.cuda.get_device_name(0)) if device == "cuda" else None
+    res = {"tok_s": tok_s, "shape": [batch, seq], "flops_per_token": flops_per_token, "peak_flops": peak}
     if peak:
-        res["train_mfu"] = {
-            name: tps * flops_per_token / peak for name, tps in res["train_16x1024_tok_s"].items()
-        }
-    del steps, fast_model
-    torch.cuda.empty_cache()
-    models = {"ours": for_greedy_benchmark(load("ours", dirs["ours"]).cuda())}
-    models["transformers"] = for_greedy_benchmark(load("hf", dirs["transformers"]).cuda())
-    fast_models = {
-        f"ours_{name}": build(for_greedy_benchmark(load("ours", dirs["ours"]).cuda()))
-        for name, build in fast.DECODE_PATHS.items()
-        if name not in args.skip_paths and name in fast.GPU_DECODE_PATHS
-    }
-    for b in (1, 8):
-        res[f"decode_b{b}"] = bench_decode(models, fast_models, args, b)
+        res["mfu"] = {name: tps * flops_per_token / peak for name, tps in tok_s.items()}
+    if device == "cuda":
+        res["max_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
     return res
 
 
 def _gpu_train_step(model, optimizer, batch, seq):
-    ids = random_ids(model.config.vocab_size, batch, seq).cuda()
+    ids = random_ids(model.config.vocab_size, batch, seq).to(model.device)
     step = train_step_fn(model, ids, optimizer)
 
     def synced():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(model.device.type, dtype=torch.bfloat16):
             step()
-        torch.cuda.synchronize()
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
 
     return synced
+
+
+def gpu_decode(dirs, args, batch: int) -> dict:
+    """Greedy decode tokens/s (fp32 weights, TF32 on) through plain ``generate`` for both models and this
+    package's GPU paths, each warmed up on the full length (the compiled ones compile then); whether each
+    produced transformers' tokens is recorded (TF32 rounding can flip a near-tie on random weights)."""
+    from gpt2scratch import fast
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    device = args.gpu_device
+    models = {"ours": for_greedy_benchmark(load("ours", dirs["ours"]).to(device))}
+    models["transformers"] = for_greedy_benchmark(load("hf", dirs["transformers"]).to(device))
+    generators = {name: m.generate for name, m in models.items()}
+    for name in fast.GPU_DECODE_PATHS:
+        if name not in args.skip_paths:
+            generators[f"ours_{name}"] = fast.DECODE_PATHS[name](models["ours"])
+    ids = random_ids(models["ours"].config.vocab_size, batch, PROMPT_LEN, seed=batch).to(device)
+    contenders, tokens, failed = {}, {}, {}
+    for name, generate in generators.items():
+        contenders[name] = decode_fn(generate, ids, args.new_tokens)
+        try:
+            tokens[name] = contenders[name]()
+        except Exception as err:  # noqa: BLE001  (a broken opt-in path is reported, not fatal)
+            if name in models:
+                raise
+            failed[name] = f"{type(err).__name__}: {err}"[:300]
+            del contenders[name]
+    times = interleaved(contenders, args.repeats, warmup=0)
+    res = {"tok_s": {name: batch * args.new_tokens / t for name, t in times.items()}}
+    res["failed_paths"] = failed
+    res["same_tokens_as_transformers"] = {
+        name: bool(torch.equal(out, tokens["transformers"])) for name, out in tokens.items()
+    }
+    return res
 
 
 # ------------------------------------------------------------------------------------------ reporting
@@ -463,6 +562,11 @@ def summarise(result: dict) -> dict:
             ratios[f"peak_rss_train/ours/{t}thr"] = round(
                 mem["ours"]["peak_rss_mb"] / mem["transformers"]["peak_rss_mb"], 3
             )
+    for key in ("train", "decode_b1", "decode_b8"):
+        figures = result.get("gpu", {}).get(key, {}).get("tok_s", {})
+        for name in figures:
+            if name != "transformers" and (r := ratio(figures, name)) is not None:
+                ratios[f"gpu_{key}/{name}"] = r
     return ratios
 
 
@@ -517,7 +621,55 @@ def markdown(result: dict) -> str:
                 f"| {cpu['threads']} | {_num(_over(floor, b1.get('ours')), 2)}× | "
                 f"{_num(_over(floor, b1.get('transformers')), 2)}× | | ≤ 1.25× at best threads | |"
             )
+    if "gpu" in result:
+        lines += gpu_markdown(result)
     return "\n".join(lines) + "\n"
+
+
+def gpu_markdown(result: dict) -> list[str]:
+    """The GPU rows: tokens/s of every contender, ratios to transformers' plain model, MFU, targets."""
+    gpu = result["gpu"]
+    lines = ["", f"GPU: {gpu['device']} (CUDA {gpu.get('cuda')}).", ""]
+    parity = gpu.get("parity", {})
+    if "max_abs_logit_diff_fp32" in parity:
+        lines += [
+            f"Same weights on the GPU: max |logit difference| {parity['max_abs_logit_diff_fp32']:.2e} (fp32, TF32 "
+            f"off); bf16-autocast loss {parity['loss_bf16_autocast']['ours']:.4f} (ours) vs "
+            f"{parity['loss_bf16_autocast']['transformers']:.4f} (transformers).",
+            "",
+        ]
+    lines += [
+        "| measurement | contender | tokens/s | ÷ transformers | MFU | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    train = gpu.get("train", {})
+    shape = "×".join(map(str, train.get("shape", [16, 1024])))
+    for name, tps in train.get("tok_s", {}).items():
+        mfu = train.get("mfu", {}).get(name)
+        lines.append(
+            f"| training {shape} bf16 autocast | {name} | {tps:,.0f} | {_num(ratio(train['tok_s'], name), 2)}× | "
+            f"{_num(100 * mfu if mfu else None)}% | ≥ {GPU_TARGETS['train']}×, ≥ {100 * GPU_TARGETS['train_mfu']:.0f}% |"
+        )
+    for b in (1, 8):
+        dec = gpu.get(f"decode_b{b}", {})
+        target = (
+            f"≥ {GPU_TARGETS['decode_b1']:.0f}×, ≥ {GPU_TARGETS['decode_b1_tok_s']:.0f} tok/s"
+            if b == 1
+            else ""
+        )
+        for name, tps in dec.get("tok_s", {}).items():
+            same = dec.get("same_tokens_as_transformers", {}).get(name)
+            lines.append(
+                f"| greedy decode batch {b}, {result['new_tokens']} new, fp32 (TF32) | {name}"
+                f"{'' if same is not False else ' (other tokens)'} | {tps:,.0f} | {_num(ratio(dec['tok_s'], name), 2)}× | | "
+                f"{target} |"
+            )
+        for name, why in dec.get("failed_paths", {}).items():
+            lines.append(f"| greedy decode batch {b} | {name} | failed: {why[:120]} | | | |")
+    for key in ("parity", "train", "decode_b1", "decode_b8"):
+        if "failed" in gpu.get(key, {}) and isinstance(gpu[key]["failed"], str):
+            lines.append(f"| {key} | section failed | {gpu[key]['failed'].splitlines()[-1][:160]} | | | |")
+    return lines
 
 
 def _over(floor: float, tokens_per_s) -> float | None:
@@ -573,6 +725,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-paths", nargs="*", default=[], help="opt-in decode paths not to run")
     p.add_argument("--label", default="", help="suffix of the result file name (e.g. baseline)")
     p.add_argument("--no-gpu", action="store_true")
+    p.add_argument("--gpu-only", action="store_true", help="skip the CPU sections (on a GPU machine)")
+    p.add_argument(
+        "--gpu-sections",
+        nargs="+",
+        default=["parity", "train", "decode_b1", "decode_b8"],
+        help="CUDA sections",
+    )
+    p.add_argument("--gpu-train-shape", type=int, nargs=2, default=[16, 1024], metavar=("BATCH", "SEQ"))
+    p.add_argument("--gpu-device", default="cuda", help="'cpu': a dry run of the GPU sections on the CPU")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the GPU sections")
+    p.add_argument(
+        "--gpu-hf-compiled", action="store_true", help="also time transformers' model under torch.compile"
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
     p.add_argument(
         "--render", type=Path, help="only rewrite speed-latest.md (and ratios) from this result JSON"
@@ -614,13 +779,10 @@ def main(argv=None) -> Path | None:
     args.n_positions = GPT2ScratchConfig.from_preset(args.preset).n_positions
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         dirs = dict(zip(("ours", "transformers"), write_folders(args.preset, Path(tmp)), strict=True))
-        for threads in args.threads:
+        for threads in [] if args.gpu_only else args.threads:
             result["cpu"].append(run_threads(dirs, args, threads))
-        if torch.cuda.is_available() and not args.no_gpu:
-            try:
-                result["gpu"] = run_gpu(dirs, args)
-            except Exception:  # noqa: BLE001  (the CPU figures are still worth keeping)
-                result["gpu"] = {"failed": traceback.format_exc()[-2000:]}
+        if args.gpu_device == "cpu" or (torch.cuda.is_available() and not args.no_gpu):
+            run_gpu(dirs, args, result, checkpoint=lambda: save(result, args.out))
     result["ratios"] = summarise(result)
     path = save(result, args.out)
     print(markdown(result))

@@ -7,7 +7,7 @@ roles swapped and wide ones over more rows through oneDNN as is (the LM head als
 projections on the MKL paths (split across threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
 in-place KV cache is tested against ``DynamicCache`` in test_modeling.py. Opt-in paths
 (``gpt2scratch.fast``): vocabulary padding, fused AdamW, static-cache generation, static cache +
-``torch.compile``.
+``torch.compile``, ``greedy_loop`` (tests/test_gpu.py runs it as a CUDA graph where there is a GPU).
 """
 
 from __future__ import annotations
@@ -225,6 +225,68 @@ def test_compiled_static_generate_traces_one_graph_and_matches(model, ids):
     assert not torch._dynamo.utils.counters["graph_break"]
 
 
+# ------------------------------------------------------------------------------------- greedy_loop
+def _ending_rows_in_turn(model, ids) -> list[int]:
+    """End-of-text ids that end row 0 at its first new token and row 1 at its second."""
+    full = model.generate(ids, max_new_tokens=2, do_sample=False, eos_token_id=None)
+    T = ids.shape[1]
+    assert full[1, T] not in (full[0, T], full[1, T + 1]), "pick other inputs: row 1 would end at once"
+    return [int(full[0, T]), int(full[1, T + 1])]
+
+
+def test_greedy_loop_runs_its_own_static_loop_and_matches_generate(model, ids, monkeypatch):
+    from transformers.cache_utils import StaticCache
+
+    seen, forward = [], modeling.GPT2ScratchModel.forward
+
+    def spy(self, input_ids=None, *args, cache=None, **kwargs):
+        seen.append((type(cache), input_ids.shape[1]))
+        return forward(self, input_ids, *args, cache=cache, **kwargs)
+
+    expected = model.generate(ids, max_new_tokens=9, do_sample=False, eos_token_id=None)
+    generate = fast.greedy_loop(model)
+    monkeypatch.setattr(modeling.GPT2ScratchModel, "forward", spy)
+    monkeypatch.setattr(type(model), "generate", lambda *a, **k: pytest.fail("greedy_loop called generate"))
+    out = generate(ids, max_new_tokens=9, eos_token_id=None)
+    assert torch.equal(out, expected) and out.is_contiguous()
+    # one prefill over the prompt, then one single-token step per further token, all on one static cache
+    assert seen == [(StaticCache, ids.shape[1])] + [(StaticCache, 1)] * 8
+
+
+def test_greedy_loop_pads_after_end_of_text_and_stops_as_generate(model, ids):
+    eos = _ending_rows_in_turn(model, ids)
+    expected = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=7)
+    out = fast.greedy_loop(model)(ids, max_new_tokens=12, eos_token_id=eos, pad_token_id=7)
+    assert torch.equal(out, expected)
+    assert out.shape[1] == ids.shape[1] + 2, "both rows ended by the second token: the output stops there"
+    assert out[0, -1].item() == 7, "the row that ended first is padded"
+
+
+def test_greedy_loop_step_is_one_graph_reused_across_lengths(model, ids):
+    """fullgraph=True with the 'eager' backend: the decode step traces as one graph with no breaks (what
+    mode="reduce-overhead" turns into a CUDA graph on GPU) and calls of other lengths reuse it."""
+    torch._dynamo.reset()
+    generate = fast.greedy_loop(model, compile=True, backend="eager")
+    for new in (6, 11):
+        expected = model.generate(ids, max_new_tokens=new, do_sample=False, eos_token_id=None)
+        assert torch.equal(generate(ids, max_new_tokens=new, eos_token_id=None), expected)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+
+def test_greedy_loop_refuses_what_it_does_not_do(model, ids):
+    generate = fast.greedy_loop(model)
+    mask = torch.ones_like(ids)
+    assert generate(ids, max_new_tokens=2, attention_mask=mask).shape == (2, ids.shape[1] + 2)
+    mask[0, 0] = 0
+    with pytest.raises(ValueError, match="unpadded prompts only"):
+        generate(ids, max_new_tokens=2, attention_mask=mask)
+    with pytest.raises(ValueError, match="greedily only"):
+        generate(ids, max_new_tokens=2, do_sample=True)
+    with pytest.raises(ValueError, match="exceeds this model's n_positions"):
+        generate(ids, max_new_tokens=model.config.n_positions)
+
+
 # ---------------------------------------------------------------------------------------------- MFU
 def test_mfu_uses_nanogpt_formula_and_real_peaks():
     config = GPT2ScratchConfig.from_preset("gpt2")
@@ -253,10 +315,33 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
     result = json.loads(path.read_text())
     cpu = result["cpu"][0]
     assert cpu["max_abs_logit_diff"] < 1e-4, "the two models must carry the same weights"
-    assert {"ours", "transformers", "ours_static"} <= set(cpu["decode_b1"])
+    assert {"ours", "transformers", "ours_static", "ours_greedy_loop"} <= set(cpu["decode_b1"])
     assert all(v > 0 for v in cpu["decode_b8"].values())
     assert "prefill_4x256/ours/1thr" in result["ratios"]
     assert "| greedy generate() batch 1" in (tmp_path / "speed-latest.md").read_text()
+
+
+def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path):
+    """The GPU sections' code (parity, training with MFU, decode through every GPU path), run on the CPU
+    with a tiny model, so that a run on a lent GPU does not fail on a bug this machine can find."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_speed", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--preset", "tiny", "--gpu-only", "--gpu-device", "cpu", "--compile-backend", "eager"]
+    argv += ["--gpu-train-shape", "2", "16", "--new-tokens", "3", "--repeats", "1", "--gpu-hf-compiled"]
+    argv += ["--gpu-sections", "parity", "train", "decode_b1", "--skip-paths", "static_compiled"]
+    path = bench.main(argv + ["--out", str(tmp_path)])
+    gpu = json.loads(path.read_text())["gpu"]
+    assert gpu["parity"]["max_abs_logit_diff_fp32"] < 1e-4
+    assert set(gpu["train"]["tok_s"]) == {"ours", "transformers", "ours_fast", "transformers_compiled"}
+    assert set(gpu["decode_b1"]["tok_s"]) == {"ours", "transformers", "ours_static", "ours_greedy_loop"}
+    assert all(gpu["decode_b1"]["same_tokens_as_transformers"].values())
+    table = (tmp_path / "speed-latest.md").read_text()
+    assert "| training 2×16 bf16 autocast | ours_fast |" in table
 
 
 # ------------------------------------------------------------------------- projections over few rows

@@ -6,7 +6,8 @@ holds the ones a user asks for, each with outputs equal to the eager path's (see
 - ``pad_vocab`` / ``prepare_for_training``: vocabulary rows padded to a multiple of 64 (identical
   logits and loss), ``torch.compile`` of the model where it pays (GPU);
 - ``make_optimizer``: AdamW with the fused kernel where torch has one for the device;
-- ``DECODE_PATHS``: ``generate``-like callables (static KV cache, static cache + ``torch.compile``);
+- ``DECODE_PATHS``: ``generate``-like callables (static KV cache, static cache + ``torch.compile``, and
+  ``greedy_loop``: greedy decoding in a loop of its own, its step a CUDA graph on GPU);
 - ``training_flops_per_token``, ``peak_flops``, ``mfu``: nanoGPT's model-FLOPs-utilisation formula
   with the device's real dense bf16 peak.
 """
@@ -63,16 +64,16 @@ def _padded_embedding(wte: nn.Embedding, rows: int) -> nn.Embedding:
 
 
 def prepare_for_training(
-    model: nn.Module, pad_multiple: int | None = None, compile: bool = False
+    model: nn.Module, pad_multiple: int | None = None, compile: bool = False, backend: str = "inductor"
 ) -> nn.Module:
     """The training-speed options in one call: vocabulary padding (default: to 64 rows on GPU, where
-    tensor-core shapes pay; none on CPU) and, optionally, ``torch.compile``."""
+    tensor-core shapes pay; none on CPU) and, optionally, ``torch.compile`` (with ``backend``)."""
     if pad_multiple is None:
         pad_multiple = 64 if model.device.type == "cuda" else 1
     if pad_multiple > 1:
         pad_vocab(model, pad_multiple)
     if compile:
-        model.forward = torch.compile(model.forward)
+        model.forward = torch.compile(model.forward, backend=backend)
     return model
 
 
@@ -120,11 +121,109 @@ def static_compiled(model: nn.Module, backend: str = "inductor") -> Callable:
     return generate
 
 
+CACHE_LENGTH_MULTIPLE = 256  # greedy_loop's static caches: one compiled step serves many lengths
+
+
+def greedy_loop(model: nn.Module, compile: bool | None = None, backend: str = "inductor") -> Callable:
+    """Greedy decoding in a loop of its own, without ``generate()``'s per-step bookkeeping: the prompt goes
+    through the model once, then each new token is one call of a decode step (model forward over a static
+    KV cache + argmax) that reads the previous token from the output buffer and writes the next one there.
+    Nothing waits for the device between steps (end-of-text is tracked on the device; the finished length is
+    read once at the end), so on a GPU the host queues steps ahead of the kernels.
+
+    ``compile`` (default: on CUDA) runs the step through ``torch.compile(fullgraph=True)``, as a CUDA graph
+    (``mode="reduce-overhead"``) on GPU: one launch per token instead of ~100. The caches (one per batch
+    size and length rounded up to ``CACHE_LENGTH_MULTIPLE``) are kept and reset, so later calls reuse the
+    compiled step. Same tokens as ``model.generate(..., do_sample=False)`` for unpadded prompts, including
+    ``eos_token_id`` / ``pad_token_id`` (from the model's generation config unless given)."""
+    from transformers import StaticCache
+
+    from .modeling_gpt2scratch import set_weight_layout
+
+    cuda = model.device.type == "cuda"
+    caches: dict[tuple[int, int], StaticCache] = {}
+
+    def step(tokens: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        logits = model(input_ids=tokens, cache=cache, use_cache=True).logits
+        return logits[:, -1].argmax(-1, keepdim=True)
+
+    if compile if compile is not None else cuda:
+        mode = "reduce-overhead" if cuda and backend == "inductor" else None
+        step = torch.compile(step, backend=backend, mode=mode, fullgraph=True)
+
+    @torch.no_grad()
+    def generate(
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        attention_mask: torch.Tensor | None = None,
+        do_sample: bool = False,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+    ) -> torch.Tensor:
+        if do_sample:
+            raise ValueError(
+                "greedy_loop decodes greedily only; for sampling use model.generate(do_sample=True)."
+            )
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError(
+                "greedy_loop decodes unpadded prompts only; for a padded batch use model.generate(...)."
+            )
+        B, T = input_ids.shape
+        total = T + max_new_tokens
+        model.check_generation_inputs(input_ids, attention_mask, max_new_tokens=max_new_tokens)
+        if model.column_major_decoding and not model.training:
+            set_weight_layout(model, column_major=B == 1)
+        length = min(-(-total // CACHE_LENGTH_MULTIPLE) * CACHE_LENGTH_MULTIPLE, model.config.n_positions)
+        cache = caches.get((B, length))
+        if cache is None:
+            cache = caches[(B, length)] = StaticCache(config=model.config, max_cache_len=length)
+        cache.reset()
+        eos, pad = _stop_tokens(model, input_ids.device, eos_token_id, pad_token_id)
+        tokens = input_ids.new_empty(total, B)  # position-major: each step's (B, 1) input is contiguous
+        tokens[:T] = input_ids.t()
+        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        with model.transformer._inputs_checked():
+            logits = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits
+            tokens[T] = logits[:, -1].argmax(-1)
+            for i in range(T, total):
+                if eos is not None:  # as generate: pad after a row's end-of-text
+                    tokens[i] = torch.where(done, pad, tokens[i])
+                    done |= torch.isin(tokens[i], eos)
+                if i + 1 < total:
+                    if cuda:
+                        torch.compiler.cudagraph_mark_step_begin()
+                    tokens[i + 1] = step(tokens[i].unsqueeze(-1), cache).squeeze(-1)
+        out = tokens.t()
+        return out[:, : _finished_length(done, out, T, eos)].contiguous()
+
+    return generate
+
+
+def _stop_tokens(model, device, eos_token_id, pad_token_id) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """End-of-text ids (a 1-D tensor, None for none) and the pad id, from the arguments or the model."""
+    config = model.generation_config
+    eos = config.eos_token_id if eos_token_id is None else eos_token_id
+    if eos is None:
+        return None, torch.tensor(0, device=device)
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device)
+    pad = config.pad_token_id if pad_token_id is None else pad_token_id
+    return eos, torch.tensor(eos[0].item() if pad is None else pad, device=device)
+
+
+def _finished_length(done: torch.Tensor, out: torch.Tensor, prompt_len: int, eos) -> int:
+    """Length of ``out`` as ``generate`` returns it: up to the step at which every row had ended."""
+    if eos is None or not bool(done.all()):
+        return out.shape[1]
+    first_end = torch.isin(out[:, prompt_len:], eos).int().argmax(-1)  # later positions are pad
+    return prompt_len + int(first_end.max()) + 1
+
+
 DECODE_PATHS: dict[str, Callable[[nn.Module], Callable]] = {
     "static": static_cache,
     "static_compiled": static_compiled,
+    "greedy_loop": greedy_loop,
 }
-GPU_DECODE_PATHS = ("static", "static_compiled")
+GPU_DECODE_PATHS = ("greedy_loop", "static", "static_compiled")
 
 
 # ------------------------------------------------------------------------------------------ MFU

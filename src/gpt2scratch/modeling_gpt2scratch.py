@@ -837,6 +837,16 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() >= 2 else 1
         return batch * max(beams, returned)
 
+    def check_generation_inputs(self, input_ids, attention_mask=None, position_ids=None, max_new_tokens=None):
+        """What ``generate`` checks once up front (so that its decode steps need not): ids within the
+        vocabulary, the mask's shape, and the prompt plus ``max_new_tokens`` within ``n_positions``."""
+        _check_inputs(self.config, input_ids, attention_mask, position_ids, 0, True)
+        if max_new_tokens is not None and input_ids.shape[1] + max_new_tokens > self.config.n_positions:
+            raise ValueError(
+                f"The prompt ({input_ids.shape[1]} tokens) plus max_new_tokens={max_new_tokens} exceeds this "
+                f"model's n_positions={self.config.n_positions}. Shorten the prompt or lower max_new_tokens."
+            )
+
     @torch.no_grad()
     def generate(self, inputs=None, *args, **kwargs):
         """transformers' ``generate`` with the inputs checked once up front (not at every decode step). In
@@ -846,15 +856,12 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         are held besides the file pages a memory-mapped checkpoint keeps resident)."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if isinstance(input_ids, torch.Tensor) and input_ids.dtype in (torch.long, torch.int):
-            _check_inputs(
-                self.config, input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"), 0, True
+            self.check_generation_inputs(
+                input_ids,
+                kwargs.get("attention_mask"),
+                kwargs.get("position_ids"),
+                kwargs.get("max_new_tokens"),
             )
-            new = kwargs.get("max_new_tokens")
-            if new is not None and input_ids.shape[1] + new > self.config.n_positions:
-                raise ValueError(
-                    f"The prompt ({input_ids.shape[1]} tokens) plus max_new_tokens={new} exceeds this model's "
-                    f"n_positions={self.config.n_positions}. Shorten the prompt or lower max_new_tokens."
-                )
         if not self.training and self.column_major_decoding:
             set_weight_layout(self, column_major=self._rows_per_step(input_ids, kwargs) == 1)
         with self.transformer._inputs_checked():
