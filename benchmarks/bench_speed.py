@@ -487,7 +487,20 @@ def gpu_training(dirs, args) -> dict:
         res["mfu"] = {name: tps * flops_per_token / peak for name, tps in tok_s.items()}
     if device == "cuda":
         res["max_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    if args.gpu_profile:
+        res["profile_ours_fast"] = profile_table(steps["ours_fast"], device)
     return res
+
+
+def profile_table(fn: Callable[[], object], device: str, rows: int = 30) -> list[str]:
+    """torch.profiler's table of the ops that took the most device time in one call of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+    sort_by = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=rows).splitlines()
 
 
 def _gpu_train_step(model, optimizer, batch, seq):
@@ -517,6 +530,11 @@ def gpu_decode(dirs, args, batch: int) -> dict:
     for name in fast.GPU_DECODE_PATHS:
         if name not in args.skip_paths:
             generators[f"ours_{name}"] = fast.DECODE_PATHS[name](models["ours"])
+    if (
+        args.gpu_decode_bf16
+    ):  # the same weights in bf16: half the bytes per token (other rounding, other tokens)
+        bf16 = for_greedy_benchmark(load("ours", dirs["ours"]).to(device, torch.bfloat16))
+        generators["ours_greedy_loop_bf16"] = fast.greedy_loop(bf16)
     ids = random_ids(models["ours"].config.vocab_size, batch, PROMPT_LEN, seed=batch).to(device)
     contenders, tokens, failed = {}, {}, {}
     for name, generate in generators.items():
@@ -735,6 +753,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpu-train-shape", type=int, nargs=2, default=[16, 1024], metavar=("BATCH", "SEQ"))
     p.add_argument("--gpu-device", default="cuda", help="'cpu': a dry run of the GPU sections on the CPU")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the GPU sections")
+    p.add_argument("--gpu-profile", action="store_true", help="profile one ours_fast training step")
+    p.add_argument("--gpu-decode-bf16", action="store_true", help="also time greedy_loop on bf16 weights")
     p.add_argument(
         "--gpu-hf-compiled", action="store_true", help="also time transformers' model under torch.compile"
     )

@@ -334,12 +334,21 @@ def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path):
     argv = ["--preset", "tiny", "--gpu-only", "--gpu-device", "cpu", "--compile-backend", "eager"]
     argv += ["--gpu-train-shape", "2", "16", "--new-tokens", "3", "--repeats", "1", "--gpu-hf-compiled"]
     argv += ["--gpu-sections", "parity", "train", "decode_b1", "--skip-paths", "static_compiled"]
+    argv += ["--gpu-profile", "--gpu-decode-bf16"]
     path = bench.main(argv + ["--out", str(tmp_path)])
     gpu = json.loads(path.read_text())["gpu"]
     assert gpu["parity"]["max_abs_logit_diff_fp32"] < 1e-4
     assert set(gpu["train"]["tok_s"]) == {"ours", "transformers", "ours_fast", "transformers_compiled"}
-    assert set(gpu["decode_b1"]["tok_s"]) == {"ours", "transformers", "ours_static", "ours_greedy_loop"}
-    assert all(gpu["decode_b1"]["same_tokens_as_transformers"].values())
+    assert set(gpu["decode_b1"]["tok_s"]) == {
+        "ours",
+        "transformers",
+        "ours_static",
+        "ours_greedy_loop",
+        "ours_greedy_loop_bf16",
+    }
+    same = gpu["decode_b1"]["same_tokens_as_transformers"]
+    assert all(same[name] for name in ("ours", "ours_static", "ours_greedy_loop"))
+    assert any("aten::" in line for line in gpu["train"]["profile_ours_fast"])
     table = (tmp_path / "speed-latest.md").read_text()
     assert "| training 2×16 bf16 autocast | ours_fast |" in table
 

@@ -22,7 +22,8 @@ def pair():
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
-    config = GPT2ScratchConfig.from_preset("tiny", vocab_size=50257)
+    no_dropout = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # same gradients in train mode
+    config = GPT2ScratchConfig.from_preset("tiny", vocab_size=50257, **no_dropout)
     ours = GPT2ScratchForCausalLM(config)
     hf = GPT2LMHeadModel(GPT2Config(**{f: getattr(config, f) for f in CONFIG_FIELDS}))
     hf.load_state_dict(state_dict_to_hf(ours.state_dict()), strict=False)
@@ -78,4 +79,4 @@ def test_greedy_loop_is_a_cuda_graph_and_matches_generate_on_gpu(pair, ids):
         expected = ours.generate(ids, max_new_tokens=new, do_sample=False, eos_token_id=None)
         assert torch.equal(generate(ids, max_new_tokens=new, eos_token_id=None), expected)
     assert counters["stats"]["unique_graphs"] == 1, "calls of another length recompiled the step"
-    assert counters["inductor"]["cudagraph_skips"] == 0, "the step did not run as a CUDA graph"
+    assert [d.graph is not None for d in generate.decoders.values()] == [True], "no CUDA graph was captured"

@@ -7,13 +7,14 @@ holds the ones a user asks for, each with outputs equal to the eager path's (see
   logits and loss), ``torch.compile`` of the model where it pays (GPU);
 - ``make_optimizer``: AdamW with the fused kernel where torch has one for the device;
 - ``DECODE_PATHS``: ``generate``-like callables (static KV cache, static cache + ``torch.compile``, and
-  ``greedy_loop``: greedy decoding in a loop of its own, its step a CUDA graph on GPU);
+  ``greedy_loop``: greedy decoding in a loop of its own, its compiled step a CUDA graph on GPU);
 - ``training_flops_per_token``, ``peak_flops``, ``mfu``: nanoGPT's model-FLOPs-utilisation formula
   with the device's real dense bf16 peak.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -124,32 +125,35 @@ def static_compiled(model: nn.Module, backend: str = "inductor") -> Callable:
 CACHE_LENGTH_MULTIPLE = 256  # greedy_loop's static caches: one compiled step serves many lengths
 
 
-def greedy_loop(model: nn.Module, compile: bool | None = None, backend: str = "inductor") -> Callable:
+def greedy_loop(
+    model: nn.Module, compile: bool | None = None, backend: str = "inductor", cuda_graph: bool | None = None
+) -> Callable:
     """Greedy decoding in a loop of its own, without ``generate()``'s per-step bookkeeping: the prompt goes
-    through the model once, then each new token is one call of a decode step (model forward over a static
-    KV cache + argmax) that reads the previous token from the output buffer and writes the next one there.
-    Nothing waits for the device between steps (end-of-text is tracked on the device; the finished length is
-    read once at the end), so on a GPU the host queues steps ahead of the kernels.
+    through the model once, then each new token is one decode step (model forward over a static KV cache +
+    argmax) that reads the previous token from a fixed buffer and writes the next one there. Nothing waits
+    for the device between steps (end-of-text is tracked on the device; the finished length is read once at
+    the end), so on a GPU the host queues steps ahead of the kernels.
 
-    ``compile`` (default: on CUDA) runs the step through ``torch.compile(fullgraph=True)``, as a CUDA graph
-    (``mode="reduce-overhead"``) on GPU: one launch per token instead of ~100. The caches (one per batch
-    size and length rounded up to ``CACHE_LENGTH_MULTIPLE``) are kept and reset, so later calls reuse the
-    compiled step. Same tokens as ``model.generate(..., do_sample=False)`` for unpadded prompts, including
+    ``compile`` (default: on CUDA) runs the step through ``torch.compile(fullgraph=True)`` (fused kernels);
+    ``cuda_graph`` (default: on CUDA) captures that step once as a CUDA graph, so a token costs one graph
+    launch instead of ~100 kernel launches and no Python. One cache, buffer and graph is kept per batch size
+    and length rounded up to ``CACHE_LENGTH_MULTIPLE`` (``generate.decoders``), reset and reused by later
+    calls. Same tokens as ``model.generate(..., do_sample=False)`` for unpadded prompts, including
     ``eos_token_id`` / ``pad_token_id`` (from the model's generation config unless given)."""
     from transformers import StaticCache
 
     from .modeling_gpt2scratch import set_weight_layout
 
     cuda = model.device.type == "cuda"
-    caches: dict[tuple[int, int], StaticCache] = {}
+    graphs = cuda if cuda_graph is None else cuda_graph
+    decoders: dict[tuple[int, int], _Decoder] = {}
 
     def step(tokens: torch.Tensor, cache: StaticCache) -> torch.Tensor:
         logits = model(input_ids=tokens, cache=cache, use_cache=True).logits
         return logits[:, -1].argmax(-1, keepdim=True)
 
     if compile if compile is not None else cuda:
-        mode = "reduce-overhead" if cuda and backend == "inductor" else None
-        step = torch.compile(step, backend=backend, mode=mode, fullgraph=True)
+        step = torch.compile(step, backend=backend, fullgraph=True)
 
     @torch.no_grad()
     def generate(
@@ -174,29 +178,80 @@ def greedy_loop(model: nn.Module, compile: bool | None = None, backend: str = "i
         if model.column_major_decoding and not model.training:
             set_weight_layout(model, column_major=B == 1)
         length = min(-(-total // CACHE_LENGTH_MULTIPLE) * CACHE_LENGTH_MULTIPLE, model.config.n_positions)
-        cache = caches.get((B, length))
-        if cache is None:
-            cache = caches[(B, length)] = StaticCache(config=model.config, max_cache_len=length)
-        cache.reset()
         eos, pad = _stop_tokens(model, input_ids.device, eos_token_id, pad_token_id)
-        tokens = input_ids.new_empty(total, B)  # position-major: each step's (B, 1) input is contiguous
+        tokens = input_ids.new_empty(total, B)  # position-major: each step's (B,) row is contiguous
         tokens[:T] = input_ids.t()
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         with model.transformer._inputs_checked():
-            logits = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits
-            tokens[T] = logits[:, -1].argmax(-1)
+            decoder = decoders.get((B, length))
+            if decoder is None:
+                cache = StaticCache(config=model.config, max_cache_len=length)
+                decoder = decoders[(B, length)] = _Decoder(model, step, cache)
+                if graphs:
+                    decoder.prefill(input_ids)  # allocates the cache, which the capture needs
+                    decoder.capture()
+            tokens[T] = decoder.prefill(input_ids)
             for i in range(T, total):
                 if eos is not None:  # as generate: pad after a row's end-of-text
                     tokens[i] = torch.where(done, pad, tokens[i])
                     done |= torch.isin(tokens[i], eos)
+                    decoder.token.copy_(tokens[i].unsqueeze(-1))
                 if i + 1 < total:
-                    if cuda:
-                        torch.compiler.cudagraph_mark_step_begin()
-                    tokens[i + 1] = step(tokens[i].unsqueeze(-1), cache).squeeze(-1)
+                    decoder.advance()
+                    tokens[i + 1] = decoder.token.squeeze(-1)
         out = tokens.t()
         return out[:, : _finished_length(done, out, T, eos)].contiguous()
 
+    generate.decoders = decoders
     return generate
+
+
+class _Decoder:
+    """A static cache and the (B, 1) token buffer a decode step reads and overwrites; ``capture`` records
+    that step as a CUDA graph, which ``advance`` then replays."""
+
+    def __init__(self, model: nn.Module, step: Callable, cache) -> None:
+        self.model, self.step, self.cache = model, step, cache
+        self.token: torch.Tensor | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Reset the cache, run the prompt through the model and put its next token in ``token``."""
+        self.cache.reset()
+        logits = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1).logits
+        first = logits[:, -1].argmax(-1, keepdim=True)
+        if self.token is None:
+            self.token = first
+        else:
+            self.token.copy_(first)
+        return first.squeeze(-1)
+
+    def advance(self) -> None:
+        """One decode step: ``token`` becomes the next token (the cache moves on by one position)."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.token.copy_(self.step(self.token, self.cache))
+
+    def capture(self) -> None:
+        """Warm the step up on a side stream (compiling it), then capture one step as a CUDA graph. The
+        warm-up moves the cache on; every call starts with ``prefill``, which resets it."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self.advance()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.token.copy_(self.step(self.token, self.cache))
+        except RuntimeError as err:  # e.g. an op that cannot be captured: decode without the graph
+            warnings.warn(
+                f"greedy_loop: the decode step could not be captured as a CUDA graph ({err})", stacklevel=3
+            )
+            return
+        self.graph = graph
 
 
 def _stop_tokens(model, device, eos_token_id, pad_token_id) -> tuple[torch.Tensor | None, torch.Tensor]:
