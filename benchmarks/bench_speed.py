@@ -516,6 +516,16 @@ def _gpu_train_step(model, optimizer, batch, seq):
     return synced
 
 
+def _autotuned(generate: Callable) -> Callable:
+    """``generate`` compiling (on its first call) with inductor's coordinate-descent tuning of its kernels."""
+
+    def tuned(*args, **kwargs):
+        with torch._inductor.config.patch(coordinate_descent_tuning=True):
+            return generate(*args, **kwargs)
+
+    return tuned
+
+
 def gpu_decode(dirs, args, batch: int) -> dict:
     """Greedy decode tokens/s (fp32 weights, TF32 on) through plain ``generate`` for both models and this
     package's GPU paths, each warmed up on the full length (the compiled ones compile then); whether each
@@ -535,6 +545,10 @@ def gpu_decode(dirs, args, batch: int) -> dict:
     ):  # the same weights in bf16: half the bytes per token (other rounding, other tokens)
         bf16 = for_greedy_benchmark(load("ours", dirs["ours"]).to(device, torch.bfloat16))
         generators["ours_greedy_loop_bf16"] = fast.greedy_loop(bf16)
+        if args.gpu_decode_autotune:  # inductor's autotuned matmuls and tuned reductions for the bf16 step
+            generators["ours_greedy_loop_bf16_autotune"] = _autotuned(
+                fast.greedy_loop(bf16, mode="max-autotune-no-cudagraphs", backend=args.compile_backend)
+            )
     ids = random_ids(models["ours"].config.vocab_size, batch, PROMPT_LEN, seed=batch).to(device)
     contenders, tokens, failed = {}, {}, {}
     for name, generate in generators.items():
@@ -549,6 +563,11 @@ def gpu_decode(dirs, args, batch: int) -> dict:
     times = interleaved(contenders, args.repeats, warmup=0)
     res = {"tok_s": {name: batch * args.new_tokens / t for name, t in times.items()}}
     res["failed_paths"] = failed
+    if args.gpu_profile:  # where the device time of 16 decode steps goes
+        for name in [n for n in contenders if n.startswith("ours_greedy_loop")]:
+            res[f"profile_{name}"] = profile_table(
+                lambda g=generators[name]: g(ids, max_new_tokens=16), device
+            )
     res["same_tokens_as_transformers"] = {
         name: bool(torch.equal(out, tokens["transformers"])) for name, out in tokens.items()
     }
@@ -755,6 +774,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the GPU sections")
     p.add_argument("--gpu-profile", action="store_true", help="profile one ours_fast training step")
     p.add_argument("--gpu-decode-bf16", action="store_true", help="also time greedy_loop on bf16 weights")
+    p.add_argument(
+        "--gpu-decode-autotune", action="store_true", help="with --gpu-decode-bf16: also an autotuned compile"
+    )
     p.add_argument(
         "--gpu-hf-compiled", action="store_true", help="also time transformers' model under torch.compile"
     )

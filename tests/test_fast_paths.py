@@ -334,7 +334,7 @@ def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path):
     argv = ["--preset", "tiny", "--gpu-only", "--gpu-device", "cpu", "--compile-backend", "eager"]
     argv += ["--gpu-train-shape", "2", "16", "--new-tokens", "3", "--repeats", "1", "--gpu-hf-compiled"]
     argv += ["--gpu-sections", "parity", "train", "decode_b1", "--skip-paths", "static_compiled"]
-    argv += ["--gpu-profile", "--gpu-decode-bf16"]
+    argv += ["--gpu-profile", "--gpu-decode-bf16", "--gpu-decode-autotune"]
     path = bench.main(argv + ["--out", str(tmp_path)])
     gpu = json.loads(path.read_text())["gpu"]
     assert gpu["parity"]["max_abs_logit_diff_fp32"] < 1e-4
@@ -345,10 +345,12 @@ def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path):
         "ours_static",
         "ours_greedy_loop",
         "ours_greedy_loop_bf16",
+        "ours_greedy_loop_bf16_autotune",
     }
     same = gpu["decode_b1"]["same_tokens_as_transformers"]
     assert all(same[name] for name in ("ours", "ours_static", "ours_greedy_loop"))
     assert any("aten::" in line for line in gpu["train"]["profile_ours_fast"])
+    assert any("aten::" in line for line in gpu["decode_b1"]["profile_ours_greedy_loop_bf16"])
     table = (tmp_path / "speed-latest.md").read_text()
     assert "| training 2×16 bf16 autocast | ours_fast |" in table
 

@@ -126,7 +126,11 @@ CACHE_LENGTH_MULTIPLE = 256  # greedy_loop's static caches: one compiled step se
 
 
 def greedy_loop(
-    model: nn.Module, compile: bool | None = None, backend: str = "inductor", cuda_graph: bool | None = None
+    model: nn.Module,
+    compile: bool | None = None,
+    backend: str = "inductor",
+    cuda_graph: bool | None = None,
+    mode: str | None = None,
 ) -> Callable:
     """Greedy decoding in a loop of its own, without ``generate()``'s per-step bookkeeping: the prompt goes
     through the model once, then each new token is one decode step (model forward over a static KV cache +
@@ -134,7 +138,8 @@ def greedy_loop(
     for the device between steps (end-of-text is tracked on the device; the finished length is read once at
     the end), so on a GPU the host queues steps ahead of the kernels.
 
-    ``compile`` (default: on CUDA) runs the step through ``torch.compile(fullgraph=True)`` (fused kernels);
+    ``compile`` (default: on CUDA) runs the step through ``torch.compile(fullgraph=True)`` (fused kernels;
+    ``mode`` is passed on, e.g. "max-autotune-no-cudagraphs": this function makes the graph itself);
     ``cuda_graph`` (default: on CUDA) captures that step once as a CUDA graph, so a token costs one graph
     launch instead of ~100 kernel launches and no Python. One cache, buffer and graph is kept per batch size
     and length rounded up to ``CACHE_LENGTH_MULTIPLE`` (``generate.decoders``), reset and reused by later
@@ -153,7 +158,7 @@ def greedy_loop(
         return logits[:, -1].argmax(-1, keepdim=True)
 
     if compile if compile is not None else cuda:
-        step = torch.compile(step, backend=backend, fullgraph=True)
+        step = torch.compile(step, backend=backend, mode=mode, fullgraph=True)
 
     @torch.no_grad()
     def generate(
