@@ -129,13 +129,13 @@ def write_folders(preset: str, root: Path) -> tuple[Path, Path]:
     return ours_dir, hf_dir
 
 
-def load(kind: str, folder: Path) -> torch.nn.Module:
+def load(kind: str, folder: Path, **kwargs) -> torch.nn.Module:
     """Plain ``from_pretrained``, as a user loads each model (ours through the Auto classes)."""
     from transformers import AutoModelForCausalLM
 
     import gpt2scratch  # noqa: F401  (registers the Auto classes)
 
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     expected = "GPT2Scratch" if kind == "ours" else "GPT2LMHead"
     if not type(model).__name__.startswith(expected):
         raise RuntimeError(f"{folder} loaded as {type(model).__name__}, expected {expected}*")
@@ -545,6 +545,12 @@ def gpu_decode(dirs, args, batch: int) -> dict:
     ):  # the same weights in bf16: half the bytes per token (other rounding, other tokens)
         bf16 = for_greedy_benchmark(load("ours", dirs["ours"]).to(device, torch.bfloat16))
         generators["ours_greedy_loop_bf16"] = fast.greedy_loop(bf16)
+        if args.gpu_decode_eager_attention:  # plain matmul-softmax attention, fused by inductor, in the step
+            for dtype, suffix in ((torch.float32, ""), (torch.bfloat16, "_bf16")):
+                eager = load("ours", dirs["ours"], attn_implementation="eager").to(device, dtype)
+                generators[f"ours_greedy_loop{suffix}_eager_attention"] = fast.greedy_loop(
+                    for_greedy_benchmark(eager), backend=args.compile_backend
+                )
         if args.gpu_decode_autotune:  # inductor's autotuned matmuls and tuned reductions for the bf16 step
             generators["ours_greedy_loop_bf16_autotune"] = _autotuned(
                 fast.greedy_loop(bf16, mode="max-autotune-no-cudagraphs", backend=args.compile_backend)
@@ -774,6 +780,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the GPU sections")
     p.add_argument("--gpu-profile", action="store_true", help="profile one ours_fast training step")
     p.add_argument("--gpu-decode-bf16", action="store_true", help="also time greedy_loop on bf16 weights")
+    p.add_argument(
+        "--gpu-decode-eager-attention",
+        action="store_true",
+        help="with --gpu-decode-bf16: also greedy_loop with attn_implementation='eager' (fp32 and bf16)",
+    )
     p.add_argument(
         "--gpu-decode-autotune", action="store_true", help="with --gpu-decode-bf16: also an autotuned compile"
     )
