@@ -262,16 +262,35 @@ def test_greedy_loop_pads_after_end_of_text_and_stops_as_generate(model, ids):
     assert out[0, -1].item() == 7, "the row that ended first is padded"
 
 
-def test_greedy_loop_step_is_one_graph_reused_across_lengths(model, ids):
+@pytest.mark.parametrize("attention", [None, "eager"])
+def test_greedy_loop_step_is_one_graph_reused_across_lengths(model, ids, attention):
     """fullgraph=True with the 'eager' backend: the decode step traces as one graph with no breaks (what
-    mode="reduce-overhead" turns into a CUDA graph on GPU) and calls of other lengths reuse it."""
+    is captured as a CUDA graph on GPU) and calls of other lengths reuse it."""
     torch._dynamo.reset()
-    generate = fast.greedy_loop(model, compile=True, backend="eager")
+    generate = fast.greedy_loop(model, compile=True, backend="eager", attention=attention)
     for new in (6, 11):
         expected = model.generate(ids, max_new_tokens=new, do_sample=False, eos_token_id=None)
         assert torch.equal(generate(ids, max_new_tokens=new, eos_token_id=None), expected)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert not torch._dynamo.utils.counters["graph_break"]
+
+
+def test_greedy_loop_decode_attention_is_its_steps_own(model, ids, monkeypatch):
+    """The step's attention can differ from the model's (eager for fp32 on CUDA, where it was measured
+    faster); the prompt still goes through the model's own, and the tokens are generate's."""
+    calls, eager = [], modeling.eager_attention
+
+    def spy(module, query, *args, **kwargs):
+        calls.append(query.shape[-2])
+        return eager(module, query, *args, **kwargs)
+
+    assert model.config._attn_implementation == "sdpa"
+    assert fast.decode_attention(model) is None, "on the CPU the model's own attention is kept"
+    expected = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None)
+    monkeypatch.setattr(modeling, "eager_attention", spy)
+    out = fast.greedy_loop(model, attention="eager")(ids, max_new_tokens=5, eos_token_id=None)
+    assert torch.equal(out, expected)
+    assert calls == [1] * (4 * model.config.n_layer), "eager attention in the 4 decode steps only"
 
 
 def test_greedy_loop_refuses_what_it_does_not_do(model, ids):

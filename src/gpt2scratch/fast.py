@@ -131,6 +131,7 @@ def greedy_loop(
     backend: str = "inductor",
     cuda_graph: bool | None = None,
     mode: str | None = None,
+    attention: str | None = None,
 ) -> Callable:
     """Greedy decoding in a loop of its own, without ``generate()``'s per-step bookkeeping: the prompt goes
     through the model once, then each new token is one decode step (model forward over a static KV cache +
@@ -141,7 +142,8 @@ def greedy_loop(
     ``compile`` (default: on CUDA) runs the step through ``torch.compile(fullgraph=True)`` (fused kernels;
     ``mode`` is passed on, e.g. "max-autotune-no-cudagraphs": this function makes the graph itself);
     ``cuda_graph`` (default: on CUDA) captures that step once as a CUDA graph, so a token costs one graph
-    launch instead of ~100 kernel launches and no Python. One cache, buffer and graph is kept per batch size
+    launch instead of ~100 kernel launches and no Python. ``attention``: the attention implementation of the
+    decode step (default: ``decode_attention(model)``); the prompt goes through the model's own. One cache, buffer and graph is kept per batch size
     and length rounded up to ``CACHE_LENGTH_MULTIPLE`` (``generate.decoders``), reset and reused by later
     calls. Same tokens as ``model.generate(..., do_sample=False)`` for unpadded prompts, including
     ``eos_token_id`` / ``pad_token_id`` (from the model's generation config unless given)."""
@@ -152,9 +154,11 @@ def greedy_loop(
     cuda = model.device.type == "cuda"
     graphs = cuda if cuda_graph is None else cuda_graph
     decoders: dict[tuple[int, int], _Decoder] = {}
+    attention = attention or decode_attention(model)
+    chosen = {"attn_implementation": attention} if attention else {}
 
     def step(tokens: torch.Tensor, cache: StaticCache) -> torch.Tensor:
-        logits = model(input_ids=tokens, cache=cache, use_cache=True).logits
+        logits = model(input_ids=tokens, cache=cache, use_cache=True, **chosen).logits
         return logits[:, -1].argmax(-1, keepdim=True)
 
     if compile if compile is not None else cuda:
@@ -209,6 +213,14 @@ def greedy_loop(
 
     generate.decoders = decoders
     return generate
+
+
+def decode_attention(model: nn.Module) -> str | None:
+    """The attention ``greedy_loop``'s decode step uses by default: "eager" (matmul, softmax, matmul, fused
+    by inductor) for fp32 weights on CUDA, where SDPA picks its fp32 memory-efficient kernel (~32 µs a call
+    for one query on an H200: 1.41x the tokens/s with "eager", benchmarks/results/speed-*-h200-*.json);
+    otherwise None, the model's own (in bf16 SDPA's cuDNN kernel was faster than "eager": 1709 vs 1565)."""
+    return "eager" if model.device.type == "cuda" and model.dtype == torch.float32 else None
 
 
 class _Decoder:

@@ -330,7 +330,8 @@ class GPT2ScratchAttention(nn.Module):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        impl = "eager" if output_attentions else self.config._attn_implementation
+        chosen = kwargs.pop("attn_implementation", None)  # a call may pick its own (fast.greedy_loop does)
+        impl = "eager" if output_attentions else chosen or self.config._attn_implementation
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention)
         y, weights = attend(
             self,
