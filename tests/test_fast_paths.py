@@ -267,6 +267,7 @@ def test_greedy_loop_step_is_one_graph_reused_across_lengths(model, ids, attenti
     """fullgraph=True with the 'eager' backend: the decode step traces as one graph with no breaks (what
     is captured as a CUDA graph on GPU) and calls of other lengths reuse it."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     generate = fast.greedy_loop(model, compile=True, backend="eager", attention=attention)
     for new in (6, 11):
         expected = model.generate(ids, max_new_tokens=new, do_sample=False, eos_token_id=None)
