@@ -14,14 +14,19 @@ time) of several runs. Sections, at each requested thread count:
 - peak RSS of a training run, each model in its own subprocess (a process's peak RSS only grows);
 - memory read bandwidth, giving the batch-1 decode floor (weight bytes read per token / bandwidth).
 
-A CUDA section (16 x 1024 bf16 training with MFU, decode) runs only where CUDA is available.
+GPU sections run where CUDA is available (``--gpu-only`` skips the CPU ones; ``benchmarks/run_on_gpu.sh``
+runs them and the GPU tests in one call): parity on the GPU, 16 x 1024 bf16-autocast training with MFU
+(optionally transformers compiled too, and a profile), greedy decode at batch 1 and 8 through ``generate()``
+and ``fast.greedy_loop`` (optionally on bf16 weights, autotuned, or with eager attention). Each section is
+saved as soon as it ends. ``--gpu-device cpu`` runs their code on the CPU (a dry run, which the tests do).
 
 Usage::
 
     .venv/bin/python benchmarks/bench_speed.py                 # full run, 1 and all threads
     .venv/bin/python benchmarks/bench_speed.py --preset tiny --repeats 1 --new-tokens 8   # smoke run
 
-Each run writes ``benchmarks/results/speed-<UTC time>.json`` and ``benchmarks/results/speed-latest.md``.
+Each run writes ``benchmarks/results/speed-<UTC time>.json`` and ``benchmarks/results/speed-latest.md``
+(``speed-gpu-latest.md`` for a GPU-only run).
 """
 
 from __future__ import annotations
@@ -620,6 +625,8 @@ def best_floor(result: dict) -> float:
 
 def markdown(result: dict) -> str:
     """The table the README shows: tokens/s of each model, the ratio and the issue's target."""
+    if not result["cpu"]:  # a GPU-only run
+        return "\n".join(gpu_markdown(result)) + "\n"
     lines = [
         f"Measured {result['date']} on {result['machine'].get('cpu_model', '?')} "
         f"({result['machine']['cpus']} vCPUs), torch {result['versions']['torch']}, "
@@ -671,8 +678,16 @@ def markdown(result: dict) -> str:
 
 def gpu_markdown(result: dict) -> list[str]:
     """The GPU rows: tokens/s of every contender, ratios to transformers' plain model, MFU, targets."""
-    gpu = result["gpu"]
-    lines = ["", f"GPU: {gpu['device']} (CUDA {gpu.get('cuda')}).", ""]
+    gpu, versions = result["gpu"], result["versions"]
+    lines = [
+        "",
+        f"Measured {result['date']} on {gpu['device']} (CUDA {gpu.get('cuda')}; host "
+        f"{result['machine'].get('cpu_model', '?')}, {result['machine']['cpus']} vCPUs), torch {versions['torch']}, "
+        f"transformers {versions['transformers']}, gpt2scratch {versions['git_commit']}, preset {result['preset']}, "
+        f"best of {result['repeats']} interleaved runs. Weights fp32 (matmuls in TF32) unless a contender's name "
+        "says bf16; training in bf16 autocast.",
+        "",
+    ]
     parity = gpu.get("parity", {})
     if "max_abs_logit_diff_fp32" in parity:
         lines += [
@@ -703,7 +718,7 @@ def gpu_markdown(result: dict) -> list[str]:
         for name, tps in dec.get("tok_s", {}).items():
             same = dec.get("same_tokens_as_transformers", {}).get(name)
             lines.append(
-                f"| greedy decode batch {b}, {result['new_tokens']} new, fp32 (TF32) | {name}"
+                f"| greedy decode batch {b}, {result['new_tokens']} new | {name}"
                 f"{'' if same is not False else ' (other tokens)'} | {tps:,.0f} | {_num(ratio(dec['tok_s'], name), 2)}× | | "
                 f"{target} |"
             )
@@ -737,13 +752,18 @@ def _mb(entry) -> str:
 
 
 def save(result: dict, out: Path) -> Path:
-    """Write the dated JSON result and the markdown table (``speed-latest.md``) under ``out``."""
+    """Write the dated JSON result and the markdown table (``latest_name``) under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     stamp = result["date"].replace(":", "").replace("-", "")
     path = out / f"speed-{stamp}{'-' + result['label'] if result['label'] else ''}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
-    (out / "speed-latest.md").write_text(markdown(result))
+    (out / latest_name(result)).write_text(markdown(result))
     return path
+
+
+def latest_name(result: dict) -> str:
+    """speed-latest.md for a run with CPU sections, speed-gpu-latest.md for a GPU-only one."""
+    return "speed-latest.md" if result["cpu"] else "speed-gpu-latest.md"
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -793,7 +813,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
     p.add_argument(
-        "--render", type=Path, help="only rewrite speed-latest.md (and ratios) from this result JSON"
+        "--render", type=Path, help="only rewrite the markdown table (and ratios) from this result JSON"
     )
     p.add_argument("--child-memory", help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -806,7 +826,7 @@ def main(argv=None) -> Path | None:
         result = json.loads(args.render.read_text())
         result["ratios"] = summarise(result)
         args.render.write_text(json.dumps(result, indent=1) + "\n")
-        (args.render.parent / "speed-latest.md").write_text(markdown(result))
+        (args.render.parent / latest_name(result)).write_text(markdown(result))
         print(markdown(result))
         return args.render
     if args.child_memory:

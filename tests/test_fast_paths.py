@@ -371,8 +371,9 @@ def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path):
     assert all(same[name] for name in ("ours", "ours_static", "ours_greedy_loop"))
     assert any("aten::" in line for line in gpu["train"]["profile_ours_fast"])
     assert any("aten::" in line for line in gpu["decode_b1"]["profile_ours_greedy_loop_bf16"])
-    table = (tmp_path / "speed-latest.md").read_text()
+    table = (tmp_path / "speed-gpu-latest.md").read_text()
     assert "| training 2×16 bf16 autocast | ours_fast |" in table
+    assert not (tmp_path / "speed-latest.md").exists(), "a GPU-only run leaves the CPU table alone"
 
 
 # ------------------------------------------------------------------------- projections over few rows
