@@ -200,7 +200,9 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     Same values up to float rounding; anything else (GPU, LoRA or hooked layers, other dtypes, autocast,
     column-major weights with autograd) calls ``linear``."""
     rows = x.shape[:-1].numel()
-    if rows == 0 or not _plain_cpu_fp32(linear, x):
+    if rows == 0 or (rows == 1 and not torch.compiler.is_compiling() and torch.get_num_threads() == 1):
+        return linear(x)  # one row on one thread: every path below ends here, so skip their checks
+    if not _plain_cpu_fp32(linear, x):
         return linear(x)
     flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
     onednn, wide = ONEDNN_LINEAR and weight.is_contiguous(), _is_wide(linear)
