@@ -143,10 +143,13 @@ def greedy_loop(
     ``mode`` is passed on, e.g. "max-autotune-no-cudagraphs": this function makes the graph itself);
     ``cuda_graph`` (default: on CUDA) captures that step once as a CUDA graph, so a token costs one graph
     launch instead of ~100 kernel launches and no Python. ``attention``: the attention implementation of the
-    decode step (default: ``decode_attention(model)``); the prompt goes through the model's own. One cache, buffer and graph is kept per batch size
-    and length rounded up to ``CACHE_LENGTH_MULTIPLE`` (``generate.decoders``), reset and reused by later
-    calls. Same tokens as ``model.generate(..., do_sample=False)`` for unpadded prompts, including
-    ``eos_token_id`` / ``pad_token_id`` (from the model's generation config unless given)."""
+    decode step (default: ``decode_attention(model)``); the prompt goes through the model's own.
+
+    One cache, buffer and graph is kept per batch size and cache length (``generate.decoders``), reset and
+    reused by later calls; compiled, the length is rounded up to ``CACHE_LENGTH_MULTIPLE`` so that one
+    compiled step serves many lengths. Same tokens as ``model.generate(..., do_sample=False)`` for unpadded
+    prompts, including ``eos_token_id`` / ``pad_token_id`` (from the model's generation config unless
+    given). Made for GPUs: on a CPU, eager, it was no faster than ``generate()`` (benchmarks/README.md)."""
     from transformers import StaticCache
 
     from .modeling_gpt2scratch import set_weight_layout
@@ -161,7 +164,8 @@ def greedy_loop(
         logits = model(input_ids=tokens, cache=cache, use_cache=True, **chosen).logits
         return logits[:, -1].argmax(-1, keepdim=True)
 
-    if compile if compile is not None else cuda:
+    compiled = compile if compile is not None else cuda
+    if compiled:
         step = torch.compile(step, backend=backend, mode=mode, fullgraph=True)
 
     @torch.no_grad()
@@ -186,7 +190,8 @@ def greedy_loop(
         model.check_generation_inputs(input_ids, attention_mask, max_new_tokens=max_new_tokens)
         if model.column_major_decoding and not model.training:
             set_weight_layout(model, column_major=B == 1)
-        length = min(-(-total // CACHE_LENGTH_MULTIPLE) * CACHE_LENGTH_MULTIPLE, model.config.n_positions)
+        multiple = CACHE_LENGTH_MULTIPLE if compiled else 1  # uncompiled, a longer cache only costs
+        length = min(-(-total // multiple) * multiple, model.config.n_positions)
         eos, pad = _stop_tokens(model, input_ids.device, eos_token_id, pad_token_id)
         tokens = input_ids.new_empty(total, B)  # position-major: each step's (B,) row is contiguous
         tokens[:T] = input_ids.t()
