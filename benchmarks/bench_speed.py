@@ -545,20 +545,18 @@ def gpu_decode(dirs, args, batch: int) -> dict:
     for name in fast.GPU_DECODE_PATHS:
         if name not in args.skip_paths:
             generators[f"ours_{name}"] = fast.DECODE_PATHS[name](models["ours"])
-    if (
-        args.gpu_decode_bf16
-    ):  # the same weights in bf16: half the bytes per token (other rounding, other tokens)
+    if args.gpu_decode_bf16:  # the same weights in bf16: half the bytes per token (other rounding, tokens)
         bf16 = for_greedy_benchmark(load("ours", dirs["ours"]).to(device, torch.bfloat16))
         generators["ours_greedy_loop_bf16"] = fast.greedy_loop(bf16)
-        if args.gpu_decode_eager_attention:  # plain matmul-softmax attention, fused by inductor, in the step
-            for dtype, suffix in ((torch.float32, ""), (torch.bfloat16, "_bf16")):
-                eager = load("ours", dirs["ours"], attn_implementation="eager").to(device, dtype)
-                generators[f"ours_greedy_loop{suffix}_eager_attention"] = fast.greedy_loop(
-                    for_greedy_benchmark(eager), backend=args.compile_backend
-                )
         if args.gpu_decode_autotune:  # inductor's autotuned matmuls and tuned reductions for the bf16 step
             generators["ours_greedy_loop_bf16_autotune"] = _autotuned(
                 fast.greedy_loop(bf16, mode="max-autotune-no-cudagraphs", backend=args.compile_backend)
+            )
+    if args.gpu_decode_eager_attention:  # the model loaded with matmul-softmax attention, fp32 and bf16
+        for dtype, suffix in ((torch.float32, ""), (torch.bfloat16, "_bf16")):
+            eager = load("ours", dirs["ours"], attn_implementation="eager").to(device, dtype)
+            generators[f"ours_greedy_loop{suffix}_eager_attention"] = fast.greedy_loop(
+                for_greedy_benchmark(eager), backend=args.compile_backend
             )
     ids = random_ids(models["ours"].config.vocab_size, batch, PROMPT_LEN, seed=batch).to(device)
     contenders, tokens, failed = {}, {}, {}
@@ -803,7 +801,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--gpu-decode-eager-attention",
         action="store_true",
-        help="with --gpu-decode-bf16: also greedy_loop with attn_implementation='eager' (fp32 and bf16)",
+        help="also greedy_loop on the model loaded with attn_implementation='eager' (fp32 and bf16)",
     )
     p.add_argument(
         "--gpu-decode-autotune", action="store_true", help="with --gpu-decode-bf16: also an autotuned compile"

@@ -354,7 +354,7 @@ def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path):
     argv = ["--preset", "tiny", "--gpu-only", "--gpu-device", "cpu", "--compile-backend", "eager"]
     argv += ["--gpu-train-shape", "2", "16", "--new-tokens", "3", "--repeats", "1", "--gpu-hf-compiled"]
     argv += ["--gpu-sections", "parity", "train", "decode_b1", "--skip-paths", "static_compiled"]
-    argv += ["--gpu-profile", "--gpu-decode-bf16", "--gpu-decode-autotune"]
+    argv += ["--gpu-profile", "--gpu-decode-bf16", "--gpu-decode-autotune", "--gpu-decode-eager-attention"]
     path = bench.main(argv + ["--out", str(tmp_path)])
     gpu = json.loads(path.read_text())["gpu"]
     assert gpu["parity"]["max_abs_logit_diff_fp32"] < 1e-4
@@ -366,9 +366,13 @@ def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path):
         "ours_greedy_loop",
         "ours_greedy_loop_bf16",
         "ours_greedy_loop_bf16_autotune",
+        "ours_greedy_loop_eager_attention",
+        "ours_greedy_loop_bf16_eager_attention",
     }
     same = gpu["decode_b1"]["same_tokens_as_transformers"]
-    assert all(same[name] for name in ("ours", "ours_static", "ours_greedy_loop"))
+    assert all(
+        same[name] for name in ("ours", "ours_static", "ours_greedy_loop", "ours_greedy_loop_eager_attention")
+    )
     assert any("aten::" in line for line in gpu["train"]["profile_ours_fast"])
     assert any("aten::" in line for line in gpu["decode_b1"]["profile_ours_greedy_loop_bf16"])
     table = (tmp_path / "speed-gpu-latest.md").read_text()
