@@ -217,7 +217,6 @@ def decode_fn(generate: Callable, ids: torch.Tensor, new_tokens: int) -> Callabl
             raise RuntimeError(f"generate stopped after {out.shape[1] - ids.shape[1]} of {new_tokens} tokens")
         return out
 
-    decode.__wrapped__ = generate
     return decode
 
 
@@ -280,22 +279,28 @@ def bench_decode(models, fast_models, args, batch: int) -> dict:
     ids = random_ids(models["ours"].config.vocab_size, batch, PROMPT_LEN, seed=batch).to(
         models["ours"].device
     )
-    contenders = {name: decode_fn(m.generate, ids, args.new_tokens) for name, m in models.items()}
-    for name, generate in fast_models.items():
-        contenders[name] = decode_fn(generate, ids, args.new_tokens)
-    failed = {}
-    for name in list(contenders):  # warm-up on a few tokens; a broken opt-in path is reported, not fatal
-        try:
-            decode_fn(contenders[name].__wrapped__, ids, 2)()
-        except Exception as err:  # noqa: BLE001
-            if name in models:
-                raise
-            failed[name] = f"{type(err).__name__}: {err}"[:300]
-            del contenders[name]
-    times = interleaved(contenders, args.repeats, warmup=0)
-    result = {name: batch * args.new_tokens / t for name, t in times.items()}
+    generators = {name: m.generate for name, m in models.items()} | fast_models
+    result, _, failed = time_decoding(generators, models, ids, args, warmup_tokens=2)
     result.update({name: f"failed: {why}" for name, why in failed.items()})
     return result
+
+
+def time_decoding(generators: dict, required, ids, args, warmup_tokens: int) -> tuple[dict, dict, dict]:
+    """Tokens/s of each ``generate``-like callable over ``args.new_tokens`` greedy tokens, after a warm-up of
+    ``warmup_tokens`` whose outputs are returned too; a path that fails there is reported (name: error) and
+    left out, unless it is in ``required``."""
+    contenders, outputs, failed = {}, {}, {}
+    for name, generate in generators.items():
+        try:
+            outputs[name] = decode_fn(generate, ids, warmup_tokens)()
+        except Exception as err:  # noqa: BLE001  (a broken opt-in path is reported, not fatal)
+            if name in required:
+                raise
+            failed[name] = f"{type(err).__name__}: {err}"[:300]
+            continue
+        contenders[name] = decode_fn(generate, ids, args.new_tokens)
+    times = interleaved(contenders, args.repeats, warmup=0)
+    return {name: ids.shape[0] * args.new_tokens / t for name, t in times.items()}, outputs, failed
 
 
 def fast_decoders(dirs, args) -> dict[str, Callable]:
@@ -559,21 +564,10 @@ def gpu_decode(dirs, args, batch: int) -> dict:
                 for_greedy_benchmark(eager), backend=args.compile_backend
             )
     ids = random_ids(models["ours"].config.vocab_size, batch, PROMPT_LEN, seed=batch).to(device)
-    contenders, tokens, failed = {}, {}, {}
-    for name, generate in generators.items():
-        contenders[name] = decode_fn(generate, ids, args.new_tokens)
-        try:
-            tokens[name] = contenders[name]()
-        except Exception as err:  # noqa: BLE001  (a broken opt-in path is reported, not fatal)
-            if name in models:
-                raise
-            failed[name] = f"{type(err).__name__}: {err}"[:300]
-            del contenders[name]
-    times = interleaved(contenders, args.repeats, warmup=0)
-    res = {"tok_s": {name: batch * args.new_tokens / t for name, t in times.items()}}
-    res["failed_paths"] = failed
+    tok_s, tokens, failed = time_decoding(generators, models, ids, args, warmup_tokens=args.new_tokens)
+    res = {"tok_s": tok_s, "failed_paths": failed}
     if args.gpu_profile:  # where the device time of 16 decode steps goes
-        for name in [n for n in contenders if n.startswith("ours_greedy_loop")]:
+        for name in [n for n in tok_s if n.startswith("ours_greedy_loop")]:
             res[f"profile_{name}"] = profile_table(
                 lambda g=generators[name]: g(ids, max_new_tokens=16), device
             )

@@ -152,8 +152,6 @@ def greedy_loop(
     given). Made for GPUs: on a CPU, eager, it was no faster than ``generate()`` (benchmarks/README.md)."""
     from transformers import StaticCache
 
-    from .modeling_gpt2scratch import set_weight_layout
-
     cuda = model.device.type == "cuda"
     graphs = cuda if cuda_graph is None else cuda_graph
     decoders: dict[tuple[int, int], _Decoder] = {}
@@ -188,8 +186,7 @@ def greedy_loop(
         B, T = input_ids.shape
         total = T + max_new_tokens
         model.check_generation_inputs(input_ids, attention_mask, max_new_tokens=max_new_tokens)
-        if model.column_major_decoding and not model.training:
-            set_weight_layout(model, column_major=B == 1)
+        model.layout_for_decoding(B)
         multiple = CACHE_LENGTH_MULTIPLE if compiled else 1  # uncompiled, a longer cache only costs
         length = min(-(-total // multiple) * multiple, model.config.n_positions)
         eos, pad = _stop_tokens(model, input_ids.device, eos_token_id, pad_token_id)

@@ -200,10 +200,9 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     Same values up to float rounding; anything else (GPU, LoRA or hooked layers, other dtypes, autocast,
     column-major weights with autograd) calls ``linear``."""
     rows = x.shape[:-1].numel()
-    if rows == 0 or (rows == 1 and not torch.compiler.is_compiling() and torch.get_num_threads() == 1):
-        return linear(x)  # one row on one thread: every path below ends here, so skip their checks
-    if not _plain_cpu_fp32(linear, x):
-        return linear(x)
+    one_row_one_thread = rows == 1 and not torch.compiler.is_compiling() and torch.get_num_threads() == 1
+    if rows == 0 or one_row_one_thread or not _plain_cpu_fp32(linear, x):
+        return linear(x)  # (one row on one thread: every path below ends here, so their checks are skipped)
     flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
     onednn, wide = ONEDNN_LINEAR and weight.is_contiguous(), _is_wide(linear)
     wide_onednn = onednn and rows >= ONEDNN_MIN_ROWS and wide
@@ -840,6 +839,12 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() >= 2 else 1
         return batch * max(beams, returned)
 
+    def layout_for_decoding(self, rows_per_step: int) -> None:
+        """In eval mode with ``column_major_decoding``: the wide weights column-major for one row per decode
+        step, row-major for more (``set_weight_layout``); else leave them as they are."""
+        if not self.training and self.column_major_decoding:
+            set_weight_layout(self, column_major=rows_per_step == 1)
+
     def check_generation_inputs(self, input_ids, attention_mask=None, position_ids=None, max_new_tokens=None):
         """What ``generate`` checks once up front (so that its decode steps need not): ids within the
         vocabulary, the mask's shape, and the prompt plus ``max_new_tokens`` within ``n_positions``."""
@@ -865,8 +870,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
                 kwargs.get("position_ids"),
                 kwargs.get("max_new_tokens"),
             )
-        if not self.training and self.column_major_decoding:
-            set_weight_layout(self, column_major=self._rows_per_step(input_ids, kwargs) == 1)
+        self.layout_for_decoding(self._rows_per_step(input_ids, kwargs))
         with self.transformer._inputs_checked():
             return super().generate(inputs, *args, **kwargs)
 
