@@ -292,6 +292,66 @@ def _finished_length(done: torch.Tensor, out: torch.Tensor, prompt_len: int, eos
     return prompt_len + int(first_end.max()) + 1
 
 
+# ------------------------------------------------------------------------------------------ CPU weights
+QUANTIZED_WEIGHTS = ("int8", "fp16")
+
+
+def quantized_for_cpu(model: nn.Module, weights: str = "int8") -> nn.Module:
+    """A copy of ``model`` for CPU inference whose linear layers (q/k/v, projections, MLP, LM head) hold
+    ``weights``: ``"int8"`` (per-output-channel symmetric int8; activations quantized per call to 7 bits)
+    or ``"fp16"`` (half-precision storage, fp32 arithmetic), both through fbgemm's dynamic linear kernels
+    (``torch.ao.quantization.quantize_dynamic``). ``model`` itself is left as it was.
+
+    Outputs differ from the fp32 model's: by about 3e-4 of a logit for fp16 and a few hundredths for int8
+    on the 124M shape; quality and speed are measured by ``benchmarks/bench_quantized.py``. The copy is
+    for ``forward``/``generate`` only: it cannot be trained or saved (keep the fp32 model for that).
+    torchao's int8 configurations were measured slower than fp32 on AVX2 CPUs, hence fbgemm; torch marks
+    these quantization APIs deprecated (its warnings are silenced here), so a torch without them gets
+    a ``RuntimeError`` saying so."""
+    if weights not in QUANTIZED_WEIGHTS:
+        raise ValueError(f"weights={weights!r}: choose one of {', '.join(QUANTIZED_WEIGHTS)}")
+    if hasattr(model, "peft_config"):
+        raise ValueError("quantize the base model: merge the adapter first (model.merge_and_unload())")
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("quantized_for_cpu needs the model on the CPU (fbgemm kernels); call model.cpu()")
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        raise ValueError(
+            "quantized_for_cpu starts from fp32 weights; load the model with dtype=torch.float32"
+        )
+    engine = torch.backends.quantized.engine
+    if engine not in ("x86", "fbgemm"):
+        raise RuntimeError(
+            f"quantized_for_cpu needs torch's x86/fbgemm quantized engine (this torch: {engine!r})"
+        )
+    try:
+        from torch.ao.quantization import (
+            float16_dynamic_qconfig,
+            per_channel_dynamic_qconfig,
+            quantize_dynamic,
+        )
+    except ImportError as err:
+        raise RuntimeError(f"this torch has no dynamic quantization ({err}); use the fp32 model") from err
+    qconfig, dtype = (
+        (per_channel_dynamic_qconfig, torch.qint8)
+        if weights == "int8"
+        else (float16_dynamic_qconfig, torch.float16)
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*(torchao|deprecated)")
+        quantized = quantize_dynamic(model, {nn.Linear: qconfig}, dtype=dtype)
+    quantized.eval()
+    quantized.quantized_weights = weights
+    quantized.save_pretrained = _refuse_saving
+    return quantized
+
+
+def _refuse_saving(*args, **kwargs):
+    raise RuntimeError(
+        "a quantized_for_cpu copy cannot be saved (its weights are packed for fbgemm): save the fp32 model, "
+        "and quantize again after loading it"
+    )
+
+
 DECODE_PATHS: dict[str, Callable[[nn.Module], Callable]] = {
     "static": static_cache,
     "static_compiled": static_compiled,

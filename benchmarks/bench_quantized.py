@@ -1,0 +1,273 @@
+"""What ``fast.quantized_for_cpu`` (int8 / fp16 weights for CPU inference) costs in quality and buys in speed.
+
+Quality, on a trained model (``--model``: a folder this package trained, e.g. with
+``scripts/finetune.py --task lm``) and held-out text (``--text``), for the fp32 model and each copy:
+perplexity over non-overlapping ``n_positions`` blocks, the mean KL divergence of each copy's next-token
+distribution from the fp32 one, how often its top token is the fp32 top token, and how many of 64 greedy
+tokens from each of 8 prompts match the fp32 model's before the first difference. The same numeric
+comparison on the 124M shape with random weights shows the rounding error at GPT-2's width (random
+weights have no quality to lose).
+
+Speed, 124M shape, random weights, at each thread count: prefill of 4 x 256 tokens and greedy
+``generate()`` of ``--new-tokens`` tokens at batch 1 and 8, best of ``--repeats`` interleaved runs;
+batch-1 time over each variant's own floor (its weight bytes read per token / a read bandwidth measured
+here).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_quantized.py --model runs/shakespeare/final \\
+        --text ../shared/data/corpora/the-verdict.txt
+    .venv/bin/python benchmarks/bench_quantized.py --preset tiny --repeats 1 --new-tokens 4 --no-quality
+
+Writes ``benchmarks/results/quantized-<UTC time>.json`` and ``benchmarks/results/quantized-latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bench_speed import (
+    PROMPT_LEN,
+    RESULTS,
+    bench_bandwidth,
+    decode_fn,
+    for_greedy_benchmark,
+    interleaved,
+    load_average,
+    machine_info,
+    prefill_fn,
+    random_ids,
+    versions,
+)
+
+from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, fast
+
+VARIANTS = ("fp32", *fast.QUANTIZED_WEIGHTS)
+DynamicLinear = torch.ao.nn.quantized.dynamic.Linear
+
+
+def variants(model: GPT2ScratchForCausalLM) -> dict[str, torch.nn.Module]:
+    return {"fp32": model} | {w: fast.quantized_for_cpu(model, w) for w in fast.QUANTIZED_WEIGHTS}
+
+
+# ------------------------------------------------------------------------------------------ quality
+def text_blocks(model_dir: Path, text: Path, length: int, max_blocks: int) -> torch.Tensor:
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(model_dir)(text.read_text(encoding="utf-8"))["input_ids"]
+    blocks = len(ids) // length
+    if blocks == 0:
+        raise ValueError(f"{text} has {len(ids)} tokens, fewer than one block of {length}")
+    return torch.tensor(ids[: blocks * length]).view(blocks, length)[:max_blocks]
+
+
+@torch.no_grad()
+def quality(
+    models: dict[str, torch.nn.Module], blocks: torch.Tensor, prompts: int = 8, greedy: int = 64
+) -> dict:
+    """Perplexity of each variant; KL from fp32, top-1 agreement and greedy agreement of each copy."""
+    logits = {name: torch.cat([m(b[None]).logits[0, :-1] for b in blocks]) for name, m in models.items()}
+    targets = blocks[:, 1:].reshape(-1)
+    reference = F.log_softmax(logits["fp32"], -1)
+    starts = [blocks[i % len(blocks), :PROMPT_LEN][None] for i in range(prompts)]
+    greedy_ref = [_greedy(models["fp32"], s, greedy) for s in starts]
+    out = {}
+    for name, lg in logits.items():
+        log_probs = F.log_softmax(lg, -1)
+        entry = {
+            "perplexity": round(F.nll_loss(log_probs, targets).exp().item(), 3),
+            "tokens": targets.numel(),
+        }
+        if name != "fp32":
+            entry["kl_from_fp32"] = F.kl_div(
+                log_probs, reference, log_target=True, reduction="batchmean"
+            ).item()
+            entry["top1_agreement"] = (lg.argmax(-1) == logits["fp32"].argmax(-1)).float().mean().item()
+            entry["max_abs_logit_diff"] = (lg - logits["fp32"]).abs().max().item()
+            matched = [
+                _common_prefix(_greedy(models[name], s, greedy), r)
+                for s, r in zip(starts, greedy_ref, strict=True)
+            ]
+            entry["greedy_tokens_matching_fp32"] = matched
+        out[name] = entry
+    return out
+
+
+def _greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    out = model.generate(
+        prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    return out[0, prompt.shape[1] :]
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    differ = (a != b).nonzero()
+    return int(differ[0]) if len(differ) else len(a)
+
+
+# ------------------------------------------------------------------------------------------ speed
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes read per decoded token: each linear layer's stored weight (int8 + a scale per row, fp16 or
+    fp32) and bias, the other parameters once, but one row of each embedding (the head is a linear layer
+    of its own once quantized; tied to ``wte``, fp32 reads all of ``wte`` as the head)."""
+    total, seen = 0, set()
+    for module in model.modules():
+        if isinstance(module, DynamicLinear):
+            weight, bias = module._packed_params._weight_bias()
+            per_value = {torch.qint8: 1, torch.float16: 2}[module._packed_params.dtype]
+            total += weight.numel() * per_value + (weight.shape[0] * 8 if per_value == 1 else 0)
+            total += 0 if bias is None else bias.numel() * 4
+    embeddings = {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
+    head_tied = getattr(model.lm_head, "weight", None) is model.transformer.wte.weight
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        whole = id(p) not in embeddings or (head_tied and p is model.transformer.wte.weight)
+        total += p.numel() * p.element_size() if whole else p.shape[1] * p.element_size()
+    return total
+
+
+def speed(models: dict[str, torch.nn.Module], args, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    vocab = models["fp32"].config.vocab_size
+    res: dict = {
+        "threads": threads,
+        "load_avg_start": load_average(),
+        "bandwidth_gb_s": round(bench_bandwidth(), 2),
+    }
+    prefill_ids = random_ids(vocab, 4, min(256, models["fp32"].config.n_positions))
+    times = interleaved({n: prefill_fn(m, prefill_ids) for n, m in models.items()}, args.repeats)
+    res["prefill_4x256"] = {n: prefill_ids.numel() / t for n, t in times.items()}
+    for batch in (1, 8):
+        ids = random_ids(vocab, batch, PROMPT_LEN, seed=batch)
+        decoders = {n: decode_fn(m.generate, ids, args.new_tokens) for n, m in models.items()}
+        times = interleaved(decoders, args.repeats)
+        res[f"decode_b{batch}"] = {n: batch * args.new_tokens / t for n, t in times.items()}
+    res["load_avg_end"] = load_average()
+    print(json.dumps(res), flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------------------ report
+def markdown(result: dict) -> str:
+    lines = [
+        f"Measured {result['date']} on {result['machine'].get('cpu_model', '?')} ({result['machine']['cpus']} vCPUs), "
+        f"torch {result['versions']['torch']}, gpt2scratch {result['versions']['git_commit']}; quantized engine "
+        f"{result['engine']}.",
+        "",
+    ]
+    for key, title in (("quality", "Trained model"), ("quality_random", "Random weights")):
+        if key not in result:
+            continue
+        q = result[key]
+        lines += [
+            f"{title}: {q['about']}",
+            "",
+            "| weights | perplexity | KL from fp32 (nats/token) | top-1 = fp32 | max abs logit diff | greedy tokens = fp32 (of 64, per prompt) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, e in q["variants"].items():
+            lines.append(
+                f"| {name} | {e['perplexity']:.3f} | {e.get('kl_from_fp32', 0):.2e} | "
+                f"{100 * e.get('top1_agreement', 1):.2f}% | {e.get('max_abs_logit_diff', 0):.2e} | "
+                f"{' '.join(map(str, e.get('greedy_tokens_matching_fp32', []))) or '–'} |"
+            )
+        lines.append("")
+    lines += [
+        f"Speed, preset {result['preset']} (random weights), best of {result['repeats']} interleaved runs, "
+        f"{result['new_tokens']} new tokens:",
+        "",
+        "| threads | measurement | fp32 | fp16 | int8 | int8 ÷ fp32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in result["speed"]:
+        for key, label in (
+            ("prefill_4x256", "prefill 4×256, tokens/s"),
+            ("decode_b1", "greedy generate() batch 1, tokens/s"),
+            ("decode_b8", "greedy generate() batch 8, tokens/s"),
+        ):
+            f = s[key]
+            lines.append(
+                f"| {s['threads']} | {label} | {f['fp32']:.1f} | {f['fp16']:.1f} | {f['int8']:.1f} | "
+                f"{f['int8'] / f['fp32']:.2f}× |"
+            )
+        floors = {n: s["bandwidth_gb_s"] * 1e9 / b for n, b in result["weight_bytes_per_token"].items()}
+        lines.append(
+            f"| {s['threads']} | batch-1 time ÷ own floor ({s['bandwidth_gb_s']} GB/s) | "
+            + " | ".join(f"{floors[n] / s['decode_b1'][n]:.2f}×" for n in VARIANTS)
+            + " | |"
+        )
+    mb = result["weight_bytes_per_token"]
+    lines += [
+        "",
+        "Weight bytes read per token: " + ", ".join(f"{n} {mb[n] / 1e6:.0f} MB" for n in VARIANTS) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, help="a trained model folder (quality section)")
+    p.add_argument("--text", type=Path, help="held-out text for the quality section")
+    p.add_argument("--max-blocks", type=int, default=24, help="blocks of n_positions tokens scored")
+    p.add_argument("--no-quality", action="store_true")
+    p.add_argument("--preset", default="gpt2", help="model shape of the speed section")
+    p.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--label", default="")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    if not args.no_quality and not (args.model and args.text):
+        p.error("--model and --text are needed for the quality section (or pass --no-quality)")
+    return args
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    result: dict = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine_info(),
+        "versions": versions(),
+        "engine": torch.backends.quantized.engine,
+        "preset": args.preset,
+        "repeats": args.repeats,
+        "new_tokens": args.new_tokens,
+    }
+    torch.manual_seed(0)
+    random_model = for_greedy_benchmark(GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset(args.preset)))
+    models = variants(random_model)
+    if not args.no_quality:
+        trained = GPT2ScratchForCausalLM.from_pretrained(args.model).eval()
+        blocks = text_blocks(args.model, args.text, trained.config.n_positions, args.max_blocks)
+        result["quality"] = {
+            "about": f"{args.model.name} ({sum(p.numel() for p in trained.parameters()) / 1e6:.1f}M parameters, "
+            f"n_embd {trained.config.n_embd}) on {blocks.numel()} tokens of {args.text.name}",
+            "variants": quality(variants(trained), blocks),
+        }
+        ids = random_ids(random_model.config.vocab_size, 4, min(256, random_model.config.n_positions), seed=7)
+        result["quality_random"] = {
+            "about": f"preset {args.preset} on {ids.numel()} random tokens (numeric error only)",
+            "variants": quality(models, ids),
+        }
+    result["weight_bytes_per_token"] = {n: weight_bytes_per_token(m) for n, m in models.items()}
+    result["speed"] = [speed(models, args, t) for t in args.threads]
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = result["date"].replace(":", "").replace("-", "")
+    path = args.out / f"quantized-{stamp}{'-' + args.label if args.label else ''}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "quantized-latest.md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
