@@ -154,3 +154,26 @@ def test_quality_and_speed_benchmark_smoke_run(tmp_path, vocab_dir, shared_data,
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
     assert all(v > 0 for v in result["speed"][0]["decode_b8"].values())
     assert "| 1 | greedy generate() batch 1" in (tmp_path / "out" / "quantized-latest.md").read_text()
+
+
+@pytest.mark.parametrize("weights", ["int8", "fp16"])
+def test_generate_command_decodes_with_quantized_weights(tmp_path, vocab_dir, weights):
+    from conftest import run_cli
+
+    from gpt2scratch.tokenizer import hf_tokenizer, save_tokenizer
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny", vocab_size=50257)).eval()
+    model.save_pretrained(folder)
+    save_tokenizer(vocab_dir, folder, model_max_length=128)
+    gen = run_cli(
+        "generate", str(folder), "--prompt", "Hello world", "--max-new-tokens", "8", "--weights", weights
+    )
+    assert gen.returncode == 0, gen.stderr
+    assert f"decoding with {weights} weights" in gen.stderr
+    tok = hf_tokenizer(vocab_dir)
+    ids = tok("Hello world", return_tensors="pt")["input_ids"]
+    quantized = fast.quantized_for_cpu(model, weights)
+    expected = quantized.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=50256)
+    assert gen.stdout.strip() == tok.decode(expected[0]).strip()

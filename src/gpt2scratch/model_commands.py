@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -70,6 +71,13 @@ def cmd_generate(args) -> None:
     check_sampling(args)
     loaded = load_model(args.model, tokenizer_dir=args.tokenizer_dir)
     model = loaded.model
+    if args.weights != "fp32":
+        from .fast import quantized_for_cpu
+
+        model = quantized_for_cpu(model, args.weights)
+        print(
+            f"gpt2scratch generate: decoding with {args.weights} weights (a quantized copy)", file=sys.stderr
+        )
     ids = fit_prompt(
         encode(load_encoding(loaded.tokenizer_dir), args.prompt), args.max_new_tokens, model.config
     )
@@ -105,8 +113,6 @@ def check_sampling(args) -> None:
 
 def fit_prompt(ids: list[int], max_new_tokens: int, config) -> list[int]:
     """The prompt's last tokens that leave room for ``max_new_tokens`` in ``n_positions`` (warning if cut)."""
-    import sys
-
     context = config.n_positions
     if not ids:
         raise ValueError("The prompt is empty; give some text with --prompt.")
@@ -180,6 +186,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--tokenizer-dir", type=Path)
+    p.add_argument(
+        "--weights",
+        choices=["fp32", "fp16", "int8"],
+        default="fp32",
+        help="fp16/int8: decode with a quantized copy of the weights on the CPU (faster, other outputs; "
+        "benchmarks/bench_quantized.py)",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="describe a model")
