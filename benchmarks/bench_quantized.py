@@ -1,7 +1,8 @@
 """What ``fast.quantized_for_cpu`` (int8 / fp16 weights for CPU inference) costs in quality and buys in speed.
 
 Quality, on a trained model (``--model``: a folder this package trained, e.g. with
-``scripts/finetune.py --task lm``) and held-out text (``--text``), for the fp32 model and each copy:
+``scripts/finetune.py --task lm``) and the last blocks of each ``--text`` (held out when it is the
+training text: the LM task validates on its last 10%), for the fp32 model and each copy:
 perplexity over non-overlapping ``n_positions`` blocks, the mean KL divergence of each copy's next-token
 distribution from the fp32 one, how often its top token is the fp32 top token, and how many of 64 greedy
 tokens from each of 8 prompts match the fp32 model's before the first difference. The same numeric
@@ -15,8 +16,8 @@ here).
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_quantized.py --model runs/shakespeare/final \\
-        --text ../shared/data/corpora/the-verdict.txt
+    .venv/bin/python benchmarks/bench_quantized.py --model runs/shakespeare \\
+        --text ../shared/data/corpora/tinyshakespeare.txt ../shared/data/corpora/the-verdict.txt
     .venv/bin/python benchmarks/bench_quantized.py --preset tiny --repeats 1 --new-tokens 4 --no-quality
 
 Writes ``benchmarks/results/quantized-<UTC time>.json`` and ``benchmarks/results/quantized-latest.md``.
@@ -58,13 +59,15 @@ def variants(model: GPT2ScratchForCausalLM) -> dict[str, torch.nn.Module]:
 
 # ------------------------------------------------------------------------------------------ quality
 def text_blocks(model_dir: Path, text: Path, length: int, max_blocks: int) -> torch.Tensor:
+    """The last ``max_blocks`` whole blocks of ``length`` tokens of ``text`` (``scripts/finetune.py --task lm``
+    holds out the last 10% of its text, so the end of a training text is its validation part)."""
     from transformers import AutoTokenizer
 
     ids = AutoTokenizer.from_pretrained(model_dir)(text.read_text(encoding="utf-8"))["input_ids"]
-    blocks = len(ids) // length
+    blocks = min(len(ids) // length, max_blocks)
     if blocks == 0:
         raise ValueError(f"{text} has {len(ids)} tokens, fewer than one block of {length}")
-    return torch.tensor(ids[: blocks * length]).view(blocks, length)[:max_blocks]
+    return torch.tensor(ids[len(ids) - blocks * length :]).view(blocks, length)
 
 
 @torch.no_grad()
@@ -109,6 +112,19 @@ def _greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
 def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
     differ = (a != b).nonzero()
     return int(differ[0]) if len(differ) else len(a)
+
+
+def trained_quality(args) -> list[dict]:
+    """One quality section for each of ``args.text`` on the trained model ``args.model``."""
+    trained = GPT2ScratchForCausalLM.from_pretrained(args.model).eval()
+    copies = variants(trained)
+    size = f"{sum(p.numel() for p in trained.parameters()) / 1e6:.1f}M parameters, n_embd {trained.config.n_embd}"
+    sections = []
+    for text in args.text:
+        blocks = text_blocks(args.model, text, trained.config.n_positions, args.max_blocks)
+        about = f"Trained model {args.model.name} ({size}), {blocks.numel()} tokens of {text.name}"
+        sections.append({"about": about, "variants": quality(copies, blocks)})
+    return sections
 
 
 # ------------------------------------------------------------------------------------------ speed
@@ -163,26 +179,26 @@ def markdown(result: dict) -> str:
         f"{result['engine']}.",
         "",
     ]
-    for key, title in (("quality", "Trained model"), ("quality_random", "Random weights")):
-        if key not in result:
-            continue
-        q = result[key]
+    for section in result.get("quality", []):
         lines += [
-            f"{title}: {q['about']}",
+            f"{section['about']}:",
             "",
             "| weights | perplexity | KL from fp32 (nats/token) | top-1 = fp32 | max abs logit diff | greedy tokens = fp32 (of 64, per prompt) |",
             "|---|---|---|---|---|---|",
         ]
-        for name, e in q["variants"].items():
+        for name, e in section["variants"].items():
             lines.append(
                 f"| {name} | {e['perplexity']:.3f} | {e.get('kl_from_fp32', 0):.2e} | "
                 f"{100 * e.get('top1_agreement', 1):.2f}% | {e.get('max_abs_logit_diff', 0):.2e} | "
                 f"{' '.join(map(str, e.get('greedy_tokens_matching_fp32', []))) or '–'} |"
             )
         lines.append("")
+    bandwidth = max(s["bandwidth_gb_s"] for s in result["speed"])
+    floors = {n: bandwidth * 1e9 / b for n, b in result["weight_bytes_per_token"].items()}
     lines += [
         f"Speed, preset {result['preset']} (random weights), best of {result['repeats']} interleaved runs, "
-        f"{result['new_tokens']} new tokens:",
+        f"{result['new_tokens']} new tokens; each variant's floor: its weight bytes per token at the best read "
+        f"bandwidth measured ({bandwidth} GB/s):",
         "",
         "| threads | measurement | fp32 | fp16 | int8 | int8 ÷ fp32 |",
         "|---|---|---|---|---|---|",
@@ -198,9 +214,8 @@ def markdown(result: dict) -> str:
                 f"| {s['threads']} | {label} | {f['fp32']:.1f} | {f['fp16']:.1f} | {f['int8']:.1f} | "
                 f"{f['int8'] / f['fp32']:.2f}× |"
             )
-        floors = {n: s["bandwidth_gb_s"] * 1e9 / b for n, b in result["weight_bytes_per_token"].items()}
         lines.append(
-            f"| {s['threads']} | batch-1 time ÷ own floor ({s['bandwidth_gb_s']} GB/s) | "
+            f"| {s['threads']} | batch-1 time ÷ own floor ({s['bandwidth_gb_s']} GB/s at {s['threads']} thr) | "
             + " | ".join(f"{floors[n] / s['decode_b1'][n]:.2f}×" for n in VARIANTS)
             + " | |"
         )
@@ -215,7 +230,7 @@ def markdown(result: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="a trained model folder (quality section)")
-    p.add_argument("--text", type=Path, help="held-out text for the quality section")
+    p.add_argument("--text", type=Path, nargs="+", help="text files scored in the quality section")
     p.add_argument("--max-blocks", type=int, default=24, help="blocks of n_positions tokens scored")
     p.add_argument("--no-quality", action="store_true")
     p.add_argument("--preset", default="gpt2", help="model shape of the speed section")
@@ -245,18 +260,14 @@ def main(argv=None) -> Path:
     random_model = for_greedy_benchmark(GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset(args.preset)))
     models = variants(random_model)
     if not args.no_quality:
-        trained = GPT2ScratchForCausalLM.from_pretrained(args.model).eval()
-        blocks = text_blocks(args.model, args.text, trained.config.n_positions, args.max_blocks)
-        result["quality"] = {
-            "about": f"{args.model.name} ({sum(p.numel() for p in trained.parameters()) / 1e6:.1f}M parameters, "
-            f"n_embd {trained.config.n_embd}) on {blocks.numel()} tokens of {args.text.name}",
-            "variants": quality(variants(trained), blocks),
-        }
+        result["quality"] = trained_quality(args)
         ids = random_ids(random_model.config.vocab_size, 4, min(256, random_model.config.n_positions), seed=7)
-        result["quality_random"] = {
-            "about": f"preset {args.preset} on {ids.numel()} random tokens (numeric error only)",
-            "variants": quality(models, ids),
-        }
+        result["quality"].append(
+            {
+                "about": f"Random weights, preset {args.preset}, {ids.numel()} random tokens (rounding error only)",
+                "variants": quality(models, ids),
+            }
+        )
     result["weight_bytes_per_token"] = {n: weight_bytes_per_token(m) for n, m in models.items()}
     result["speed"] = [speed(models, args, t) for t in args.threads]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -146,10 +146,11 @@ def test_quality_and_speed_benchmark_smoke_run(tmp_path, vocab_dir, shared_data,
     finally:
         torch.set_num_threads(threads)
     result = json.loads(path.read_text())
-    trained = result["quality"]["variants"]
+    trained = result["quality"][0]["variants"]
     assert set(trained) == {"fp32", "int8", "fp16"} and trained["fp32"]["tokens"] == 2 * 127
     assert 0 < trained["int8"]["kl_from_fp32"] and 0.5 < trained["fp16"]["top1_agreement"] <= 1
     assert len(trained["int8"]["greedy_tokens_matching_fp32"]) == 8
+    assert len(result["quality"]) == 2 and result["quality"][1]["about"].startswith("Random weights")
     sizes = result["weight_bytes_per_token"]
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
     assert all(v > 0 for v in result["speed"][0]["decode_b8"].values())
