@@ -94,6 +94,33 @@ def test_cached_greedy_generate_equals_the_copys_own_uncached_argmax(model, ids,
     assert torch.equal(out, tokens)
 
 
+def test_weights_held_column_major_by_a_one_row_generate_quantize_alike(model, ids):
+    """``generate`` may hold the wide weights column-major (one-row decoding); the copy must not care."""
+    from gpt2scratch.modeling_gpt2scratch import set_weight_layout
+
+    with torch.no_grad():
+        before = fast.quantized_for_cpu(model, "int8")(ids).logits
+    set_weight_layout(model, column_major=True)
+    assert not model.lm_head.weight.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(fast.quantized_for_cpu(model, "int8")(ids).logits, before)
+
+
+def test_a_text_generation_pipeline_runs_on_the_copy(model, vocab_dir):
+    from transformers import pipeline
+
+    from gpt2scratch.tokenizer import hf_tokenizer
+
+    tok = hf_tokenizer(vocab_dir)
+    quantized = fast.quantized_for_cpu(model, "int8")
+    text = pipeline("text-generation", model=quantized, tokenizer=tok)(
+        "Hello world", max_new_tokens=5, do_sample=False
+    )
+    ids = tok("Hello world", return_tensors="pt")["input_ids"]
+    expected = quantized.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=50256)
+    assert text[0]["generated_text"] == tok.decode(expected[0])
+
+
 def test_a_sequence_classifier_is_quantized_score_head_included(tiny_config, ids):
     torch.manual_seed(0)
     classifier = GPT2ScratchForSequenceClassification(
