@@ -1,13 +1,16 @@
 """Opt-in speed paths, beside the defaults that plain ``from_pretrained`` + ``generate()`` already use.
 
 The model file itself (which travels with the weights) holds the paths every user gets; this module
-holds the ones a user asks for, each with outputs equal to the eager path's (see tests/test_fast_paths.py):
+holds the ones a user asks for, each with outputs equal to the eager path's (tests/test_fast_paths.py), except
+the quantized copies:
 
 - ``pad_vocab`` / ``prepare_for_training``: vocabulary rows padded to a multiple of 64 (identical
   logits and loss), ``torch.compile`` of the model where it pays (GPU);
 - ``make_optimizer``: AdamW with the fused kernel where torch has one for the device;
 - ``DECODE_PATHS``: ``generate``-like callables (static KV cache, static cache + ``torch.compile``, and
   ``greedy_loop``: greedy decoding in a loop of its own, its compiled step a CUDA graph on GPU);
+- ``quantized_for_cpu``: a copy with int8 or fp16 linear weights for CPU inference (fbgemm kernels;
+  outputs close to, not equal to, the fp32 model's: tests/test_quantized.py, benchmarks/bench_quantized.py);
 - ``training_flops_per_token``, ``peak_flops``, ``mfu``: nanoGPT's model-FLOPs-utilisation formula
   with the device's real dense bf16 peak.
 """
