@@ -315,6 +315,11 @@ def fast_decoders(dirs, args) -> dict[str, Callable]:
             paths[f"ours_{name}"] = build(for_greedy_benchmark(load("ours", dirs["ours"])))
         except Exception as err:  # noqa: BLE001
             paths[f"ours_{name}"] = _raiser(f"{type(err).__name__}: {err}")
+    for weights in fast.QUANTIZED_WEIGHTS:  # other outputs than fp32: reported in a column of their own
+        if f"{weights}_weights" not in args.skip_paths:
+            paths[f"ours_{weights}_weights"] = fast.quantized_for_cpu(
+                for_greedy_benchmark(load("ours", dirs["ours"])), weights
+            ).generate
     return paths
 
 
@@ -628,8 +633,9 @@ def markdown(result: dict) -> str:
         + "; ".join(f"{c['threads']} thr {c['load_avg_start']} → {c['load_avg_end']}" for c in result["cpu"])
         + ".",
         "",
-        "| measurement | threads | gpt2scratch | transformers | ratio | target | best opt-in path of ours |",
-        "|---|---|---|---|---|---|---|",
+        "| measurement | threads | gpt2scratch | transformers | ratio | target | best opt-in path of ours "
+        "| quantized copies of ours (other outputs) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = [
         ("train_4x128", "training step 4×128, tokens/s", "train"),
@@ -645,14 +651,14 @@ def markdown(result: dict) -> str:
             fig = cpu[key]
             lines.append(
                 f"| {label} | {cpu['threads']} | {_num(fig.get('ours'))} | {_num(fig.get('transformers'))} | "
-                f"{_num(ratio(fig), 2)}× | ≥ {TARGETS[target]}× | {_best_fast(fig)} |"
+                f"{_num(ratio(fig), 2)}× | ≥ {TARGETS[target]}× | {_best_fast(fig)} | {_quantized(fig)} |"
             )
         mem = cpu.get("peak_rss_train")
         if mem:
             b, t = result["memory_shape"]
             lines.append(
                 f"| peak RSS of one training step {b}×{t}, MB (own process) | {cpu['threads']} | {_mb(mem.get('ours'))} | "
-                f"{_mb(mem.get('transformers'))} | | ≤ 1.0× | ours_fast {_mb(mem.get('ours_fast'))} |"
+                f"{_mb(mem.get('transformers'))} | | ≤ 1.0× | ours_fast {_mb(mem.get('ours_fast'))} | |"
             )
         if "decode_floor_tok_s" in cpu:
             floor = best_floor(result)
@@ -661,7 +667,7 @@ def markdown(result: dict) -> str:
                 f"| batch-1 decode time ÷ floor ({cpu['decode_weight_bytes'] / 1e6:.0f} MB of weights/token at the "
                 f"best read bandwidth measured, {floor:.1f} tok/s; {cpu['bandwidth_gb_s']} GB/s at {cpu['threads']} thr) "
                 f"| {cpu['threads']} | {_num(_over(floor, b1.get('ours')), 2)}× | "
-                f"{_num(_over(floor, b1.get('transformers')), 2)}× | | ≤ 1.25× at best threads | |"
+                f"{_num(_over(floor, b1.get('transformers')), 2)}× | | ≤ 1.25× at best threads | | |"
             )
     if "gpu" in result:
         lines += gpu_markdown(result)
@@ -726,13 +732,32 @@ def _over(floor: float, tokens_per_s) -> float | None:
     return floor / tokens_per_s if isinstance(tokens_per_s, float) else None
 
 
+def _exact(name: str) -> bool:
+    """Whether a contender computes what the fp32 model does (quantized copies do not)."""
+    return not name.endswith("_weights")
+
+
 def _best_fast(figures: dict) -> str:
-    fast = {k: v for k, v in figures.items() if k not in ("ours", "transformers") and isinstance(v, float)}
+    fast = {
+        k: v
+        for k, v in figures.items()
+        if k not in ("ours", "transformers") and _exact(k) and isinstance(v, float)
+    }
     if not fast:
         return ""
     name = max(fast, key=fast.get)
     base = figures.get("transformers")
     return f"{name} {fast[name]:.1f}" + (f" ({fast[name] / base:.2f}×)" if isinstance(base, float) else "")
+
+
+def _quantized(figures: dict) -> str:
+    base = figures.get("transformers")
+    return ", ".join(
+        f"{k.removeprefix('ours_').removesuffix('_weights')} {v:.1f}"
+        + (f" ({v / base:.2f}×)" if isinstance(base, float) else "")
+        for k, v in figures.items()
+        if not _exact(k) and isinstance(v, float)
+    )
 
 
 def _num(x, digits: int = 1) -> str:

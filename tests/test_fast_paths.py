@@ -336,9 +336,13 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
     cpu = result["cpu"][0]
     assert cpu["max_abs_logit_diff"] < 1e-4, "the two models must carry the same weights"
     assert {"ours", "transformers", "ours_static", "ours_greedy_loop"} <= set(cpu["decode_b1"])
+    assert {"ours_int8_weights", "ours_fp16_weights"} <= set(cpu["decode_b8"])
     assert all(v > 0 for v in cpu["decode_b8"].values())
     assert "prefill_4x256/ours/1thr" in result["ratios"]
-    assert "| greedy generate() batch 1" in (tmp_path / "speed-latest.md").read_text()
+    table = (tmp_path / "speed-latest.md").read_text()
+    b1 = next(line for line in table.splitlines() if line.startswith("| greedy generate() batch 1"))
+    best_exact, quantized = b1.split("|")[-3:-1]
+    assert "int8" not in best_exact and "int8 " in quantized and "fp16 " in quantized
 
 
 def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path):
