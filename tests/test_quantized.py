@@ -145,6 +145,8 @@ def test_refusals_say_what_to_do(model, tmp_path):
     with pytest.raises(ValueError, match="merge_and_unload"):
         fast.quantized_for_cpu(lora)
     quantized = fast.quantized_for_cpu(model)
+    assert not any(p.requires_grad for p in quantized.parameters())  # training it fails at backward()
+    assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(RuntimeError, match="save the fp32 model"):
         quantized.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out").exists()

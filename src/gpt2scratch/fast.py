@@ -342,7 +342,7 @@ def quantized_for_cpu(model: nn.Module, weights: str = "int8") -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"(?s).*(torchao|deprecated)")
         quantized = quantize_dynamic(model, {nn.Linear: qconfig}, dtype=dtype)
-    quantized.eval()
+    quantized.eval().requires_grad_(False)  # an optimizer over it would train the embeddings alone
     quantized.quantized_weights = weights
     quantized.save_pretrained = _refuse_saving
     return quantized
