@@ -38,6 +38,7 @@ from bench_speed import (
     RESULTS,
     bench_bandwidth,
     decode_fn,
+    decode_weight_bytes,
     for_greedy_benchmark,
     interleaved,
     load_average,
@@ -50,7 +51,6 @@ from bench_speed import (
 from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, fast
 
 VARIANTS = ("fp32", *fast.QUANTIZED_WEIGHTS)
-DynamicLinear = torch.ao.nn.quantized.dynamic.Linear
 
 
 def variants(model: GPT2ScratchForCausalLM) -> dict[str, torch.nn.Module]:
@@ -128,28 +128,6 @@ def trained_quality(args) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ speed
-def weight_bytes_per_token(model: torch.nn.Module) -> int:
-    """Bytes read per decoded token: each linear layer's stored weight (int8 + a scale per row, fp16 or
-    fp32) and bias, the other parameters once, but one row of each embedding (the head is a linear layer
-    of its own once quantized; tied to ``wte``, fp32 reads all of ``wte`` as the head)."""
-    total, seen = 0, set()
-    for module in model.modules():
-        if isinstance(module, DynamicLinear):
-            weight, bias = module._packed_params._weight_bias()
-            per_value = {torch.qint8: 1, torch.float16: 2}[module._packed_params.dtype]
-            total += weight.numel() * per_value + (weight.shape[0] * 8 if per_value == 1 else 0)
-            total += 0 if bias is None else bias.numel() * 4
-    embeddings = {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
-    head_tied = getattr(model.lm_head, "weight", None) is model.transformer.wte.weight
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        whole = id(p) not in embeddings or (head_tied and p is model.transformer.wte.weight)
-        total += p.numel() * p.element_size() if whole else p.shape[1] * p.element_size()
-    return total
-
-
 def speed(models: dict[str, torch.nn.Module], args, threads: int) -> dict:
     torch.set_num_threads(threads)
     vocab = models["fp32"].config.vocab_size
@@ -268,7 +246,7 @@ def main(argv=None) -> Path:
                 "variants": quality(models, ids),
             }
         )
-    result["weight_bytes_per_token"] = {n: weight_bytes_per_token(m) for n, m in models.items()}
+    result["weight_bytes_per_token"] = {n: decode_weight_bytes(m) for n, m in models.items()}
     result["speed"] = [speed(models, args, t) for t in args.threads]
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = result["date"].replace(":", "").replace("-", "")

@@ -243,11 +243,22 @@ def _time(fn) -> float:
 
 
 def decode_weight_bytes(model) -> int:
-    """Bytes of weights read to produce one token: every parameter once, except one row of ``wpe``."""
+    """Bytes of weights read to produce one token: every parameter once, except one row of ``wpe`` (and of
+    ``wte`` when the head is not tied to it, as in a quantized copy), plus the weights and biases that
+    quantized linear layers keep packed (int8 with a scale and zero point per row, or fp16)."""
     params = {p.data_ptr(): p for p in model.parameters()}.values()
     total = sum(p.numel() * p.element_size() for p in params)
-    wpe = model.transformer.wpe.weight
-    return total - wpe.numel() * wpe.element_size() + wpe.shape[1] * wpe.element_size()
+    lookups = [model.transformer.wpe.weight]
+    if getattr(model.lm_head, "weight", None) is not model.transformer.wte.weight:
+        lookups.append(model.transformer.wte.weight)
+    total -= sum(w.numel() * w.element_size() - w.shape[1] * w.element_size() for w in lookups)
+    for module in model.modules():
+        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            weight, bias = module._packed_params._weight_bias()
+            int8 = module._packed_params.dtype == torch.qint8
+            total += weight.numel() * (1 if int8 else 2) + (weight.shape[0] * 8 if int8 else 0)
+            total += 0 if bias is None else bias.numel() * 4
+    return total
 
 
 def bench_training(dirs, args, batch: int, seq: int) -> dict:
@@ -802,7 +813,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--memory-shape", type=int, nargs=2, default=[4, 256], metavar=("BATCH", "SEQ"))
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--sections", nargs="+", default=["train", "prefill", "decode", "memory"])
-    p.add_argument("--skip-paths", nargs="*", default=[], help="opt-in decode paths not to run")
+    p.add_argument(
+        "--skip-paths",
+        nargs="*",
+        default=[],
+        help="opt-in decode paths not to run (static, static_compiled, greedy_loop, int8_weights, fp16_weights)",
+    )
     p.add_argument("--label", default="", help="suffix of the result file name (e.g. baseline)")
     p.add_argument("--no-gpu", action="store_true")
     p.add_argument("--gpu-only", action="store_true", help="skip the CPU sections (on a GPU machine)")
