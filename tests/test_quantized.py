@@ -48,6 +48,19 @@ def test_every_linear_layer_is_replaced_and_the_model_is_left_as_it_was(model, w
     assert model.lm_head.weight is model.transformer.wte.weight  # the original's tie is kept
 
 
+def test_inplace_converts_the_model_itself_to_the_same_copy(model, ids, tmp_path):
+    with torch.no_grad():
+        expected = fast.quantized_for_cpu(model, "int8")(ids).logits
+    converted = fast.quantized_for_cpu(model, "int8", inplace=True)
+    assert converted is model and type(model.lm_head) is DynamicLinear
+    assert type(model.transformer.h[0].mlp.c_fc) is DynamicLinear
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, expected)
+    with pytest.raises(RuntimeError, match="save the fp32 model"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_int8_weights_are_symmetric_per_output_channel_roundings(model):
     quantized = fast.quantized_for_cpu(model, "int8")
     originals = _linears(model)

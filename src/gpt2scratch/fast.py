@@ -299,18 +299,19 @@ def _finished_length(done: torch.Tensor, out: torch.Tensor, prompt_len: int, eos
 QUANTIZED_WEIGHTS = ("int8", "fp16")
 
 
-def quantized_for_cpu(model: nn.Module, weights: str = "int8") -> nn.Module:
+def quantized_for_cpu(model: nn.Module, weights: str = "int8", inplace: bool = False) -> nn.Module:
     """A copy of ``model`` for CPU inference whose linear layers (q/k/v, projections, MLP, LM head) hold
     ``weights``: ``"int8"`` (per-output-channel symmetric int8; activations quantized per call to 7 bits)
     or ``"fp16"`` (half-precision storage, fp32 arithmetic), both through fbgemm's dynamic linear kernels
-    (``torch.ao.quantization.quantize_dynamic``). ``model`` itself is left as it was.
+    (``torch.ao.quantization.quantize_dynamic``). ``model`` itself is left as it was, unless ``inplace``:
+    then ``model`` itself is converted and returned, with no second fp32 copy in memory meanwhile.
 
-    Outputs differ from the fp32 model's (largest logit difference over 1024 tokens on the 124M shape with
-    random weights: 2e-3 for fp16, 0.2 for int8); quality and speed: ``benchmarks/bench_quantized.py``. The copy is
-    for ``forward``/``generate`` only: it cannot be trained or saved (keep the fp32 model for that).
-    torchao's int8 configurations were measured slower than fp32 on AVX2 CPUs, hence fbgemm; torch marks
-    these quantization APIs deprecated (its warnings are silenced here), so a torch without them gets
-    a ``RuntimeError`` saying so."""
+    Outputs differ from the fp32 model's (largest logit difference over 1024 tokens on the 124M shape
+    with random weights: 2e-3 for fp16, 0.2 for int8); quality and speed: ``benchmarks/bench_quantized.py``.
+    The result is for ``forward``/``generate`` only: it cannot be trained or saved (keep the fp32 model for
+    that). torchao's int8 configurations were measured slower than fp32 on AVX2 CPUs, hence fbgemm; torch
+    marks these quantization APIs deprecated (its warnings are silenced here), so a torch without them
+    gets a ``RuntimeError`` saying so."""
     if weights not in QUANTIZED_WEIGHTS:
         raise ValueError(f"weights={weights!r}: choose one of {', '.join(QUANTIZED_WEIGHTS)}")
     if hasattr(model, "peft_config"):
@@ -341,7 +342,7 @@ def quantized_for_cpu(model: nn.Module, weights: str = "int8") -> nn.Module:
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"(?s).*(torchao|deprecated)")
-        quantized = quantize_dynamic(model, {nn.Linear: qconfig}, dtype=dtype)
+        quantized = quantize_dynamic(model, {nn.Linear: qconfig}, dtype=dtype, inplace=inplace)
     quantized.eval().requires_grad_(False)  # an optimizer over it would train the embeddings alone
     quantized.quantized_weights = weights
     quantized.save_pretrained = _refuse_saving

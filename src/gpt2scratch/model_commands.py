@@ -74,7 +74,7 @@ def cmd_generate(args) -> None:
     if args.weights != "fp32":
         from .fast import quantized_for_cpu
 
-        model = quantized_for_cpu(model, args.weights)
+        model = quantized_for_cpu(model, args.weights, inplace=True)  # no second fp32 copy
         print(
             f"gpt2scratch generate: decoding with {args.weights} weights (a quantized copy)", file=sys.stderr
         )
