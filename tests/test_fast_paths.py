@@ -459,6 +459,44 @@ def test_split_matmul_equals_the_plain_product(n, rows, parts, stored):
         assert y.shape == (rows, n) and y.is_contiguous()
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("parts", [2, 4])
+def test_split_inputs_matmul_equals_the_plain_product(rows, parts):
+    g = torch.Generator().manual_seed(rows + parts)
+    weight_t, x = torch.randn(16, 50257, generator=g), torch.randn(rows, 16, generator=g)
+    y = modeling.split_inputs_matmul(x, weight_t, parts)
+    torch.testing.assert_close(y, x @ weight_t, atol=1e-5, rtol=1e-5)
+    assert y.shape == (rows, 50257) and y.is_contiguous()
+
+
+@pytest.mark.parametrize(
+    "rows, parts, stored, transposed, inputs_split",
+    [
+        (1, 2, "column-major", False, True),  # a decode step: blocks of Wᵀ's rows
+        (1, 3, "column-major", False, False),  # 3 does not divide the 16 inputs
+        (2, 2, "column-major", False, False),  # several rows: blocks of Wᵀ's columns
+        (1, 2, "row-major", False, False),
+        (1, 2, "column-major", True, False),
+    ],
+)
+def test_split_matmul_splits_the_inputs_for_one_row_on_column_major_weights(
+    monkeypatch, rows, parts, stored, transposed, inputs_split
+):
+    calls, split_inputs = [], modeling.split_inputs_matmul
+
+    def recording(x, weight_t, parts):
+        calls.append((tuple(weight_t.shape), parts))
+        return split_inputs(x, weight_t, parts)
+
+    monkeypatch.setattr(modeling, "split_inputs_matmul", recording)
+    weight, x = torch.randn(40, 16), torch.randn(rows, 16)
+    if stored == "column-major":
+        weight = weight.t().contiguous().t()
+    y = modeling.split_matmul(x, weight, parts, transposed)
+    torch.testing.assert_close(y, x @ weight.t(), atol=1e-5, rtol=1e-5)
+    assert calls == ([((16, 40), parts)] if inputs_split else [])
+
+
 def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(
     model, ids, linear_calls, restore_threads, no_onednn
 ):

@@ -170,8 +170,12 @@ def _plain_cpu_fp32(linear: nn.Module, x: torch.Tensor) -> bool:
 def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: bool) -> torch.Tensor:
     """x Wᵀ for x (rows, in) and W (out, in), as one batched product over ``parts`` slices of W's rows, so
     that each thread reads its own slice; ``transposed`` computes each slice as (W_i xᵀ)ᵀ. A column-major
-    W (``weight.t()`` contiguous) is sliced in place, each slice a block of Wᵀ's columns."""
+    W (``weight.t()`` contiguous) is sliced in place, each slice a block of Wᵀ's columns, except for one
+    row (a decode step) when ``parts`` divides ``in``: then each slice is a contiguous block of Wᵀ's rows
+    (``split_inputs_matmul``)."""
     rows, (n, k) = x.shape[0], weight.shape
+    if rows == 1 and not transposed and not weight.is_contiguous() and k % parts == 0:
+        return split_inputs_matmul(x, weight.t(), parts)
     size = n // parts
     if weight.is_contiguous():
         slices = weight[: parts * size].view(parts, size, k)
@@ -185,6 +189,18 @@ def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: 
     if parts * size < n:
         y = torch.cat((y, F.linear(x, weight[parts * size :])), dim=1)
     return y
+
+
+def split_inputs_matmul(x: torch.Tensor, weight_t: torch.Tensor, parts: int) -> torch.Tensor:
+    """x Wᵀ for x (rows, in) and a contiguous Wᵀ (in, out), as one batched product over ``parts`` blocks of
+    Wᵀ's rows (the input features; ``parts`` must divide ``in``), each a contiguous stretch of memory that
+    one thread streams, then the partial products summed. At one row on 2 threads the 124M model's
+    column-major q/k/v and MLP-input products took ~10% less time than split over their output features
+    (the head: the same; over 4 or more rows: not faster); values equal the plain product's up to float
+    rounding."""
+    rows, (k, n) = x.shape[0], weight_t.shape
+    blocks = x.reshape(rows, parts, k // parts).transpose(0, 1)  # (parts, rows, k/parts)
+    return torch.bmm(blocks, weight_t.view(parts, k // parts, n)).sum(0)
 
 
 def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Tensor:
