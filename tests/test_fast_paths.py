@@ -843,6 +843,28 @@ def test_only_cpu_fp32_weights_owning_their_storage_change_layout(tiny_config):
 
 
 @needs_mkl
+def test_one_row_decoding_on_two_threads_splits_the_wide_products_over_their_inputs(
+    model, ids, restore_threads, monkeypatch
+):
+    """A one-row generate() at 2 threads holds the wide weights column-major and splits their products over
+    the input features (q/k/v, MLP input, the head: 3 shapes); same tokens as at one thread."""
+    row = ids[:1]
+    torch.set_num_threads(1)
+    expected = model.generate(row, max_new_tokens=5, do_sample=False)
+    shapes, split_inputs = set(), modeling.split_inputs_matmul
+
+    def recording(x, weight_t, parts):
+        shapes.add((x.shape[0], tuple(weight_t.shape), parts))
+        return split_inputs(x, weight_t, parts)
+
+    monkeypatch.setattr(modeling, "split_inputs_matmul", recording)
+    two_threads()
+    assert torch.equal(model.generate(row, max_new_tokens=5, do_sample=False), expected)
+    c, vocab = model.config.n_embd, model.config.vocab_size
+    assert shapes == {(1, (c, 3 * c), 2), (1, (c, 4 * c), 2), (1, (c, vocab), 2)}
+
+
+@needs_mkl
 def test_state_dict_of_column_major_weights_is_contiguous_tied_and_saves(model, tmp_path):
     """state_dict() hands out contiguous copies (one for the tied head and embedding), so safetensors'
     save_file takes it; save_pretrained writes the tied weight once and reloads the same values."""

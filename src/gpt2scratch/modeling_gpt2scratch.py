@@ -174,7 +174,8 @@ def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: 
     row (a decode step) when ``parts`` divides ``in``: then each slice is a contiguous block of Wᵀ's rows
     (``split_inputs_matmul``)."""
     rows, (n, k) = x.shape[0], weight.shape
-    if rows == 1 and not transposed and not weight.is_contiguous() and k % parts == 0:
+    column_major = not weight.is_contiguous() and weight.t().is_contiguous()
+    if rows == 1 and column_major and not transposed and k % parts == 0:
         return split_inputs_matmul(x, weight.t(), parts)
     size = n // parts
     if weight.is_contiguous():
