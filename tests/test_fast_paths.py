@@ -412,6 +412,19 @@ def split_calls(monkeypatch):
 
 
 @pytest.fixture
+def split_inputs_calls(monkeypatch):
+    """(rows, Wᵀ's shape, parts) of every ``split_inputs_matmul`` call."""
+    calls, split_inputs = [], modeling.split_inputs_matmul
+
+    def recording(x, weight_t, parts):
+        calls.append((x.shape[0], tuple(weight_t.shape), parts))
+        return split_inputs(x, weight_t, parts)
+
+    monkeypatch.setattr(modeling, "split_inputs_matmul", recording)
+    return calls
+
+
+@pytest.fixture
 def no_onednn(monkeypatch):
     """The MKL paths alone (what a torch build without oneDNN runs)."""
     monkeypatch.setattr(modeling, "ONEDNN_LINEAR", False)
@@ -480,21 +493,14 @@ def test_split_inputs_matmul_equals_the_plain_product(rows, parts):
     ],
 )
 def test_split_matmul_splits_the_inputs_for_one_row_on_column_major_weights(
-    monkeypatch, rows, parts, stored, transposed, inputs_split
+    split_inputs_calls, rows, parts, stored, transposed, inputs_split
 ):
-    calls, split_inputs = [], modeling.split_inputs_matmul
-
-    def recording(x, weight_t, parts):
-        calls.append((tuple(weight_t.shape), parts))
-        return split_inputs(x, weight_t, parts)
-
-    monkeypatch.setattr(modeling, "split_inputs_matmul", recording)
     weight, x = torch.randn(40, 16), torch.randn(rows, 16)
     if stored == "column-major":
         weight = weight.t().contiguous().t()
     y = modeling.split_matmul(x, weight, parts, transposed)
     torch.testing.assert_close(y, x @ weight.t(), atol=1e-5, rtol=1e-5)
-    assert calls == ([((16, 40), parts)] if inputs_split else [])
+    assert split_inputs_calls == ([(1, (16, 40), parts)] if inputs_split else [])
 
 
 def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(
@@ -844,24 +850,18 @@ def test_only_cpu_fp32_weights_owning_their_storage_change_layout(tiny_config):
 
 @needs_mkl
 def test_one_row_decoding_on_two_threads_splits_the_wide_products_over_their_inputs(
-    model, ids, restore_threads, monkeypatch
+    model, ids, restore_threads, split_inputs_calls
 ):
     """A one-row generate() at 2 threads holds the wide weights column-major and splits their products over
     the input features (q/k/v, MLP input, the head: 3 shapes); same tokens as at one thread."""
     row = ids[:1]
     torch.set_num_threads(1)
     expected = model.generate(row, max_new_tokens=5, do_sample=False)
-    shapes, split_inputs = set(), modeling.split_inputs_matmul
-
-    def recording(x, weight_t, parts):
-        shapes.add((x.shape[0], tuple(weight_t.shape), parts))
-        return split_inputs(x, weight_t, parts)
-
-    monkeypatch.setattr(modeling, "split_inputs_matmul", recording)
+    assert split_inputs_calls == []
     two_threads()
     assert torch.equal(model.generate(row, max_new_tokens=5, do_sample=False), expected)
     c, vocab = model.config.n_embd, model.config.vocab_size
-    assert shapes == {(1, (c, 3 * c), 2), (1, (c, 4 * c), 2), (1, (c, vocab), 2)}
+    assert set(split_inputs_calls) == {(1, (c, 3 * c), 2), (1, (c, 4 * c), 2), (1, (c, vocab), 2)}
 
 
 @needs_mkl
