@@ -6,9 +6,11 @@ calls oneDNN's inner product with the roles swapped, (W xᵀ)ᵀ; on a wide row-
 as is; otherwise, with more than one thread and at most ``SPLIT_MAX_ROWS`` rows it splits the output
 features across the threads in one batched matmul (MKL), and a row-major LM head over 2 to
 ``HEAD_TRANSPOSED_MAX_ROWS`` rows takes (W hᵀ)ᵀ. One-row ``generate`` holds the wide weights (out > in)
-column-major (``set_weight_layout``), which is transformers' ``Conv1D`` memory layout. This times
+column-major (``set_weight_layout``), which is transformers' ``Conv1D`` memory layout; with more than one
+thread ``project`` splits a one-row product on such a weight over its input features instead
+(``split_inputs_matmul``: contiguous blocks of Wᵀ, partial products summed). This times
 ``nn.Linear``, ``project``, ``project`` without the swapped roles and ``project`` with oneDNN turned off
-on row-major weights, and ``project`` on column-major ones, for each projection
+on row-major weights, and ``project`` on column-major ones with and without that input split, for each projection
 shape of the 124M model (12 layers' worth of weights, so that, as in decoding, they do not sit in the
 cache), at each row count and thread count, best of several runs, in turn; the result goes to
 ``benchmarks/results/projections-<date>.{json,md}``::
@@ -67,24 +69,28 @@ def measure(name: str, rows: int, threads: int, runs: int) -> dict:
     ours = lambda: [project(layer, x, head=head) for layer in layers]  # noqa: E731
     ours_column = lambda: [project(layer, x, head=head) for layer in column_major]  # noqa: E731
     unswapped = with_setting(ours, "ONEDNN_SWAPPED_MAX_ROWS", 0)
-    fns = (plain, ours, unswapped, with_setting(ours, "ONEDNN_LINEAR", False), ours_column)
+    outputs_split = with_setting(ours_column, "SPLIT_INPUTS_MAX_ROWS", 0)
+    fns = (plain, ours, unswapped, with_setting(ours, "ONEDNN_LINEAR", False), ours_column, outputs_split)
     with torch.no_grad():
         reference = plain()
         diff = max((a - b).abs().max().item() for fn in fns[1:] for a, b in zip(reference, fn(), strict=True))
         times = [best_ms(fn, runs) for fn in fns]
-        a, b, u, m, c = (min(t, best_ms(fn, runs)) for t, fn in zip(times, fns, strict=True))
+        a, b, u, m, c, o = (min(t, best_ms(fn, runs)) for t, fn in zip(times, fns, strict=True))
     weight_bytes = copies * fan_in * fan_out * 4
     return {"projection": name, "rows": rows, "threads": threads, "linear_ms": round(a / copies, 3),
             "project_ms": round(b / copies, 3), "speedup": round(a / b, 2),
             "project_unswapped_ms": round(u / copies, 3), "unswapped_speedup": round(a / u, 2),
             "project_mkl_ms": round(m / copies, 3), "mkl_speedup": round(a / m, 2),
             "project_column_major_ms": round(c / copies, 3), "column_major_speedup": round(a / c, 2),
-            "column_major_gb_s": round(weight_bytes / c / 1e6, 1), "max_abs_diff": diff}  # fmt: skip
+            "column_major_gb_s": round(weight_bytes / c / 1e6, 1),
+            "column_major_outputs_split_ms": round(o / copies, 3), "inputs_split_speedup": round(o / c, 2),
+            "max_abs_diff": diff}  # fmt: skip
 
 
 def with_setting(fn, name: str, value):
     """``fn`` run with the model file's ``name`` set to ``value``: ``ONEDNN_LINEAR`` False leaves the MKL
-    paths alone; ``ONEDNN_SWAPPED_MAX_ROWS`` 0 turns the swapped roles off."""
+    paths alone; ``ONEDNN_SWAPPED_MAX_ROWS`` 0 turns the swapped roles off; ``SPLIT_INPUTS_MAX_ROWS`` 0
+    splits one-row products on column-major weights over their outputs, as for more rows."""
 
     def run():
         saved = getattr(modeling, name)
@@ -110,17 +116,21 @@ def markdown(result: dict, runs: int) -> str:
         "column turns the swapped roles off, the MKL column oneDNN altogether. Column-major is how "
         "one-row `generate()` holds the wide weights (the memory layout of transformers' `Conv1D`); square "
         "and narrow weights stay row-major, so for them the column-major column times row-major `project`. "
+        "With more than one thread `project` splits a one-row product on a column-major weight over its "
+        "inputs; the outputs-split column turns that off (the inputs-split speedup is over it). "
         "`benchmarks/bench_projections.py`.",
         "",
         "| projection | rows | threads | nn.Linear, ms | project, ms | speedup | project unswapped, ms | speedup "
-        "| project MKL only, ms | speedup | project column-major, ms | speedup | column-major GB/s | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| project MKL only, ms | speedup | project column-major, ms | speedup | column-major GB/s "
+        "| column-major, outputs split, ms | inputs-split speedup | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['projection']} | {r['rows']} | {r['threads']} | {r['linear_ms']} | {r['project_ms']} | "
         f"{r['speedup']}× | {r['project_unswapped_ms']} | {r['unswapped_speedup']}× | "
         f"{r['project_mkl_ms']} | {r['mkl_speedup']}× | {r['project_column_major_ms']} | "
-        f"{r['column_major_speedup']}× | {r['column_major_gb_s']} | {r['max_abs_diff']:.1e} |"
+        f"{r['column_major_speedup']}× | {r['column_major_gb_s']} | {r['column_major_outputs_split_ms']} | "
+        f"{r['inputs_split_speedup']}× | {r['max_abs_diff']:.1e} |"
         for r in result["results"]
     ]
     return "\n".join(lines) + "\n"

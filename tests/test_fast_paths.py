@@ -483,18 +483,20 @@ def test_split_inputs_matmul_equals_the_plain_product(rows, parts):
 
 
 @pytest.mark.parametrize(
-    "rows, parts, stored, transposed, inputs_split",
+    "rows, parts, stored, transposed, max_rows, inputs_split",
     [
-        (1, 2, "column-major", False, True),  # a decode step: blocks of Wᵀ's rows
-        (1, 3, "column-major", False, False),  # 3 does not divide the 16 inputs
-        (2, 2, "column-major", False, False),  # several rows: blocks of Wᵀ's columns
-        (1, 2, "row-major", False, False),
-        (1, 2, "column-major", True, False),
+        (1, 2, "column-major", False, 1, True),  # a decode step: blocks of Wᵀ's rows
+        (1, 3, "column-major", False, 1, False),  # 3 does not divide the 16 inputs
+        (2, 2, "column-major", False, 1, False),  # several rows: blocks of Wᵀ's columns
+        (1, 2, "row-major", False, 1, False),
+        (1, 2, "column-major", True, 1, False),
+        (1, 2, "column-major", False, 0, False),  # turned off (benchmarks/bench_projections.py does)
     ],
 )
 def test_split_matmul_splits_the_inputs_for_one_row_on_column_major_weights(
-    split_inputs_calls, rows, parts, stored, transposed, inputs_split
+    split_inputs_calls, monkeypatch, rows, parts, stored, transposed, max_rows, inputs_split
 ):
+    monkeypatch.setattr(modeling, "SPLIT_INPUTS_MAX_ROWS", max_rows)
     weight, x = torch.randn(40, 16), torch.randn(rows, 16)
     if stored == "column-major":
         weight = weight.t().contiguous().t()

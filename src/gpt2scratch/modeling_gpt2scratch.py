@@ -87,6 +87,7 @@ def rotary_cos_sin(config: GPT2ScratchConfig, position_ids: torch.Tensor, dtype:
 # faster than a few rows by it (measured on x86 with MKL: benchmarks/results/projections-*.md).
 SPLIT_MAX_ROWS = 64  # at most this many rows: with > 1 thread, split the output features across threads
 HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)ᵀ
+SPLIT_INPUTS_MAX_ROWS = 1  # a column-major weight over at most this many rows: split over its inputs instead
 # oneDNN's inner product (what torch.compile's CPU backend calls for a linear layer) beats MKL's GEMM on a
 # wide row-major weight (out > in: q/k/v, MLP input, the LM head) from 8 rows on, above all for the head
 # (50257 outputs, an odd row length for MKL): at 8-512 rows 1.0-2.6x less time than nn.Linear and 1.1-1.8x
@@ -170,12 +171,12 @@ def _plain_cpu_fp32(linear: nn.Module, x: torch.Tensor) -> bool:
 def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: bool) -> torch.Tensor:
     """x Wᵀ for x (rows, in) and W (out, in), as one batched product over ``parts`` slices of W's rows, so
     that each thread reads its own slice; ``transposed`` computes each slice as (W_i xᵀ)ᵀ. A column-major
-    W (``weight.t()`` contiguous) is sliced in place, each slice a block of Wᵀ's columns, except for one
-    row (a decode step) when ``parts`` divides ``in``: then each slice is a contiguous block of Wᵀ's rows
-    (``split_inputs_matmul``)."""
+    W (``weight.t()`` contiguous) is sliced in place, each slice a block of Wᵀ's columns, except over at
+    most ``SPLIT_INPUTS_MAX_ROWS`` rows (a decode step) when ``parts`` divides ``in``: then each slice is a
+    contiguous block of Wᵀ's rows (``split_inputs_matmul``)."""
     rows, (n, k) = x.shape[0], weight.shape
     column_major = not weight.is_contiguous() and weight.t().is_contiguous()
-    if rows == 1 and column_major and not transposed and k % parts == 0:
+    if rows <= SPLIT_INPUTS_MAX_ROWS and column_major and not transposed and k % parts == 0:
         return split_inputs_matmul(x, weight.t(), parts)
     size = n // parts
     if weight.is_contiguous():
@@ -196,9 +197,9 @@ def split_inputs_matmul(x: torch.Tensor, weight_t: torch.Tensor, parts: int) -> 
     """x Wᵀ for x (rows, in) and a contiguous Wᵀ (in, out), as one batched product over ``parts`` blocks of
     Wᵀ's rows (the input features; ``parts`` must divide ``in``), each a contiguous stretch of memory that
     one thread streams, then the partial products summed. At one row on 2 threads the 124M model's
-    column-major q/k/v and MLP-input products took ~10% less time than split over their output features
-    (the head: the same; over 4 or more rows: not faster); values equal the plain product's up to float
-    rounding."""
+    column-major q/k/v and MLP-input products took 0–10% less time than split over their output features
+    in two measurements (the head: the same; over 4 or more rows: not faster), and a batch-1 decode 3–8%
+    less (benchmarks/README.md); values equal the plain product's up to float rounding."""
     rows, (k, n) = x.shape[0], weight_t.shape
     blocks = x.reshape(rows, parts, k // parts).transpose(0, 1)  # (parts, rows, k/parts)
     return torch.bmm(blocks, weight_t.view(parts, k // parts, n)).sum(0)
