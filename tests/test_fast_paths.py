@@ -6,13 +6,17 @@ decoding, no-grad projections over a few rows (8-32; q/k/v and MLP input from 2)
 roles swapped and wide ones over more rows through oneDNN as is (the LM head also with autograd), few-row
 projections on the MKL paths (split across threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
 in-place KV cache is tested against ``DynamicCache`` in test_modeling.py. Opt-in paths
-(``gpt2scratch.fast``): vocabulary padding, fused AdamW, static-cache generation, static cache +
+(``gpt2scratch.fast``): vocabulary padding, fused AdamW, freed memory reused, static-cache generation, static cache +
 ``torch.compile``, ``greedy_loop`` (tests/test_gpu.py runs it as a CUDA graph where there is a GPU).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -192,6 +196,42 @@ def test_fused_adamw_is_fused_and_steps_like_the_default(tiny_config, ids):
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         # atol: the key bias gets ~0 gradient (softmax ignores it), where Adam amplifies rounding noise
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------- freed memory reused
+REUSE_PROBE = """
+import json, resource, torch
+from gpt2scratch import fast
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+
+def cycle():
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.ones(16 * 2**20)  # 64 MB, over glibc's largest mmap threshold
+    held = rss()
+    del t
+    return {"rss_dropped": held - rss(), "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults}
+
+before = cycle()
+applied = fast.reuse_freed_memory()
+cycle()  # grows the heap once
+print(json.dumps({"before": before, "applied": applied, "after": cycle()}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reuse_freed_memory acts on glibc's malloc")
+def test_reuse_freed_memory_keeps_large_blocks_for_the_next_tensor():
+    """In a fresh process (the setting is process-wide): a freed 64 MB tensor goes back to the system
+    before, stays in the process after, and the next one reuses it without faulting a page in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", REUSE_PROBE], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    probe = json.loads(done.stdout.splitlines()[-1])
+    assert probe["applied"] is True
+    assert probe["before"]["rss_dropped"] > 48 * 2**20
+    assert probe["after"]["rss_dropped"] < 8 * 2**20
+    assert probe["after"]["faults"] < 1000
 
 
 # ---------------------------------------------------------------------------------- static KV cache

@@ -337,6 +337,33 @@ def test_last_block_freezes_all_but_last_block(sms, vocab_dir, tmp_path, tiny_co
     assert read_metrics(out)["trainable_parameters"] == block + 2 * e + 2 * e
 
 
+@pytest.mark.parametrize("option, calls", [([], 1), (["--no-reuse-freed-memory"], 0)])
+def test_cpu_run_keeps_freed_memory_for_reuse_unless_told_not_to(
+    option, calls, sms, vocab_dir, tmp_path, monkeypatch
+):
+    """On CPU ``finetune`` calls ``fast.reuse_freed_memory`` once, before training, unless
+    ``--no-reuse-freed-memory``. Recorded, not applied: what it does is tested in test_fast_paths.py."""
+    from gpt2scratch.training import loop
+
+    seen = []
+    monkeypatch.setattr(loop, "reuse_freed_memory", lambda: seen.append(True) or True)
+    out = tmp_path / "run"
+    train(
+        out,
+        "--train-file",
+        str(sms),
+        "--tokenizer-dir",
+        str(vocab_dir),
+        "--max-steps",
+        "1",
+        "--max-length",
+        "32",
+        *option,
+    )
+    assert len(seen) == calls
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 1}
+
+
 # ----------------------------------------------------------------------------------------- instruction
 
 

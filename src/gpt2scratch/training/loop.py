@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cli import CommandError, DiskFullError, is_disk_full
-from ..fast import make_optimizer, peak_flops, training_flops_per_token
+from ..fast import make_optimizer, peak_flops, reuse_freed_memory, training_flops_per_token
 from .args import TrainArgs
 from .checkpoints import (
     check_output_dir,
@@ -197,6 +197,8 @@ def run(args: TrainArgs) -> dict | None:
     accelerator = make_accelerator(args)
     _setup_logging(accelerator)
     log.info("Training on %d process(es) (%s)", accelerator.num_processes, accelerator.distributed_type)
+    if args.reuse_freed_memory and accelerator.device.type == "cpu" and reuse_freed_memory():
+        log.info("Freed memory is kept for reuse (--no-reuse-freed-memory gives it back to the system)")
     out = Path(args.output_dir)
     checkpoint = resolve_resume(args.resume_from, out)
     with accelerator.main_process_first():
