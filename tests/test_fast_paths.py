@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -363,7 +364,6 @@ def test_mfu_uses_nanogpt_formula_and_real_peaks():
 # --------------------------------------------------------------------------------- the benchmark itself
 def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
     import importlib.util
-    from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
     spec = importlib.util.spec_from_file_location("bench_speed", script)
@@ -383,6 +383,25 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
     b1 = next(line for line in table.splitlines() if line.startswith("| greedy generate() batch 1"))
     best_exact, quantized = b1.split("|")[-3:-1]
     assert "int8" not in best_exact and "int8 " in quantized and "fp16 " in quantized
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reuse_freed_memory acts on glibc's malloc")
+def test_allocator_benchmark_smoke_run_compares_the_two_settings(tmp_path):
+    """bench_allocator.py (a script: run as users run it) times both models under each setting, each in its
+    own process, and only the reuse setting applies the change (no faults in its timed steps)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_allocator.py"
+    argv = ["--preset", "tiny", "--threads", "1", "--seqs", "16", "--rounds", "1", "--steps", "1"]
+    done = subprocess.run(
+        [sys.executable, str(script), *argv, "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = tmp_path.glob("allocator-*.json")
+    (run,) = json.loads(path.read_text())["runs"]
+    assert (run["default"]["applied"], run["reuse"]["applied"]) == (False, True)
+    for setting in ("default", "reuse"):
+        assert all(run[setting][name]["best_tokens_per_s"] > 0 for name in ("ours", "transformers"))
+    assert run["reuse"]["ours"]["faults_per_step"] < run["default"]["ours"]["faults_per_step"]
+    assert "| 1 | 4×16 | ours ÷ transformers |" in (tmp_path / "allocator-latest.md").read_text()
 
 
 def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path):

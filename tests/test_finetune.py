@@ -337,12 +337,12 @@ def test_last_block_freezes_all_but_last_block(sms, vocab_dir, tmp_path, tiny_co
     assert read_metrics(out)["trainable_parameters"] == block + 2 * e + 2 * e
 
 
-@pytest.mark.parametrize("option, calls", [([], 1), (["--no-reuse-freed-memory"], 0)])
-def test_cpu_run_keeps_freed_memory_for_reuse_unless_told_not_to(
+@pytest.mark.parametrize("option, calls", [([], 0), (["--reuse-freed-memory"], 1)])
+def test_cpu_run_keeps_freed_memory_for_reuse_when_asked(
     option, calls, sms, vocab_dir, tmp_path, monkeypatch
 ):
-    """On CPU ``finetune`` calls ``fast.reuse_freed_memory`` once, before training, unless
-    ``--no-reuse-freed-memory``. Recorded, not applied: what it does is tested in test_fast_paths.py."""
+    """On CPU ``finetune --reuse-freed-memory`` calls ``fast.reuse_freed_memory`` once, before training, and
+    without the option never. Recorded, not applied: what it does is tested in test_fast_paths.py."""
     from gpt2scratch.training import loop
 
     seen = []

@@ -8,7 +8,7 @@ the quantized copies:
   logits and loss), ``torch.compile`` of the model where it pays (GPU);
 - ``make_optimizer``: AdamW with the fused kernel where torch has one for the device;
 - ``reuse_freed_memory``: glibc's malloc told to keep freed memory for the next tensors (process-wide;
-  ``finetune`` calls it on CPU), so a training step's large buffers are not faulted in afresh each step;
+  ``finetune --reuse-freed-memory``), so a training step's large buffers are not faulted in afresh;
 - ``DECODE_PATHS``: ``generate``-like callables (static KV cache, static cache + ``torch.compile``, and
   ``greedy_loop``: greedy decoding in a loop of its own, its compiled step a CUDA graph on GPU);
 - ``quantized_for_cpu``: a copy with int8 or fp16 linear weights for CPU inference (fbgemm kernels;
@@ -111,14 +111,16 @@ def reuse_freed_memory() -> bool:
     served by its own ``mmap`` and the heap's free top is never returned to the system.
 
     By default glibc maps every block over 32 MB (at first, over 128 KB) on its own and unmaps it on
-    free, so each training step's logits, activations and gradients arrive as fresh pages that the
-    kernel faults in and zeroes. On the 2-vCPU VM of ``benchmarks/bench_allocator.py`` that was about
-    300,000 page faults and over a second of system time in one 4×128 step of the 124M model; that
-    benchmark gives the speed gained and the peak memory it costs.
+    free, so a training step's logits, activations and gradients often arrive as fresh pages that the
+    kernel faults in and zeroes: 250,000 faults and 0.9-1.1 s of system time per 4×128 step of the 124M
+    model on the 2-vCPU VM of ``benchmarks/bench_allocator.py``, none with this. Whether that pays
+    depends on the threads: there, by median tokens/s, 1.04-1.27× at 2 threads but 0.96-1.00× at 1
+    (reused memory is no longer in the cache, as the kernel's freshly zeroed pages were), for 3-11% more
+    peak RSS. Hence opt-in: ``finetune --reuse-freed-memory`` calls it on CPU.
 
     Process-wide and permanent (glibc cannot report its previous settings to restore them): meant for a
-    process whose job is to train. ``finetune`` calls it on CPU unless ``--no-reuse-freed-memory``.
-    Returns whether it was applied: False, changing nothing, where the C library is not glibc."""
+    process whose job is to train. Returns whether it was applied: False, changing nothing, where the C
+    library is not glibc."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)

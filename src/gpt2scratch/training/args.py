@@ -78,10 +78,10 @@ class TrainArgs:
         default="auto", metadata={"help": "auto | no | bf16 | fp16", "choices": PRECISIONS}
     )
     reuse_freed_memory: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "CPU: keep memory freed by tensors in the process for the next step (glibc malloc; "
-            "gpt2scratch.fast.reuse_freed_memory): faster steps for a higher peak RSS"
+            "gpt2scratch.fast.reuse_freed_memory): faster multi-threaded steps for a higher peak RSS"
         },
     )
     eval_every: int | None = field(

@@ -198,7 +198,7 @@ def run(args: TrainArgs) -> dict | None:
     _setup_logging(accelerator)
     log.info("Training on %d process(es) (%s)", accelerator.num_processes, accelerator.distributed_type)
     if args.reuse_freed_memory and accelerator.device.type == "cpu" and reuse_freed_memory():
-        log.info("Freed memory is kept for reuse (--no-reuse-freed-memory gives it back to the system)")
+        log.info("Freed memory is kept in the process for reuse (--reuse-freed-memory)")
     out = Path(args.output_dir)
     checkpoint = resolve_resume(args.resume_from, out)
     with accelerator.main_process_first():
