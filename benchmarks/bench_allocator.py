@@ -16,7 +16,6 @@ and their optimizer states: compare settings with it, not models). The result go
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import resource
@@ -32,11 +31,11 @@ from bench_speed import (
     RESULTS,
     load,
     load_average,
-    machine_info,
     random_ids,
+    result_header,
     train_step_fn,
-    versions,
     write_folders,
+    write_result,
 )
 
 SETTINGS = ("default", "reuse")
@@ -166,10 +165,7 @@ def main(argv=None) -> Path | None:
         print(json.dumps(child(args.child, folders, args.threads[0], args.batch, args.seqs[0], args)))
         return None
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "label": args.label,
-        "machine": machine_info(),
-        "versions": versions(),
+        **result_header(args),
         "preset": args.preset,
         "rounds": args.rounds,
         "warmup": args.warmup,
@@ -182,14 +178,7 @@ def main(argv=None) -> Path | None:
             for seq in args.seqs:
                 result["runs"].append(measure(Path(tmp), threads, seq, args))
                 print(json.dumps(result["runs"][-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = result["date"].replace(":", "").replace("-", "")
-    path = args.out / f"allocator-{stamp}{'-' + args.label if args.label else ''}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "allocator-latest.md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {path}")
-    return path
+    return write_result(result, args.out, "allocator", markdown(result))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Writes ``benchmarks/results/quantized-<UTC time>.json`` and ``benchmarks/results
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -42,10 +41,10 @@ from bench_speed import (
     for_greedy_benchmark,
     interleaved,
     load_average,
-    machine_info,
     prefill_fn,
     random_ids,
-    versions,
+    result_header,
+    write_result,
 )
 
 from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, fast
@@ -226,9 +225,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     result: dict = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine_info(),
-        "versions": versions(),
+        **result_header(args),
         "engine": torch.backends.quantized.engine,
         "preset": args.preset,
         "repeats": args.repeats,
@@ -248,14 +245,7 @@ def main(argv=None) -> Path:
         )
     result["weight_bytes_per_token"] = {n: decode_weight_bytes(m) for n, m in models.items()}
     result["speed"] = [speed(models, args, t) for t in args.threads]
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = result["date"].replace(":", "").replace("-", "")
-    path = args.out / f"quantized-{stamp}{'-' + args.label if args.label else ''}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "quantized-latest.md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {path}")
-    return path
+    return write_result(result, args.out, "quantized", markdown(result))
 
 
 if __name__ == "__main__":

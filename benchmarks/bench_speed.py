@@ -789,6 +789,30 @@ def save(result: dict, out: Path) -> Path:
     return path
 
 
+def result_header(args: argparse.Namespace) -> dict:
+    """What every result file starts with: the UTC time, ``args.label``, the machine and the versions."""
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "label": args.label,
+        "machine": machine_info(),
+        "versions": versions(),
+    }
+
+
+def write_result(result: dict, out: Path, kind: str, table: str) -> Path:
+    """``out/<kind>-<UTC stamp>[-<label>].json`` and ``out/<kind>-latest.md`` (``table``), for the other
+    benchmark scripts; the JSON's path is returned."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = result["date"].replace(":", "").replace("-", "")
+    label = result.get("label")
+    path = out / f"{kind}-{stamp}{'-' + label if label else ''}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{kind}-latest.md").write_text(table)
+    print(table)
+    print(f"wrote {path}")
+    return path
+
+
 def latest_name(result: dict) -> str:
     """speed-latest.md for a run with CPU sections, speed-gpu-latest.md for a GPU-only one."""
     return "speed-latest.md" if result["cpu"] else "speed-gpu-latest.md"
@@ -867,10 +891,7 @@ def main(argv=None) -> Path | None:
         memory_child(args.child_memory, args.folder, *args.memory_shape)
         return None
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "label": args.label,
-        "machine": machine_info(),
-        "versions": versions(),
+        **result_header(args),
         "preset": args.preset,
         "repeats": args.repeats,
         "train_repeats": args.train_repeats,
