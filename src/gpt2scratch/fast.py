@@ -110,9 +110,9 @@ def reuse_freed_memory() -> bool:
     """Tell glibc's malloc to keep the memory freed tensors give back, for the next ones: no block is
     served by its own ``mmap`` and the heap's free top is never returned to the system.
 
-    By default glibc maps every block over 32 MB (at first, over 128 KB) on its own and unmaps it on
-    free, so a training step's logits, activations and gradients often arrive as fresh pages that the
-    kernel faults in and zeroes: 250,000 faults and 0.9-1.1 s of system time per 4×128 step of the 124M
+    By default glibc maps every block over its mmap threshold (128 KB at first, raised by frees up to
+    32 MB) on its own and unmaps it on free, and trims the heap's free top, so a training step's logits,
+    activations and gradients often arrive as fresh pages that the kernel faults in and zeroes: 250,000 faults and 0.9-1.1 s of system time per 4×128 step of the 124M
     model on the 2-vCPU VM of ``benchmarks/bench_allocator.py``, none with this. Whether that pays
     depends on the threads: there, by median tokens/s, 1.04-1.27× at 2 threads but 0.96-1.00× at 1
     (reused memory is no longer in the cache, as the kernel's freshly zeroed pages were), for 3-11% more
