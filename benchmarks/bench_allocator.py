@@ -42,16 +42,17 @@ SETTINGS = ("default", "reuse")
 MODELS = ("ours", "transformers")
 
 
-def child(setting: str, folders: dict[str, Path], threads: int, batch: int, seq: int, args) -> dict:
-    """Time both models' training steps in this process under ``setting``; per model, per timed step."""
+def child(setting: str, folders: dict[str, Path], args) -> dict:
+    """Time both models' training steps in this process under ``setting`` (at ``args.threads[0]`` threads,
+    batch × ``args.seqs[0]``); per model, per timed step."""
     from gpt2scratch import fast
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads[0])
     applied = fast.reuse_freed_memory() if setting == "reuse" else False
     steps = {}
     for name in MODELS:
         model = load(name if name == "ours" else "hf", folders[name])
-        ids = random_ids(model.config.vocab_size, batch, seq)
+        ids = random_ids(model.config.vocab_size, args.batch, args.seqs[0])
         steps[name] = train_step_fn(model, ids, torch.optim.AdamW(model.parameters(), lr=1e-4))
     for step in steps.values():
         for _ in range(args.warmup):
@@ -91,7 +92,7 @@ def measure(root: Path, threads: int, seq: int, args) -> dict:
     summary = {}
     for setting, children in runs.items():
         summary[setting] = {"peak_rss_mb": [c["peak_rss_mb"] for c in children]}
-        summary[setting]["applied"] = all(c["applied"] for c in children) if setting == "reuse" else False
+        summary[setting]["applied"] = all(c["applied"] for c in children)
         for name in MODELS:
             seconds = [s for c in children for s in c["models"][name]["seconds"]]
             summary[setting][name] = {
@@ -162,7 +163,7 @@ def main(argv=None) -> Path | None:
     args = parse_args(argv)
     if args.child:
         folders = {"ours": args.folder / "gpt2scratch", "transformers": args.folder / "transformers"}
-        print(json.dumps(child(args.child, folders, args.threads[0], args.batch, args.seqs[0], args)))
+        print(json.dumps(child(args.child, folders, args)))
         return None
     result = {
         **result_header(args),
