@@ -841,7 +841,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--skip-paths",
         nargs="*",
         default=[],
-        help="opt-in decode paths not to run (static, static_compiled, greedy_loop, int8_weights, fp16_weights)",
+        help="opt-in decode paths not to run (static, static_compiled, greedy_loop, greedy_loop_frozen, int8_weights, fp16_weights)",
     )
     p.add_argument("--label", default="", help="suffix of the result file name (e.g. baseline)")
     p.add_argument("--no-gpu", action="store_true")
