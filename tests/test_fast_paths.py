@@ -7,7 +7,8 @@ roles swapped and wide ones over more rows through oneDNN as is (the LM head als
 projections on the MKL paths (split across threads, the LM head transposed), kept positions in the last block (causal LM and classifier). The
 in-place KV cache is tested against ``DynamicCache`` in test_modeling.py. Opt-in paths
 (``gpt2scratch.fast``): vocabulary padding, fused AdamW, freed memory reused, static-cache generation, static cache +
-``torch.compile``, ``greedy_loop`` (tests/test_gpu.py runs it as a CUDA graph where there is a GPU).
+``torch.compile``, ``greedy_loop`` (compiled on the CPU with the weights frozen in; tests/test_gpu.py runs it as a
+CUDA graph where there is a GPU).
 """
 
 from __future__ import annotations
@@ -317,6 +318,37 @@ def test_greedy_loop_step_is_one_graph_reused_across_lengths(model, ids, attenti
     assert not torch._dynamo.utils.counters["graph_break"]
 
 
+def test_greedy_loop_compiled_on_cpu_freezes_the_weights_and_recompiles_when_they_change(
+    model, ids, monkeypatch
+):
+    """Compiled on the CPU, the step holds the weights as constants by default (inductor's freeze pass runs)
+    and gives generate's tokens; after an in-place change of one weight the next call warns, compiles again
+    and gives the changed model's tokens (the old constants would give the old ones). The caller's inductor
+    settings are left as they were."""
+    import torch._inductor.config as inductor_config
+    import torch._inductor.freezing as freezing
+
+    frozen, freeze = [], freezing.freeze
+
+    def spy(*args, **kwargs):
+        frozen.append(True)
+        return freeze(*args, **kwargs)
+
+    monkeypatch.setattr(freezing, "freeze", spy)
+    generate = fast.greedy_loop(model, compile=True)
+    before = model.generate(ids, max_new_tokens=4, do_sample=False, eos_token_id=None)
+    assert torch.equal(generate(ids, max_new_tokens=4, eos_token_id=None), before)
+    assert frozen == [True], "the step was compiled without freezing"
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.mul_(-3.0)
+    after = model.generate(ids, max_new_tokens=4, do_sample=False, eos_token_id=None)
+    assert not torch.equal(after, before), "pick a change that changes the tokens"
+    with pytest.warns(UserWarning, match="weights changed since its decode step was compiled"):
+        assert torch.equal(generate(ids, max_new_tokens=4, eos_token_id=None), after)
+    assert frozen == [True, True]
+    assert not inductor_config.freezing and not inductor_config.max_autotune
+
+
 def test_greedy_loop_decode_attention_is_its_steps_own(model, ids, monkeypatch):
     """The step's attention can differ from the model's (eager for fp32 on CUDA, where it was measured
     faster); the prompt still goes through the model's own, and the tokens are generate's."""
@@ -346,6 +378,8 @@ def test_greedy_loop_refuses_what_it_does_not_do(model, ids):
         generate(ids, max_new_tokens=2, do_sample=True)
     with pytest.raises(ValueError, match="exceeds this model's n_positions"):
         generate(ids, max_new_tokens=model.config.n_positions)
+    with pytest.raises(ValueError, match="pass compile=True too"):
+        fast.greedy_loop(model, frozen=True)
 
 
 # ---------------------------------------------------------------------------------------------- MFU
@@ -370,7 +404,8 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     argv = ["--preset", "tiny", "--threads", "1", "--repeats", "1", "--new-tokens", "3", "--no-gpu"]
-    argv += ["--sections", "prefill", "decode", "--skip-paths", "static_compiled", "--out", str(tmp_path)]
+    argv += ["--sections", "prefill", "decode", "--skip-paths", "static_compiled", "greedy_loop_frozen"]
+    argv += ["--out", str(tmp_path)]
     path = bench.main(argv)
     result = json.loads(path.read_text())
     cpu = result["cpu"][0]
