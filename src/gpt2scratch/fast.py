@@ -296,13 +296,18 @@ def _same_weights(model: nn.Module, compiled_with: list[tuple]) -> bool:
 
 
 def _freezing(frozen: bool):
-    """Inductor's freezing and max-autotune for the compilations within (none for ``frozen`` False); the
-    caller's inductor settings are restored afterwards."""
+    """Inductor's freezing and max-autotune (without printing its timing tables) for the compilations
+    within, none for ``frozen`` False; the caller's inductor settings are restored afterwards."""
     if not frozen:
         return contextlib.nullcontext()
     import torch._inductor.config as inductor_config
 
-    return inductor_config.patch(freezing=True, max_autotune=True, autotune_num_choices_displayed=0)
+    return inductor_config.patch(
+        freezing=True,
+        max_autotune=True,
+        autotune_num_choices_displayed=0,
+        max_autotune_report_choices_stats=False,
+    )
 
 
 def decode_attention(model: nn.Module) -> str | None:
