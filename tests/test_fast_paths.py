@@ -295,6 +295,16 @@ def test_greedy_loop_runs_its_own_static_loop_and_matches_generate(model, ids, m
     assert seen == [(StaticCache, ids.shape[1])] + [(StaticCache, 1)] * 8
 
 
+def test_greedy_loop_reads_an_empty_end_of_text_list_as_none(model, ids, monkeypatch):
+    eos = _ending_rows_in_turn(model, ids)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
+    monkeypatch.setattr(model.generation_config, "pad_token_id", None)
+    generate = fast.greedy_loop(model)
+    assert generate(ids, max_new_tokens=6).shape[1] == ids.shape[1] + 2, "the model's own ids end both rows"
+    expected = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    assert torch.equal(generate(ids, max_new_tokens=6, eos_token_id=[]), expected)
+
+
 def test_greedy_loop_pads_after_end_of_text_and_stops_as_generate(model, ids):
     eos = _ending_rows_in_turn(model, ids)
     expected = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=7)
@@ -418,6 +428,33 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
     b1 = next(line for line in table.splitlines() if line.startswith("| greedy generate() batch 1"))
     best_exact, quantized = b1.split("|")[-3:-1]
     assert "int8" not in best_exact and "int8 " in quantized and "fp16 " in quantized
+
+
+def test_decode_budget_benchmark_stubs_only_one_row_products_and_writes_its_table(
+    tmp_path, restore_threads, monkeypatch
+):
+    """benchmarks/bench_decode_budget.py: its stub zeroes the one-row products and nothing else, and a smoke
+    run writes every part of the split."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    budget = importlib.import_module("bench_decode_budget")
+    torch.manual_seed(0)
+    model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny")).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 5))
+    with torch.no_grad():
+        prompt = model(ids).logits
+        step = model(ids[:, :1]).logits
+        with budget.products_stubbed():
+            assert torch.equal(model(ids).logits, prompt), "products over several rows run as they are"
+            assert not model(ids[:, :1]).logits.any(), "one-row products, the head's too, give zeros"
+        assert torch.equal(model(ids[:, :1]).logits, step), "the real products are back"
+    argv = ["--preset", "tiny", "--threads", "1", "--repeats", "1", "--new-tokens", "4"]
+    result = json.loads(budget.main([*argv, "--out", str(tmp_path)]).read_text())
+    (run,) = result["runs"]
+    assert set(run["ms_per_token"]) == set(budget.PARTS) and run["floor_ms"] > 0 and run["read_gb_per_s"] > 0
+    assert all(ms >= 0 for ms in run["ms_per_token"].values())
+    assert "| 1 | " in (tmp_path / "decode-budget-latest.md").read_text()
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reuse_freed_memory acts on glibc's malloc")

@@ -367,10 +367,11 @@ class _Decoder:
 
 
 def _stop_tokens(model, device, eos_token_id, pad_token_id) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """End-of-text ids (a 1-D tensor, None for none) and the pad id, from the arguments or the model."""
+    """End-of-text ids (a 1-D tensor, None for none: also for an empty list) and the pad id, from the
+    arguments or the model."""
     config = model.generation_config
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
-    if eos is None:
+    if eos is None or (not isinstance(eos, int) and len(eos) == 0):
         return None, torch.tensor(0, device=device)
     eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device)
     pad = config.pad_token_id if pad_token_id is None else pad_token_id
