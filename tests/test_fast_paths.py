@@ -215,25 +215,27 @@ def cycle():
     del t
     return {"rss_dropped": held - rss(), "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults}
 
-before = cycle()
+before = [cycle() for _ in range(3)]
 applied = fast.reuse_freed_memory()
-cycle()  # grows the heap once
-print(json.dumps({"before": before, "applied": applied, "after": cycle()}))
+cycle()  # grows the heap once (or twice, when another allocation took the start of the freed block meanwhile)
+print(json.dumps({"before": before, "applied": applied, "after": [cycle() for _ in range(3)]}))
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reuse_freed_memory acts on glibc's malloc")
 def test_reuse_freed_memory_keeps_large_blocks_for_the_next_tensor():
     """In a fresh process (the setting is process-wide): a freed 64 MB tensor goes back to the system
-    before, stays in the process after, and the next one reuses it without faulting a page in."""
+    before, and the next one faults every page in again; after, it stays in the process and, once the heap
+    has grown, a next one reuses it without faulting a page in (under load another allocation sometimes
+    takes the start of the freed block first, so one cycle of three may still grow the heap)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     done = subprocess.run([sys.executable, "-c", REUSE_PROBE], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     probe = json.loads(done.stdout.splitlines()[-1])
     assert probe["applied"] is True
-    assert probe["before"]["rss_dropped"] > 48 * 2**20
-    assert probe["after"]["rss_dropped"] < 8 * 2**20
-    assert probe["after"]["faults"] < 1000
+    assert all(cycle["rss_dropped"] > 48 * 2**20 and cycle["faults"] > 12000 for cycle in probe["before"])
+    assert all(cycle["rss_dropped"] < 8 * 2**20 for cycle in probe["after"])
+    assert min(cycle["faults"] for cycle in probe["after"]) < 1000, "the freed block is reused, unfaulted"
 
 
 # ---------------------------------------------------------------------------------- static KV cache
