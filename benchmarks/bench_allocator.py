@@ -31,6 +31,7 @@ from bench_speed import (
     RESULTS,
     load,
     load_average,
+    machine_label,
     random_ids,
     result_header,
     train_step_fn,
@@ -112,8 +113,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# Training steps with freed memory reused (`fast.reuse_freed_memory`) against glibc's default malloc",
         "",
-        f"Measured {result['date']} on {result['machine'].get('cpu_model', '?')} ({result['machine']['cpus']} "
-        f"vCPUs), torch {result['versions']['torch']}, transformers {result['versions']['transformers']}, "
+        f"Measured {result['date']} on {machine_label(result['machine'])}, torch {result['versions']['torch']}, transformers {result['versions']['transformers']}, "
         f"gpt2scratch {result['versions']['git_commit']}, preset {result['preset']}, fp32; {result['rounds']} "
         f"processes per setting, each {result['warmup']} untimed and {result['steps']} timed steps per model.",
         "",

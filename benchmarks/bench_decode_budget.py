@@ -38,6 +38,7 @@ from bench_speed import (
     for_greedy_benchmark,
     load,
     load_average,
+    machine_label,
     random_ids,
     result_header,
     write_folders,
@@ -149,7 +150,7 @@ def table(result: dict) -> str:
     lines = [
         "# Batch-1 decode: where a step's time goes",
         "",
-        f"Measured {result['date']} on {machine.get('cpu_model', '?')} ({machine.get('cpus')} vCPUs), torch "
+        f"Measured {result['date']} on {machine_label(machine)}, torch "
         f"{versions['torch']}, transformers {versions['transformers']}, gpt2scratch {versions['git_commit']}, "
         f"preset {result['preset']}, fp32, {result['new_tokens']} new tokens, best of {result['repeats']} in turn. "
         "`benchmarks/bench_decode_budget.py`.",

@@ -41,6 +41,7 @@ from bench_speed import (
     for_greedy_benchmark,
     interleaved,
     load_average,
+    machine_label,
     prefill_fn,
     random_ids,
     result_header,
@@ -151,7 +152,7 @@ def speed(models: dict[str, torch.nn.Module], args, threads: int) -> dict:
 # ------------------------------------------------------------------------------------------ report
 def markdown(result: dict) -> str:
     lines = [
-        f"Measured {result['date']} on {result['machine'].get('cpu_model', '?')} ({result['machine']['cpus']} vCPUs), "
+        f"Measured {result['date']} on {machine_label(result['machine'])}, "
         f"torch {result['versions']['torch']}, gpt2scratch {result['versions']['git_commit']}; quantized engine "
         f"{result['engine']}.",
         "",

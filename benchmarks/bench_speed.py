@@ -68,6 +68,8 @@ def machine_info() -> dict:
         model = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
         flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
         info["cpu_model"] = model[0] if model else "?"
+        family, number = (_cpuinfo_field(text, key) for key in ("cpu family", "model"))
+        info["cpu_id"] = f"family {family} model {number}"
         info["simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
     with contextlib.suppress(OSError):
         kb = int(Path("/proc/meminfo").read_text().split()[1])
@@ -229,6 +231,24 @@ def for_greedy_benchmark(model):
 
 
 # ------------------------------------------------------------------------------------------ sections
+def _cpuinfo_field(text: str, key: str) -> str:
+    """The first value of ``key`` in /proc/cpuinfo's text ("?" where absent)."""
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == key:
+            return value.strip()
+    return "?"
+
+
+def machine_label(machine: dict) -> str:
+    """The CPU as result tables name it: model, family/model numbers, widest vector unit and vCPUs (one
+    machine name, e.g. "AMD EPYC", covers hosts of several generations)."""
+    simd = machine.get("simd", [])
+    vectors = "AVX-512" if "avx512f" in simd else "AVX2" if "avx2" in simd else "no AVX2"
+    ident = f", {machine['cpu_id']}" if "cpu_id" in machine else ""
+    return f"{machine.get('cpu_model', '?')} ({vectors}{ident}, {machine.get('cpus')} vCPUs)"
+
+
 def bench_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     """Read bandwidth in GB/s: the best time to sum a tensor much larger than the caches."""
     x = torch.ones(megabytes * 2**20 // 4)
@@ -636,8 +656,7 @@ def markdown(result: dict) -> str:
     if not result["cpu"]:  # a GPU-only run
         return "\n".join(gpu_markdown(result)) + "\n"
     lines = [
-        f"Measured {result['date']} on {result['machine'].get('cpu_model', '?')} "
-        f"({result['machine']['cpus']} vCPUs), torch {result['versions']['torch']}, "
+        f"Measured {result['date']} on {machine_label(result['machine'])}, torch {result['versions']['torch']}, "
         f"transformers {result['versions']['transformers']}, gpt2scratch {result['versions']['git_commit']}, "
         f"preset {result['preset']}, fp32, best of {result['repeats']} interleaved runs "
         f"(training: {result['train_repeats']}, after {result['train_warmup']} untimed). Load average before/after each thread count: "
@@ -691,7 +710,7 @@ def gpu_markdown(result: dict) -> list[str]:
     lines = [
         "",
         f"Measured {result['date']} on {gpu['device']} (CUDA {gpu.get('cuda')}; host "
-        f"{result['machine'].get('cpu_model', '?')}, {result['machine']['cpus']} vCPUs), torch {versions['torch']}, "
+        f"{machine_label(result['machine'])}), torch {versions['torch']}, "
         f"transformers {versions['transformers']}, gpt2scratch {versions['git_commit']}, preset {result['preset']}, "
         f"best of {result['repeats']} interleaved runs. Weights fp32 (matmuls in TF32) unless a contender's name "
         "says bf16; training in bf16 autocast.",

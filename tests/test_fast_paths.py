@@ -430,6 +430,31 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
     b1 = next(line for line in table.splitlines() if line.startswith("| greedy generate() batch 1"))
     best_exact, quantized = b1.split("|")[-3:-1]
     assert "int8" not in best_exact and "int8 " in quantized and "fp16 " in quantized
+    assert f"on {bench.machine_label(result['machine'])}, torch" in table
+
+
+def test_benchmark_tables_tell_hosts_of_one_cpu_name_apart():
+    """Result tables name the vector unit and family/model numbers: "AMD EPYC" covered an AVX2 host and an
+    AVX-512 one on this project's machine; older result files, without the numbers, still render."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_speed", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    zen5 = {
+        "cpu_model": "AMD EPYC",
+        "cpus": 2,
+        "simd": ["avx2", "fma", "avx512f"],
+        "cpu_id": "family 26 model 2",
+    }
+    assert bench.machine_label(zen5) == "AMD EPYC (AVX-512, family 26 model 2, 2 vCPUs)"
+    assert (
+        bench.machine_label({"cpu_model": "AMD EPYC", "cpus": 2, "simd": ["avx2"]})
+        == "AMD EPYC (AVX2, 2 vCPUs)"
+    )
+    if Path("/proc/cpuinfo").exists():
+        assert bench.machine_info()["cpu_id"].startswith("family ")
 
 
 def test_decode_budget_benchmark_stubs_only_one_row_products_and_writes_its_table(
