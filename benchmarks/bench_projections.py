@@ -5,12 +5,12 @@ weight over ``ONEDNN_MIN_ROWS`` to ``ONEDNN_SWAPPED_MAX_ROWS`` rows (q/k/v and t
 calls oneDNN's inner product with the roles swapped, (W xᵀ)ᵀ; on a wide row-major weight over more rows, oneDNN
 as is; otherwise, with more than one thread and at most ``SPLIT_MAX_ROWS`` rows it splits the output
 features across the threads in one batched matmul (MKL), and a row-major LM head over 2 to
-``HEAD_TRANSPOSED_MAX_ROWS`` rows takes (W hᵀ)ᵀ. One-row ``generate`` holds the wide weights (out > in)
-column-major (``set_weight_layout``), which is transformers' ``Conv1D`` memory layout; with more than one
-thread ``project`` splits a one-row product on such a weight over its input features instead
-(``split_inputs_matmul``: contiguous blocks of Wᵀ, partial products summed). This times
-``nn.Linear``, ``project``, ``project`` without the swapped roles and ``project`` with oneDNN turned off
-on row-major weights, and ``project`` on column-major ones with and without that input split, for each projection
+``HEAD_TRANSPOSED_MAX_ROWS`` rows takes (W hᵀ)ᵀ. One-row ``generate`` holds the weights column-major
+(``set_weight_layout``; without FBGEMM only the wide ones, out > in), which is transformers' ``Conv1D``
+memory layout, and ``project`` runs a one-row product on such a weight as an embedding-bag sum
+(``bag_product``, one bag per thread). This times ``nn.Linear``, ``project``, ``project`` without the
+swapped roles and ``project`` with oneDNN turned off on row-major weights, and ``project`` on column-major
+ones with and without the embedding bags (``BAG_PRODUCTS``), for each projection
 shape of the 124M model (12 layers' worth of weights, so that, as in decoding, they do not sit in the
 cache), at each row count and thread count, best of several runs, in turn; the result goes to
 ``benchmarks/results/projections-<date>.{json,md}``::
@@ -69,8 +69,8 @@ def measure(name: str, rows: int, threads: int, runs: int) -> dict:
     ours = lambda: [project(layer, x, head=head) for layer in layers]  # noqa: E731
     ours_column = lambda: [project(layer, x, head=head) for layer in column_major]  # noqa: E731
     unswapped = with_setting(ours, "ONEDNN_SWAPPED_MAX_ROWS", 0)
-    outputs_split = with_setting(ours_column, "SPLIT_INPUTS_MAX_ROWS", 0)
-    fns = (plain, ours, unswapped, with_setting(ours, "ONEDNN_LINEAR", False), ours_column, outputs_split)
+    no_bags = with_setting(ours_column, "BAG_PRODUCTS", False)
+    fns = (plain, ours, unswapped, with_setting(ours, "ONEDNN_LINEAR", False), ours_column, no_bags)
     with torch.no_grad():
         reference = plain()
         diff = max((a - b).abs().max().item() for fn in fns[1:] for a, b in zip(reference, fn(), strict=True))
@@ -83,14 +83,14 @@ def measure(name: str, rows: int, threads: int, runs: int) -> dict:
             "project_mkl_ms": round(m / copies, 3), "mkl_speedup": round(a / m, 2),
             "project_column_major_ms": round(c / copies, 3), "column_major_speedup": round(a / c, 2),
             "column_major_gb_s": round(weight_bytes / c / 1e6, 1),
-            "column_major_outputs_split_ms": round(o / copies, 3), "inputs_split_speedup": round(o / c, 2),
+            "column_major_no_bags_ms": round(o / copies, 3), "bag_speedup": round(o / c, 2),
             "max_abs_diff": diff}  # fmt: skip
 
 
 def with_setting(fn, name: str, value):
     """``fn`` run with the model file's ``name`` set to ``value``: ``ONEDNN_LINEAR`` False leaves the MKL
-    paths alone; ``ONEDNN_SWAPPED_MAX_ROWS`` 0 turns the swapped roles off; ``SPLIT_INPUTS_MAX_ROWS`` 0
-    splits one-row products on column-major weights over their outputs, as for more rows."""
+    paths alone; ``ONEDNN_SWAPPED_MAX_ROWS`` 0 turns the swapped roles off; ``BAG_PRODUCTS`` False runs
+    one-row products on column-major weights as for more rows (MKL)."""
 
     def run():
         saved = getattr(modeling, name)
@@ -114,23 +114,23 @@ def markdown(result: dict, runs: int) -> str:
         f"{modeling.ONEDNN_MIN_ROWS}-{result.get('swapped_max_rows')} rows (q/k/v and MLP input from 2), oneDNN "
         f"as is on the wide weights over more rows, MKL paths otherwise; the unswapped "
         "column turns the swapped roles off, the MKL column oneDNN altogether. Column-major is how "
-        "one-row `generate()` holds the wide weights (the memory layout of transformers' `Conv1D`); square "
-        "and narrow weights stay row-major, so for them the column-major column times row-major `project`. "
-        "With more than one thread `project` splits a one-row product on a column-major weight over its "
-        "inputs; the outputs-split column turns that off (the inputs-split speedup is over it). "
+        f"one-row `generate()` holds the weights (the memory layout of transformers' `Conv1D`; embedding bags "
+        f"available: {result.get('bags')}; without them the square and narrow weights stay row-major). "
+        "`project` runs a one-row product on a column-major weight as an embedding bag; the no-bags column "
+        "turns that off (the bag speedup is over it). "
         "`benchmarks/bench_projections.py`.",
         "",
         "| projection | rows | threads | nn.Linear, ms | project, ms | speedup | project unswapped, ms | speedup "
         "| project MKL only, ms | speedup | project column-major, ms | speedup | column-major GB/s "
-        "| column-major, outputs split, ms | inputs-split speedup | max abs diff |",
+        "| column-major, no bags, ms | bag speedup | max abs diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['projection']} | {r['rows']} | {r['threads']} | {r['linear_ms']} | {r['project_ms']} | "
         f"{r['speedup']}× | {r['project_unswapped_ms']} | {r['unswapped_speedup']}× | "
         f"{r['project_mkl_ms']} | {r['mkl_speedup']}× | {r['project_column_major_ms']} | "
-        f"{r['column_major_speedup']}× | {r['column_major_gb_s']} | {r['column_major_outputs_split_ms']} | "
-        f"{r['inputs_split_speedup']}× | {r['max_abs_diff']:.1e} |"
+        f"{r['column_major_speedup']}× | {r['column_major_gb_s']} | {r['column_major_no_bags_ms']} | "
+        f"{r['bag_speedup']}× | {r['max_abs_diff']:.1e} |"
         for r in result["results"]
     ]
     return "\n".join(lines) + "\n"
@@ -148,7 +148,7 @@ def main() -> None:
     result = {
         "benchmark": "projections", "date": date, "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(), "torch": torch.__version__, "load_average": os.getloadavg(),
-        "onednn": modeling.ONEDNN_LINEAR, "swapped_max_rows": modeling.ONEDNN_SWAPPED_MAX_ROWS,
+        "onednn": modeling.ONEDNN_LINEAR, "bags": modeling.BAG_PRODUCTS, "swapped_max_rows": modeling.ONEDNN_SWAPPED_MAX_ROWS,
         "results": [measure(name, rows, threads, args.runs)
                     for threads in args.threads for name in args.projections for rows in args.rows],
     }  # fmt: skip

@@ -572,15 +572,15 @@ def split_calls(monkeypatch):
 
 
 @pytest.fixture
-def split_inputs_calls(monkeypatch):
-    """(rows, Wᵀ's shape, parts) of every ``split_inputs_matmul`` call."""
-    calls, split_inputs = [], modeling.split_inputs_matmul
+def bag_calls(monkeypatch):
+    """(the input's shape, Wᵀ's shape, threads) of every ``bag_product`` call."""
+    calls, product = [], modeling.bag_product
 
-    def recording(x, weight_t, parts):
-        calls.append((x.shape[0], tuple(weight_t.shape), parts))
-        return split_inputs(x, weight_t, parts)
+    def recording(x, linear):
+        calls.append((tuple(x.shape), tuple(linear.weight.t().shape), torch.get_num_threads()))
+        return product(x, linear)
 
-    monkeypatch.setattr(modeling, "split_inputs_matmul", recording)
+    monkeypatch.setattr(modeling, "bag_product", recording)
     return calls
 
 
@@ -632,37 +632,20 @@ def test_split_matmul_equals_the_plain_product(n, rows, parts, stored):
         assert y.shape == (rows, n) and y.is_contiguous()
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-@pytest.mark.parametrize("parts", [2, 4])
-def test_split_inputs_matmul_equals_the_plain_product(rows, parts):
-    g = torch.Generator().manual_seed(rows + parts)
-    weight_t, x = torch.randn(16, 50257, generator=g), torch.randn(rows, 16, generator=g)
-    y = modeling.split_inputs_matmul(x, weight_t, parts)
-    torch.testing.assert_close(y, x @ weight_t, atol=1e-5, rtol=1e-5)
-    assert y.shape == (rows, 50257) and y.is_contiguous()
-
-
-@pytest.mark.parametrize(
-    "rows, parts, stored, transposed, max_rows, inputs_split",
-    [
-        (1, 2, "column-major", False, 1, True),  # a decode step: blocks of Wᵀ's rows
-        (1, 3, "column-major", False, 1, False),  # 3 does not divide the 16 inputs
-        (2, 2, "column-major", False, 1, False),  # several rows: blocks of Wᵀ's columns
-        (1, 2, "row-major", False, 1, False),
-        (1, 2, "column-major", True, 1, False),
-        (1, 2, "column-major", False, 0, False),  # turned off (benchmarks/bench_projections.py does)
-    ],
-)
-def test_split_matmul_splits_the_inputs_for_one_row_on_column_major_weights(
-    split_inputs_calls, monkeypatch, rows, parts, stored, transposed, max_rows, inputs_split
-):
-    monkeypatch.setattr(modeling, "SPLIT_INPUTS_MAX_ROWS", max_rows)
-    weight, x = torch.randn(40, 16), torch.randn(rows, 16)
-    if stored == "column-major":
-        weight = weight.t().contiguous().t()
-    y = modeling.split_matmul(x, weight, parts, transposed)
-    torch.testing.assert_close(y, x @ weight.t(), atol=1e-5, rtol=1e-5)
-    assert split_inputs_calls == ([(1, (16, 40), parts)] if inputs_split else [])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bag_product_equals_the_plain_product(restore_threads, threads, bias):
+    """One row through a column-major weight as an embedding-bag sum: one bag per thread where the threads
+    divide the 16 inputs (1, 2), one bag where they do not (3); the plain product's values."""
+    torch.manual_seed(threads)
+    linear = torch.nn.Linear(16, 50, bias=bias)
+    linear.weight.data = linear.weight.data.t().contiguous().t()
+    x = torch.randn(16)
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        y = modeling.bag_product(x, linear)
+        torch.testing.assert_close(y, linear(x), atol=1e-5, rtol=1e-5)
+    assert y.shape == (50,)
 
 
 def test_lm_head_runs_transposed_for_several_rows_without_grad_and_matches(
@@ -706,11 +689,12 @@ def test_lm_head_uses_the_linear_beyond_the_row_limit(
 
 @pytest.mark.parametrize("column_major_weights", [True, False])
 def test_few_rows_split_across_threads_and_match(
-    model, ids, split_calls, linear_calls, restore_threads, column_major_weights, no_onednn
+    model, ids, split_calls, bag_calls, linear_calls, restore_threads, column_major_weights, no_onednn
 ):
     """With 2 threads, a no-grad forward over <= SPLIT_MAX_ROWS rows splits every projection (a row-major
     head in the transposed orientation when it has several rows) and gives the one-thread logits; more
-    rows, or one thread, do not split. Wide weights held either way (eval mode holds them column-major)."""
+    rows, or one thread, do not split, and one row on column-major weights runs as embedding bags where
+    FBGEMM is there. Weights held either way (one-row decoding holds them column-major)."""
     model.column_major_decoding = False  # generate leaves the layout set here
     modeling.set_weight_layout(model, column_major=column_major_weights)
     assert column_major(model.lm_head.weight) == column_major_weights
@@ -736,12 +720,16 @@ def test_few_rows_split_across_threads_and_match(
     assert any(rows == 2 and not transposed for rows, _, _, transposed in split_calls), "decode steps"
 
     split_calls.clear()
+    bag_calls.clear()
     big = torch.zeros(1, modeling.SPLIT_MAX_ROWS + 1, dtype=torch.long)
     with torch.no_grad():
         model(big, logits_to_keep=1)
     c = model.config.n_embd
     kept_row = [(c, c), (4 * c, c), (c, 4 * c), head[1]]  # last attention out, MLP and head: the kept row
-    assert split_calls == [(1, shape, 2, False) for shape in kept_row]
+    if column_major_weights and modeling.BAG_PRODUCTS:
+        assert split_calls == [] and [weight_t[::-1] for _, weight_t, _ in bag_calls] == kept_row
+    else:
+        assert split_calls == [(1, shape, 2, False) for shape in kept_row] and bag_calls == []
     split_calls.clear()
     model(ids)  # autograd
     assert split_calls == []
@@ -932,23 +920,29 @@ def test_torch_func_transforms_keep_the_linear(model, ids, onednn_calls):
 
 
 # ------------------------------------------------------------------ column-major weights for decoding
-needs_mkl = pytest.mark.skipif(not modeling.COLUMN_MAJOR_DECODING, reason="row-major throughout without MKL")
+needs_column_major = pytest.mark.skipif(
+    not modeling.COLUMN_MAJOR_DECODING, reason="row-major throughout without MKL or FBGEMM"
+)
 
 
-@needs_mkl
-def test_one_row_generate_holds_wide_weights_column_major_and_train_restores_them(model, ids):
-    """eval() alone keeps row-major; a one-row generate() in eval mode stores q/k/v, MLP-input and the tied
-    head/embedding weights column-major, in the same parameter objects with the same values, the square and
-    narrow ones as they were, and decodes the row-major model's tokens; several rows per step (a batch, beams,
-    several returned sequences) and train() restore row-major."""
+@needs_column_major
+def test_one_row_generate_holds_weights_column_major_and_train_restores_them(model, ids):
+    """eval() alone keeps row-major; a one-row generate() in eval mode stores the linear layers' weights
+    (with FBGEMM's embedding bags all of them, else q/k/v, MLP-input and the tied head/embedding) column-major,
+    in the same parameter objects with the same values, the others as they were, and decodes the row-major
+    model's tokens; several rows per step (a batch, beams, several returned sequences) and train() restore
+    row-major."""
     params = dict(model.named_parameters())
     before = {name: p.detach().clone() for name, p in params.items()}
-    wide = {n for n, p in params.items() if p.dim() == 2 and p.shape[0] > p.shape[1] and "wpe" not in n}
+    linear = {n for n, p in params.items() if p.dim() == 2 and "wpe" not in n}
+    wide = {n for n in linear if params[n].shape[0] > params[n].shape[1]}
     assert {
         "transformer.wte.weight",
         "transformer.h.0.attn.c_attn.weight",
         "transformer.h.1.mlp.c_fc.weight",
     } <= wide
+    assert {"transformer.h.0.attn.c_proj.weight", "transformer.h.1.mlp.c_proj.weight"} <= linear - wide
+    held = linear if modeling.BAG_PRODUCTS else wide
     assert all(p.is_contiguous() for p in params.values()), "eval() alone changes nothing"
     row = ids[:1]
 
@@ -967,8 +961,8 @@ def test_one_row_generate_holds_wide_weights_column_major_and_train_restores_the
     del model.column_major_decoding  # the default: on with MKL
     assert torch.equal(greedy(row), row_major_tokens)
     assert model.lm_head.weight is model.transformer.wte.weight
-    assert all(column_major(params[n]) for n in wide)
-    assert all(params[n].is_contiguous() for n in params if n not in wide)
+    assert all(column_major(params[n]) for n in held)
+    assert all(params[n].is_contiguous() for n in params if n not in held)
     with torch.no_grad():
         torch.testing.assert_close(model(row).logits, row_major_logits, atol=1e-5, rtol=0)
     for several_rows in (
@@ -988,7 +982,7 @@ def test_one_row_generate_holds_wide_weights_column_major_and_train_restores_the
     assert row_major(), "generate in training mode keeps row-major"
 
 
-@needs_mkl
+@needs_column_major
 def test_only_cpu_fp32_weights_owning_their_storage_change_layout(tiny_config):
     """bf16 weights, and a weight that is a view into a larger buffer (as FSDP's flat parameters are),
     stay row-major; train() restores a column-major weight whatever its dtype."""
@@ -1010,23 +1004,31 @@ def test_only_cpu_fp32_weights_owning_their_storage_change_layout(tiny_config):
     assert all(p.is_contiguous() for p in model.parameters())
 
 
-@needs_mkl
-def test_one_row_decoding_on_two_threads_splits_the_wide_products_over_their_inputs(
-    model, ids, restore_threads, split_inputs_calls
-):
-    """A one-row generate() at 2 threads holds the wide weights column-major and splits their products over
-    the input features (q/k/v, MLP input, the head: 3 shapes); same tokens as at one thread."""
+@pytest.mark.skipif(not modeling.BAG_PRODUCTS, reason="embedding-bag products need FBGEMM (x86 builds)")
+def test_one_row_decoding_runs_every_product_as_an_embedding_bag(model, ids, restore_threads, bag_calls):
+    """A one-row generate() runs each decode step's products (q/k/v, attention output, MLP in and out, the
+    head) as embedding bags, one bag per thread, and the prompt's forward those of its kept last position
+    (the last block's attention output and MLP, the head); same tokens as the row-major model without
+    them, at 1 and 2 threads."""
     row = ids[:1]
+    model.column_major_decoding = False
     torch.set_num_threads(1)
     expected = model.generate(row, max_new_tokens=5, do_sample=False)
-    assert split_inputs_calls == []
-    two_threads()
-    assert torch.equal(model.generate(row, max_new_tokens=5, do_sample=False), expected)
+    assert bag_calls == [], "row-major weights: no bags"
+    del model.column_major_decoding
     c, vocab = model.config.n_embd, model.config.vocab_size
-    assert set(split_inputs_calls) == {(1, (c, 3 * c), 2), (1, (c, 4 * c), 2), (1, (c, vocab), 2)}
+    shapes = {(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c), (c, vocab)}
+    for threads in (1, 2):
+        bag_calls.clear()
+        two_threads() if threads == 2 else torch.set_num_threads(1)
+        assert torch.equal(model.generate(row, max_new_tokens=5, do_sample=False), expected), threads
+        steps = 4  # the first new token comes from the prompt's forward
+        assert len(bag_calls) == 4 + steps * (4 * model.config.n_layer + 1)
+        assert {weight for _, weight, _ in bag_calls} == shapes
+        assert all(x == weight[:1] and t == threads for x, weight, t in bag_calls)
 
 
-@needs_mkl
+@needs_column_major
 def test_state_dict_of_column_major_weights_is_contiguous_tied_and_saves(model, tmp_path):
     """state_dict() hands out contiguous copies (one for the tied head and embedding), so safetensors'
     save_file takes it; save_pretrained writes the tied weight once and reloads the same values."""
@@ -1055,7 +1057,7 @@ def test_state_dict_of_column_major_weights_is_contiguous_tied_and_saves(model, 
     assert kept["lm_head.weight"] is model.lm_head.weight, "keep_vars hands out the parameters themselves"
 
 
-@needs_mkl
+@needs_column_major
 def test_training_in_eval_mode_gives_the_row_major_gradients(model, ids):
     """A backward pass through column-major weights (a user training in eval mode after generating) gives
     the gradients the row-major model gives."""

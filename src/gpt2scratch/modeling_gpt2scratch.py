@@ -4,8 +4,9 @@ This file travels with the weights (``trust_remote_code``): it imports only the 
 transformers and its sibling ``configuration_gpt2scratch``. Parameter names follow GPT-2's own (``wte``,
 ``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in),
 the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. One-row
-``generate`` in eval mode on CPU holds the wide weights column-major in memory (``set_weight_layout``);
-shapes, names and the state dict are unchanged. On CPU, no-grad products over a few rows (8-32; 2-32 for
+``generate`` in eval mode on CPU holds the weights column-major in memory (``set_weight_layout``) and, on
+x86, runs each one-row product as an embedding-bag sum (``bag_product``); shapes, names and the state dict
+are unchanged. On CPU, no-grad products over a few rows (8-32; 2-32 for
 q/k/v and the MLP input) go through oneDNN with the roles swapped, (W xᵀ)ᵀ, and wide ones over more rows
 through oneDNN as torch.compile's CPU backend calls it (``project``).
 """
@@ -87,7 +88,6 @@ def rotary_cos_sin(config: GPT2ScratchConfig, position_ids: torch.Tensor, dtype:
 # faster than a few rows by it (measured on x86 with MKL: benchmarks/results/projections-*.md).
 SPLIT_MAX_ROWS = 64  # at most this many rows: with > 1 thread, split the output features across threads
 HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)ᵀ
-SPLIT_INPUTS_MAX_ROWS = 1  # a column-major weight over at most this many rows: split over its inputs instead
 # oneDNN's inner product (what torch.compile's CPU backend calls for a linear layer) beats MKL's GEMM on a
 # wide row-major weight (out > in: q/k/v, MLP input, the LM head) from 8 rows on, above all for the head
 # (50257 outputs, an odd row length for MKL): at 8-512 rows 1.0-2.6x less time than nn.Linear and 1.1-1.8x
@@ -171,13 +171,8 @@ def _plain_cpu_fp32(linear: nn.Module, x: torch.Tensor) -> bool:
 def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: bool) -> torch.Tensor:
     """x Wᵀ for x (rows, in) and W (out, in), as one batched product over ``parts`` slices of W's rows, so
     that each thread reads its own slice; ``transposed`` computes each slice as (W_i xᵀ)ᵀ. A column-major
-    W (``weight.t()`` contiguous) is sliced in place, each slice a block of Wᵀ's columns, except over at
-    most ``SPLIT_INPUTS_MAX_ROWS`` rows (a decode step) when ``parts`` divides ``in``: then each slice is a
-    contiguous block of Wᵀ's rows (``split_inputs_matmul``)."""
+    W (``weight.t()`` contiguous) is sliced in place, each slice a block of Wᵀ's columns."""
     rows, (n, k) = x.shape[0], weight.shape
-    column_major = not weight.is_contiguous() and weight.t().is_contiguous()
-    if rows <= SPLIT_INPUTS_MAX_ROWS and column_major and not transposed and k % parts == 0:
-        return split_inputs_matmul(x, weight.t(), parts)
     size = n // parts
     if weight.is_contiguous():
         slices = weight[: parts * size].view(parts, size, k)
@@ -193,16 +188,32 @@ def split_matmul(x: torch.Tensor, weight: torch.Tensor, parts: int, transposed: 
     return y
 
 
-def split_inputs_matmul(x: torch.Tensor, weight_t: torch.Tensor, parts: int) -> torch.Tensor:
-    """x Wᵀ for x (rows, in) and a contiguous Wᵀ (in, out), as one batched product over ``parts`` blocks of
-    Wᵀ's rows (the input features; ``parts`` must divide ``in``), each a contiguous stretch of memory that
-    one thread streams, then the partial products summed. At one row on 2 threads the 124M model's
-    column-major q/k/v and MLP-input products took 0–10% less time than split over their output features
-    in two measurements (the head: the same; over 4 or more rows: not faster), and a batch-1 decode 3–8%
-    less (benchmarks/README.md); values equal the plain product's up to float rounding."""
-    rows, (k, n) = x.shape[0], weight_t.shape
-    blocks = x.reshape(rows, parts, k // parts).transpose(0, 1)  # (parts, rows, k/parts)
-    return torch.bmm(blocks, weight_t.view(parts, k // parts, n)).sum(0)
+# One row through a column-major weight, x Wᵀ = Σᵢ xᵢ Wᵀ[i], is an embedding-bag sum over all of Wᵀ's rows
+# with x as the per-sample weights. FBGEMM's kernel for it (x86 builds of torch) streams the weights faster
+# than MKL's matrix-vector product: the 124M model's 49 one-row products of a decode step, in model order,
+# took 19.9 against 27.5 ms at 1 thread and 14.6 against 17.6 ms at 2 (medians of 4, AVX-512 host,
+# benchmarks/README.md); split into one bag per thread, the threads read their own blocks of Wᵀ.
+BAG_PRODUCTS = "fbgemm" in torch.backends.quantized.supported_engines
+
+
+@functools.lru_cache(maxsize=32)
+def _bag_indices(features: int, parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (every row of Wᵀ once) and offsets (``parts`` equal bags) for ``bag_product``."""
+    return torch.arange(features), torch.arange(0, features, features // parts)
+
+
+def bag_product(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear(x)`` for one row x (in,) and a column-major fp32 weight (``weight.t()`` contiguous), as
+    ``F.embedding_bag`` over the rows of Wᵀ weighted by x: one bag per thread when the thread count divides
+    ``in`` (the bags' sums then added), else one. No autograd; equal to the plain product up to float
+    rounding."""
+    weight_t = linear.weight.t()
+    features, parts = weight_t.shape[0], torch.get_num_threads()
+    parts = parts if features % parts == 0 else 1
+    indices, offsets = _bag_indices(features, parts)
+    y = F.embedding_bag(indices, weight_t, offsets, mode="sum", per_sample_weights=x)
+    y = y[0] if parts == 1 else y.sum(0)
+    return y if linear.bias is None else y + linear.bias
 
 
 def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Tensor:
@@ -212,16 +223,21 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
       2 rows for a wide weight, out > in, other than the LM head, ``head``) oneDNN with the roles swapped;
       over more rows, a wide weight through oneDNN as it is (``onednn_linear``);
     - with autograd, ``ONEDNN_MIN_ROWS`` rows or more: the LM head's forward through oneDNN (``OneDNNHead``);
+    - without autograd, one row, column-major weight (one-row ``generate``), on x86: an embedding-bag sum
+      (``bag_product``);
     - otherwise, no autograd, more than one thread, few rows: the output features split across the threads
       (``split_matmul``); a row-major head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows as (W hᵀ)ᵀ.
 
     Same values up to float rounding; anything else (GPU, LoRA or hooked layers, other dtypes, autocast,
     column-major weights with autograd) calls ``linear``."""
     rows = x.shape[:-1].numel()
-    one_row_one_thread = rows == 1 and not torch.compiler.is_compiling() and torch.get_num_threads() == 1
-    if rows == 0 or one_row_one_thread or not _plain_cpu_fp32(linear, x):
-        return linear(x)  # (one row on one thread: every path below ends here, so their checks are skipped)
+    if rows == 0 or not _plain_cpu_fp32(linear, x):
+        return linear(x)
     flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
+    if rows == 1 and BAG_PRODUCTS and not weight.is_contiguous() and not torch.is_grad_enabled():
+        return bag_product(flat[0], linear).view(*x.shape[:-1], -1)
+    if rows == 1 and torch.get_num_threads() == 1:
+        return linear(x)  # every path below ends here
     onednn, wide = ONEDNN_LINEAR and weight.is_contiguous(), _is_wide(linear)
     wide_onednn = onednn and rows >= ONEDNN_MIN_ROWS and wide
     swapped_from = 2 if wide and not head else ONEDNN_MIN_ROWS
@@ -257,16 +273,17 @@ def _mkl_product(flat: torch.Tensor, linear: nn.Linear, head: bool) -> torch.Ten
     return y if linear.bias is None else y + linear.bias
 
 
-COLUMN_MAJOR_DECODING = torch.backends.mkl.is_available()  # where column-major was measured faster
+# where column-major was measured faster for one-row products (MKL on the wide weights, embedding bags on all)
+COLUMN_MAJOR_DECODING = torch.backends.mkl.is_available() or BAG_PRODUCTS
 
 
-def _wide_weights(model: nn.Module) -> list[nn.Parameter]:
-    """The weights of ``model``'s wide ``nn.Linear`` layers (out > in: q/k/v, MLP input, LM head), once
-    each, that are plain tensors owning their storage (not views into a flat buffer as FSDP or DeepSpeed
-    make them)."""
+def _layout_weights(model: nn.Module, every: bool) -> list[nn.Parameter]:
+    """The weights of ``model``'s ``nn.Linear`` layers (``every``) or of its wide ones only (out > in:
+    q/k/v, MLP input, LM head), once each, that are plain tensors owning their storage (not views into a
+    flat buffer as FSDP or DeepSpeed make them)."""
     found: dict[int, nn.Parameter] = {}
     for module in model.modules():
-        if type(module) is nn.Linear and _is_wide(module):
+        if type(module) is nn.Linear and (every or _is_wide(module)):
             data = module.weight.data
             if type(data) is torch.Tensor and data.untyped_storage().nbytes() == data.nbytes:
                 found[id(module.weight)] = module.weight
@@ -274,14 +291,16 @@ def _wide_weights(model: nn.Module) -> list[nn.Parameter]:
 
 
 def set_weight_layout(model: nn.Module, column_major: bool) -> None:
-    """Hold the wide CPU fp32 weights (``_wide_weights``) column-major (each stored as a contiguous Wᵀ, the
-    memory layout of transformers' ``Conv1D``), or every column-major one, on any device, row-major again.
-    Values, shapes and parameter objects do not change. With MKL, a product over a few rows streams a wide
-    weight 1.2–1.8× faster column-major (``benchmarks/bench_projections.py``), which is what one-row
-    decoding does; with more rows row-major is faster. ``generate`` picks the layout for its call,
-    ``train()`` restores row-major. Not thread-safe against a forward running on the same model meanwhile."""
+    """Hold the CPU fp32 weights of the linear layers (``_layout_weights``: all of them where one-row
+    products run as embedding bags, ``BAG_PRODUCTS``, else the wide ones) column-major (each stored as a
+    contiguous Wᵀ, the memory layout of transformers' ``Conv1D``), or every column-major one, on any device,
+    row-major again. Values, shapes and parameter objects do not change. A one-row product streams the
+    weights faster that way: as an embedding bag (``bag_product``), or with MKL alone, a wide weight
+    1.2–1.8× faster (``benchmarks/bench_projections.py``); with more rows row-major is faster.
+    ``generate`` picks the layout for its call, ``train()`` restores row-major. Not thread-safe against a
+    forward running on the same model meanwhile."""
     with torch.no_grad():
-        for weight in _wide_weights(model):
+        for weight in _layout_weights(model, every=BAG_PRODUCTS or not column_major):
             data = weight.data
             if (
                 column_major
@@ -876,8 +895,8 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def generate(self, inputs=None, *args, **kwargs):
         """transformers' ``generate`` with the inputs checked once up front (not at every decode step). In
-        eval mode on a CPU with MKL, the wide fp32 weights are held column-major while decoding one row per
-        step, row-major otherwise (``set_weight_layout``); a call that changes the layout pays one copy of
+        eval mode on a CPU, the linear layers' fp32 weights (without FBGEMM: the wide ones, with MKL) are held
+        column-major while decoding one row per step, row-major otherwise (``set_weight_layout``); a call that changes the layout pays one copy of
         those weights. ``model.column_major_decoding = False`` turns this off (it costs memory: the copies
         are held besides the file pages a memory-mapped checkpoint keeps resident)."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
