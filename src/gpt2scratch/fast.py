@@ -185,7 +185,8 @@ def greedy_loop(
     ``frozen`` (default: on for a step compiled by inductor on the CPU) compiles the step with the weights as
     constants (inductor's ``freezing``) and max-autotune's GEMM kernels, which pack them for the CPU: a second
     copy of the weights in memory and about a minute of compiling for the 124M model, for 1.15x (1 thread)
-    and 1.32x (2 threads) the tokens/s of ``generate()`` at batch 1 on a 2-vCPU x86 VM (results/speed-latest.md). Constants do not follow the
+    and 1.32x (2 threads) the tokens/s of ``generate()`` at batch 1 on a 2-vCPU AVX2 VM, 1.32x and 1.57x on an
+    AVX-512 one (results/speed-latest.md). Constants do not follow the
     model, so each call first checks that the weights are the tensors, at the versions, it compiled, and
     compiles again (with a warning) when they are not: after an optimizer step, ``load_state_dict``, or
     ``generate`` holding the weights in another layout for another batch size.

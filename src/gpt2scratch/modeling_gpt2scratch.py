@@ -877,8 +877,8 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         return batch * max(beams, returned)
 
     def layout_for_decoding(self, rows_per_step: int) -> None:
-        """In eval mode with ``column_major_decoding``: the wide weights column-major for one row per decode
-        step, row-major for more (``set_weight_layout``); else leave them as they are."""
+        """In eval mode with ``column_major_decoding``: the linear layers' weights (``set_weight_layout``)
+        column-major for one row per decode step, row-major for more; else leave them as they are."""
         if not self.training and self.column_major_decoding:
             set_weight_layout(self, column_major=rows_per_step == 1)
 
