@@ -31,7 +31,7 @@ from bench_speed import (
     RESULTS,
     load,
     load_average,
-    machine_label,
+    measured_on,
     random_ids,
     result_header,
     train_step_fn,
@@ -113,8 +113,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# Training steps with freed memory reused (`fast.reuse_freed_memory`) against glibc's default malloc",
         "",
-        f"Measured {result['date']} on {machine_label(result['machine'])}, torch {result['versions']['torch']}, transformers {result['versions']['transformers']}, "
-        f"gpt2scratch {result['versions']['git_commit']}, preset {result['preset']}, fp32; {result['rounds']} "
+        f"{measured_on(result)}, preset {result['preset']}, fp32; {result['rounds']} "
         f"processes per setting, each {result['warmup']} untimed and {result['steps']} timed steps per model.",
         "",
         "| threads | shape | model | default: tokens/s best (median) | reused: tokens/s best (median) "

@@ -38,7 +38,7 @@ from bench_speed import (
     for_greedy_benchmark,
     load,
     load_average,
-    machine_label,
+    measured_on,
     random_ids,
     result_header,
     write_folders,
@@ -146,13 +146,10 @@ def measure(model, args, threads: int) -> dict:
 
 
 def table(result: dict) -> str:
-    machine, versions = result["machine"], result["versions"]
     lines = [
         "# Batch-1 decode: where a step's time goes",
         "",
-        f"Measured {result['date']} on {machine_label(machine)}, torch "
-        f"{versions['torch']}, transformers {versions['transformers']}, gpt2scratch {versions['git_commit']}, "
-        f"preset {result['preset']}, fp32, {result['new_tokens']} new tokens, best of {result['repeats']} in turn. "
+        f"{measured_on(result)}, preset {result['preset']}, fp32, {result['new_tokens']} new tokens, best of {result['repeats']} in turn. "
         "`benchmarks/bench_decode_budget.py`.",
         "",
         "| threads | generate(), ms/token | weight products | other ops of the model | generate()'s own loop "

@@ -249,6 +249,15 @@ def machine_label(machine: dict) -> str:
     return f"{machine.get('cpu_model', '?')} ({vectors}{ident}, {machine.get('cpus')} vCPUs)"
 
 
+def measured_on(result: dict) -> str:
+    """The opening of every result table: when, on what machine, with which versions."""
+    versions = result["versions"]
+    return (
+        f"Measured {result['date']} on {machine_label(result['machine'])}, torch {versions['torch']}, "
+        f"transformers {versions['transformers']}, gpt2scratch {versions['git_commit']}"
+    )
+
+
 def bench_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     """Read bandwidth in GB/s: the best time to sum a tensor much larger than the caches, whole or as 64
     row sums (which read faster on an AVX-512 host: 37.7 against 32.3 GB/s at 1 thread, 45.8 against 39.8
@@ -659,9 +668,7 @@ def markdown(result: dict) -> str:
     if not result["cpu"]:  # a GPU-only run
         return "\n".join(gpu_markdown(result)) + "\n"
     lines = [
-        f"Measured {result['date']} on {machine_label(result['machine'])}, torch {result['versions']['torch']}, "
-        f"transformers {result['versions']['transformers']}, gpt2scratch {result['versions']['git_commit']}, "
-        f"preset {result['preset']}, fp32, best of {result['repeats']} interleaved runs "
+        f"{measured_on(result)}, preset {result['preset']}, fp32, best of {result['repeats']} interleaved runs "
         f"(training: {result['train_repeats']}, after {result['train_warmup']} untimed). Load average before/after each thread count: "
         + "; ".join(f"{c['threads']} thr {c['load_avg_start']} → {c['load_avg_end']}" for c in result["cpu"])
         + ".",
