@@ -34,6 +34,16 @@ def vocab_dir(shared_data) -> Path:
 
 
 @pytest.fixture
+def benchmark_script(monkeypatch):
+    """Import ``benchmarks/<name>.py`` by name, with its folder on ``sys.path`` as when it runs as a script
+    (so that it finds its siblings)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module
+
+
+@pytest.fixture
 def tiny_config():
     from gpt2scratch import GPT2ScratchConfig
 

@@ -408,13 +408,8 @@ def test_mfu_uses_nanogpt_formula_and_real_peaks():
 
 
 # --------------------------------------------------------------------------------- the benchmark itself
-def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
-    spec = importlib.util.spec_from_file_location("bench_speed", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads, benchmark_script):
+    bench = benchmark_script("bench_speed")
     argv = ["--preset", "tiny", "--threads", "1", "--repeats", "1", "--new-tokens", "3", "--no-gpu"]
     argv += ["--sections", "prefill", "decode", "--skip-paths", "static_compiled", "greedy_loop_frozen"]
     argv += ["--out", str(tmp_path)]
@@ -433,15 +428,10 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads):
     assert f"on {bench.machine_label(result['machine'])}, torch" in table
 
 
-def test_benchmark_tables_tell_hosts_of_one_cpu_name_apart():
+def test_benchmark_tables_tell_hosts_of_one_cpu_name_apart(benchmark_script):
     """Result tables name the vector unit and family/model numbers: "AMD EPYC" covered an AVX2 host and an
     AVX-512 one on this project's machine; older result files, without the numbers, still render."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
-    spec = importlib.util.spec_from_file_location("bench_speed", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("bench_speed")
     zen5 = {
         "cpu_model": "AMD EPYC",
         "cpus": 2,
@@ -458,14 +448,11 @@ def test_benchmark_tables_tell_hosts_of_one_cpu_name_apart():
 
 
 def test_decode_budget_benchmark_stubs_only_one_row_products_and_writes_its_table(
-    tmp_path, restore_threads, monkeypatch
+    tmp_path, restore_threads, benchmark_script
 ):
     """benchmarks/bench_decode_budget.py: its stub zeroes the one-row products and nothing else, and a smoke
     run writes every part of the split."""
-    import importlib
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    budget = importlib.import_module("bench_decode_budget")
+    budget = benchmark_script("bench_decode_budget")
     torch.manual_seed(0)
     model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny")).eval()
     ids = torch.randint(0, model.config.vocab_size, (1, 5))
@@ -505,16 +492,10 @@ def test_allocator_benchmark_smoke_run_compares_the_two_settings(tmp_path):
     assert "| 1 | 4×16 | ours ÷ transformers |" in (tmp_path / "allocator-latest.md").read_text()
 
 
-def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path):
+def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path, benchmark_script):
     """The GPU sections' code (parity, training with MFU, decode through every GPU path), run on the CPU
     with a tiny model, so that a run on a lent GPU does not fail on a bug this machine can find."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
-    spec = importlib.util.spec_from_file_location("bench_speed", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("bench_speed")
     argv = ["--preset", "tiny", "--gpu-only", "--gpu-device", "cpu", "--compile-backend", "eager"]
     argv += ["--gpu-train-shape", "2", "16", "--new-tokens", "3", "--repeats", "1", "--gpu-hf-compiled"]
     argv += ["--gpu-sections", "parity", "train", "decode_b1", "--skip-paths", "static_compiled"]

@@ -165,17 +165,14 @@ def test_refusals_say_what_to_do(model, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_quality_and_speed_benchmark_smoke_run(tmp_path, vocab_dir, shared_data, monkeypatch):
+def test_quality_and_speed_benchmark_smoke_run(tmp_path, vocab_dir, shared_data, benchmark_script):
     """benchmarks/bench_quantized.py end to end on the tiny shape: quality figures for each copy on real
     text, speed at one thread, weight bytes per token in the expected order."""
-    import importlib
     import json
-    from pathlib import Path
 
     from gpt2scratch.tokenizer import save_tokenizer
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    bench = importlib.import_module("bench_quantized")
+    bench = benchmark_script("bench_quantized")
     threads = torch.get_num_threads()
     torch.manual_seed(0)
     folder = tmp_path / "model"
