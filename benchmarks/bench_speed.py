@@ -373,11 +373,12 @@ def _raiser(message: str) -> Callable:
     return fail
 
 
-def bench_memory(dirs, args, threads: int) -> dict:
-    """Peak RSS (MB) of a short training run, each model in a fresh subprocess."""
+def bench_memory(dirs, args, threads: int, names=("ours", "transformers", "ours_fast")) -> dict:
+    """RSS (MB) of a short training run, or of a batch-1 ``generate()`` for the ``*_decode`` names, each
+    model in a fresh subprocess."""
     out = {}
-    for name in ("ours", "transformers", "ours_fast"):
-        folder = dirs["transformers" if name == "transformers" else "ours"]
+    for name in names:
+        folder = dirs["transformers" if name.startswith("transformers") else "ours"]
         cmd = [
             sys.executable,
             __file__,
@@ -398,11 +399,18 @@ def bench_memory(dirs, args, threads: int) -> dict:
 
 
 def memory_child(kind: str, folder: Path, batch: int, seq: int, steps: int = 1) -> None:
-    """Train ``steps`` steps and print peak RSS as JSON (runs in its own process)."""
+    """Train ``steps`` steps, or for a ``*_decode`` kind greedily decode 16 tokens at batch 1, and print the
+    RSS as JSON (runs in its own process)."""
     from gpt2scratch import fast
 
-    model = load("hf" if kind == "transformers" else "ours", folder)
+    model = load("hf" if kind.startswith("transformers") else "ours", folder)
     loaded = peak_rss_mb()
+    if kind.endswith("_decode"):
+        ids = random_ids(model.config.vocab_size, 1, 8)
+        model.eval().generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+        rss = {"rss_after_load_mb": round(loaded), "rss_after_generate_mb": round(rss_mb())}
+        print(json.dumps(rss | {"peak_rss_mb": round(peak_rss_mb())}))
+        return
     if kind == "ours_fast":
         model = fast.prepare_for_training(model)
         optimizer = fast.make_optimizer(model, lr=1e-4)
@@ -413,6 +421,14 @@ def memory_child(kind: str, folder: Path, batch: int, seq: int, steps: int = 1) 
     for _ in range(steps):
         step()
     print(json.dumps({"rss_after_load_mb": round(loaded), "peak_rss_mb": round(peak_rss_mb())}))
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def peak_rss_mb() -> float:
@@ -450,7 +466,10 @@ def run_threads(dirs, args, threads: int) -> dict:
         res["decode_floor_tok_s"] = round(res["bandwidth_gb_s"] * 1e9 / res["decode_weight_bytes"], 2)
     if "memory" in sections and threads == args.threads[0]:  # peak memory does not depend on threads
         res["peak_rss_train"] = bench_memory(dirs, args, threads)
-        print(f"[{threads} thr] memory: {res['peak_rss_train']}", flush=True)
+        res["rss_decode_b1"] = bench_memory(dirs, args, threads, ("ours_decode", "transformers_decode"))
+        print(
+            f"[{threads} thr] memory: {res['peak_rss_train']}, decoding: {res['rss_decode_b1']}", flush=True
+        )
     res["load_avg_end"] = load_average()
     return res
 
@@ -700,6 +719,13 @@ def markdown(result: dict) -> str:
                 f"| peak RSS of one training step {b}×{t}, MB (own process) | {cpu['threads']} | {_mb(mem.get('ours'))} | "
                 f"{_mb(mem.get('transformers'))} | | ≤ 1.0× | ours_fast {_mb(mem.get('ours_fast'))} | |"
             )
+        decoding = cpu.get("rss_decode_b1")
+        if decoding:
+            ours, theirs = (decoding.get(f"{n}_decode") for n in ("ours", "transformers"))
+            lines.append(
+                f"| RSS after a batch-1 generate() of 16 tokens, MB (own process) | {cpu['threads']} | "
+                f"{_mb(ours, 'rss_after_generate_mb')} | {_mb(theirs, 'rss_after_generate_mb')} | | (a cost, no target) | | |"
+            )
         if "decode_floor_tok_s" in cpu:
             floor = best_floor(result)
             b1 = cpu["decode_b1"]
@@ -804,8 +830,8 @@ def _num(x, digits: int = 1) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "–"
 
 
-def _mb(entry) -> str:
-    return str(entry["peak_rss_mb"]) if isinstance(entry, dict) else "–"
+def _mb(entry, key: str = "peak_rss_mb") -> str:
+    return str(entry[key]) if isinstance(entry, dict) else "–"
 
 
 def save(result: dict, out: Path) -> Path:

@@ -428,6 +428,39 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads, 
     assert f"on {bench.machine_label(result['machine'])}, torch" in table
 
 
+def test_benchmark_memory_section_measures_training_and_decoding_in_own_processes(tmp_path, benchmark_script):
+    """``--sections memory``: peak RSS of a training step and RSS after a batch-1 generate(), each model in
+    a process of its own, both in the JSON and in the table."""
+    bench = benchmark_script("bench_speed")
+    argv = [
+        "--preset",
+        "tiny",
+        "--threads",
+        "1",
+        "--sections",
+        "memory",
+        "--no-gpu",
+        "--memory-shape",
+        "2",
+        "16",
+    ]
+    result = json.loads(bench.main([*argv, "--out", str(tmp_path)]).read_text())
+    (cpu,) = result["cpu"]
+    assert set(cpu["peak_rss_train"]) == {"ours", "transformers", "ours_fast"}
+    assert all(
+        entry["peak_rss_mb"] >= entry["rss_after_load_mb"] > 0 for entry in cpu["peak_rss_train"].values()
+    )
+    decoding = cpu["rss_decode_b1"]
+    assert set(decoding) == {"ours_decode", "transformers_decode"}
+    assert all(
+        entry["rss_after_generate_mb"] >= entry["rss_after_load_mb"] > 0 for entry in decoding.values()
+    )
+    row = next(
+        line for line in (tmp_path / "speed-latest.md").read_text().splitlines() if "generate() of 16" in line
+    )
+    assert f"| {decoding['ours_decode']['rss_after_generate_mb']} | " in row
+
+
 def test_benchmark_tables_tell_hosts_of_one_cpu_name_apart(benchmark_script):
     """Result tables name the vector unit and family/model numbers: "AMD EPYC" covered an AVX2 host and an
     AVX-512 one on this project's machine; older result files, without the numbers, still render."""
