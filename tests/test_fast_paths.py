@@ -452,9 +452,7 @@ def test_benchmark_memory_section_measures_training_and_decoding_in_own_processe
     )
     decoding = cpu["rss_decode_b1"]
     assert set(decoding) == {"ours_decode", "transformers_decode"}
-    assert all(
-        entry["rss_after_generate_mb"] >= entry["rss_after_load_mb"] > 0 for entry in decoding.values()
-    )
+    assert all(entry["rss_after_generate_mb"] > 0 and entry["peak_rss_mb"] > 0 for entry in decoding.values())
     row = next(
         line for line in (tmp_path / "speed-latest.md").read_text().splitlines() if "generate() of 16" in line
     )
