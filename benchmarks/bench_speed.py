@@ -65,9 +65,8 @@ def machine_info() -> dict:
     info = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
     with contextlib.suppress(OSError):
         text = Path("/proc/cpuinfo").read_text()
-        model = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
         flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-        info["cpu_model"] = model[0] if model else "?"
+        info["cpu_model"] = _cpuinfo_field(text, "model name")
         family, number = (_cpuinfo_field(text, key) for key in ("cpu family", "model"))
         info["cpu_id"] = f"family {family} model {number}"
         info["simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
@@ -423,21 +422,25 @@ def memory_child(kind: str, folder: Path, batch: int, seq: int, steps: int = 1) 
     print(json.dumps({"rss_after_load_mb": round(loaded), "peak_rss_mb": round(peak_rss_mb())}))
 
 
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status ("VmRSS", "VmHWM") in MB (None where there is none)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
 def rss_mb() -> float:
     """This process's resident memory now (VmRSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    now = _status_mb("VmRSS")
+    return float("nan") if now is None else now
 
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not inherit the parent's peak
     through fork + exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak is None else peak
 
 
 # ---------------------------------------------------------------------------------------------- CPU run
