@@ -502,6 +502,27 @@ def test_decode_budget_benchmark_stubs_only_one_row_products_and_writes_its_tabl
     assert "| 1 | " in (tmp_path / "decode-budget-latest.md").read_text()
 
 
+@pytest.mark.skipif(not modeling.ONEDNN_LINEAR, reason="this torch build has no oneDNN")
+def test_gemm_benchmark_times_both_ways_of_each_product_on_the_same_values(
+    tmp_path, restore_threads, benchmark_script
+):
+    """benchmarks/bench_gemm.py: MKL's and oneDNN's ways of the forward and both backward products give the
+    same values, and a smoke run writes every projection's three products."""
+    gemm = benchmark_script("bench_gemm")
+    x, weight, bias, grad = torch.randn(16, 24), torch.randn(40, 24), torch.randn(40), torch.randn(16, 40)
+    expected = {"forward": x @ weight.t() + bias, "grad_x": grad @ weight, "grad_w": grad.t() @ x}
+    for name, fns in gemm.products(x, weight, bias, grad).items():
+        for fn in fns:
+            torch.testing.assert_close(fn(), expected[name], atol=1e-4, rtol=1e-5, msg=name)
+    argv = ["--preset", "tiny", "--rows", "16", "--threads", "1", "--repeats", "1", "--out", str(tmp_path)]
+    result = json.loads(gemm.main(argv).read_text())
+    assert [run["projection"] for run in result["runs"]] == list(gemm.shapes("tiny"))
+    for run in result["runs"]:
+        assert all(run[p]["mkl_gflops"] > 0 and run[p]["onednn_gflops"] > 0 for p in gemm.PRODUCTS)
+        assert all(run[p]["max_abs_diff"] < 1e-3 for p in gemm.PRODUCTS)
+    assert "| lm_head | 16 | 1 |" in (tmp_path / "gemm-latest.md").read_text()
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reuse_freed_memory acts on glibc's malloc")
 def test_allocator_benchmark_smoke_run_compares_the_two_settings(tmp_path):
     """bench_allocator.py (a script: run as users run it) times both models under each setting, each in its
@@ -822,14 +843,16 @@ def test_onednn_linear_equals_the_linear_and_is_row_major(swapped, bias):
 
 
 @needs_onednn
+@pytest.mark.parametrize("every_product", [False, True], ids=["wide-unswapped", "every-unswapped"])
 def test_onednn_projects_without_grad_and_matches(
-    model, ids, onednn_calls, linear_calls, restore_threads, monkeypatch
+    model, ids, onednn_calls, linear_calls, restore_threads, monkeypatch, every_product
 ):
     """No-grad forwards on row-major weights: over ONEDNN_MIN_ROWS to ONEDNN_SWAPPED_MAX_ROWS rows every
     projection goes through oneDNN with the roles swapped, q/k/v and the MLP input from 2 rows; over more rows
     the wide ones (q/k/v, MLP input, head) through oneDNN as they are and the narrow ones (attention and MLP
-    output) through MKL; one row not at all. Logits and batch-8 tokens equal the MKL paths'; column-major
-    wide weights (one-row decoding) keep the MKL paths."""
+    output) through MKL, or through oneDNN too with ``ONEDNN_EVERY_PRODUCT``; one row not at all. Logits and
+    batch-8 tokens equal the MKL paths'; column-major wide weights (one-row decoding) keep the MKL paths."""
+    monkeypatch.setattr(modeling, "ONEDNN_EVERY_PRODUCT", every_product)
     modeling.set_weight_layout(model, column_major=False)
     model.column_major_decoding = False
     torch.set_num_threads(1)
@@ -856,8 +879,11 @@ def test_onednn_projects_without_grad_and_matches(
     few_logits, _ = run(ids[:1, :few_rows])
     assert set(onednn_calls) == {(few_rows, out, True) for out in wide - {vocab}}
     longer_logits, _ = run(longer)
-    assert {call for call in onednn_calls if call[0] == high + 1} == {(high + 1, out, False) for out in wide}
-    assert {out for rows, out in linear_calls if rows == high + 1} == {c}, "narrow ones: MKL"
+    unswapped = every if every_product else wide
+    assert {call for call in onednn_calls if call[0] == high + 1} == {
+        (high + 1, out, False) for out in unswapped
+    }
+    assert {out for rows, out in linear_calls if rows == high + 1} == ({c} - unswapped), "narrow ones: MKL"
     batch_logits, tokens = run(batch)
     assert {(8, out, True) for out in every} <= set(onednn_calls), "batch-8 decode steps"
     with torch.no_grad():
@@ -886,11 +912,16 @@ def test_onednn_projects_without_grad_and_matches(
 
 
 @needs_onednn
-def test_onednn_head_trains_with_the_linears_loss_and_gradients(model, ids, onednn_calls, monkeypatch):
-    """With autograd, only the LM head goes through oneDNN (``OneDNNHead``); loss and every gradient (the
-    tied embedding's included) equal the Linear's. Autocast, and fewer than ONEDNN_MIN_ROWS rows, keep the
-    Linear."""
+@pytest.mark.parametrize("every", [False, True], ids=["head", "every-product"])
+def test_onednn_trains_with_the_linears_loss_and_gradients(model, ids, onednn_calls, monkeypatch, every):
+    """With autograd the LM head goes through oneDNN (``OneDNNLinear``), its backward products through MKL;
+    with ``ONEDNN_EVERY_PRODUCT`` every projection does, forward and both backward products. Loss and every
+    gradient (the tied embedding's included) equal the Linear's. Autocast, and fewer than ONEDNN_MIN_ROWS
+    rows, keep the Linear."""
+    monkeypatch.setattr(modeling, "ONEDNN_EVERY_PRODUCT", every)
     model.train()
+    config = model.config
+    c, rows = config.n_embd, ids.numel()
 
     def loss_and_grads(inputs):
         model.zero_grad(set_to_none=True)
@@ -900,9 +931,14 @@ def test_onednn_head_trains_with_the_linears_loss_and_gradients(model, ids, oned
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     loss, grads = loss_and_grads(ids)
-    assert onednn_calls == [(ids.numel(), model.config.vocab_size, False)]
+    if every:  # forward (rows, out); backward grad W: (rows, in), gradᵀ x: (out, in)
+        shapes = [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)] * config.n_layer + [(c, config.vocab_size)]
+        expected = [call for i, o in shapes for call in ((rows, o), (rows, i), (o, i))]
+        assert sorted(call[:2] for call in onednn_calls) == sorted(expected)
+    else:
+        assert onednn_calls == [(rows, config.vocab_size, False)]
     logits = model(ids).logits
-    assert type(logits.grad_fn.next_functions[0][0]).__name__ == "OneDNNHeadBackward"
+    assert type(logits.grad_fn.next_functions[0][0]).__name__ == "OneDNNLinearBackward"
     onednn_calls.clear()
     loss_and_grads(ids[:1, : modeling.ONEDNN_MIN_ROWS - 1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -917,6 +953,39 @@ def test_onednn_head_trains_with_the_linears_loss_and_gradients(model, ids, oned
 
 
 @needs_onednn
+@pytest.mark.parametrize("every", [False, True], ids=["mkl-backward", "onednn-backward"])
+def test_onednn_linear_function_gives_the_linears_gradients(monkeypatch, every):
+    """``OneDNNLinear``: output and the gradients of x, W and b equal ``F.linear``'s, only those asked for
+    are computed (a frozen weight gets none), and a second derivative is refused, not silently wrong."""
+    monkeypatch.setattr(modeling, "ONEDNN_EVERY_PRODUCT", every)
+    gen = torch.Generator().manual_seed(3)
+    x, weight, bias = (torch.randn(*shape, generator=gen) for shape in ((12, 20), (36, 20), (36,)))
+    upstream = torch.randn(12, 36, generator=gen)
+
+    def grads(fn, *inputs):
+        inputs = [t.clone().requires_grad_(need) for t, need in inputs]
+        y = fn(*inputs)
+        y.backward(upstream)
+        return y.detach(), [t.grad for t in inputs]
+
+    for weight_needs in (True, False):
+        inputs = ((x, True), (weight, weight_needs), (bias, True))
+        y, got = grads(modeling.OneDNNLinear.apply, *inputs)
+        ref_y, expected = grads(torch.nn.functional.linear, *inputs)
+        torch.testing.assert_close(y, ref_y, atol=1e-5, rtol=1e-5)
+        for g, e in zip(got, expected, strict=True):
+            assert (g is None) == (e is None)
+            if g is not None:
+                torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    w = weight.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(
+        modeling.OneDNNLinear.apply(x.requires_grad_(), w, None).sum(), x, create_graph=True
+    )
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        gx.sum().backward()
+
+
+@needs_onednn
 def test_torch_func_transforms_keep_the_linear(model, ids, onednn_calls):
     """Under ``torch.func`` (per-sample gradients and the like) every projection is the Linear: the
     autograd Function and the oneDNN op have no functorch rules. Same gradients as autograd's."""
@@ -926,7 +995,7 @@ def test_torch_func_transforms_keep_the_linear(model, ids, onednn_calls):
     grads = grad(lambda p: functional_call(model, p, (ids,), {"labels": ids}).loss)(params)
     assert onednn_calls == []
     reference = torch.autograd.grad(model(ids, labels=ids).loss, list(model.parameters()))
-    assert onednn_calls == [(ids.numel(), model.config.vocab_size, False)]
+    assert (ids.numel(), model.config.vocab_size, False) in onednn_calls, "plain autograd: the head on oneDNN"
     for (name, _), expected in zip(model.named_parameters(), reference, strict=True):
         torch.testing.assert_close(grads[name], expected, atol=1e-6, rtol=1e-5, msg=name)
 

@@ -8,7 +8,8 @@ the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by th
 x86, runs each one-row product as an embedding-bag sum (``bag_product``); shapes, names and the state dict
 are unchanged. On CPU, no-grad products over a few rows (8-32; 2-32 for
 q/k/v and the MLP input) go through oneDNN with the roles swapped, (W xᵀ)ᵀ, and wide ones over more rows
-through oneDNN as torch.compile's CPU backend calls it (``project``).
+through oneDNN as torch.compile's CPU backend calls it (``project``); on a CPU with AVX-512, every product
+over 8 rows or more, training's included.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ HEAD_TRANSPOSED_MAX_ROWS = 128  # 2 to this many rows: the LM head as (W hᵀ)�
 # less than MKL's best paths, in three runs; on the narrow ones (attention output, MLP output) it did not
 # win, and MKL keeps them (benchmarks/results/projections-2026-11-30.md and its git history). Without
 # autograd this now serves the wide weights over more than ONEDNN_SWAPPED_MAX_ROWS rows; with autograd, the
-# LM head's forward from ONEDNN_MIN_ROWS rows.
+# LM head from ONEDNN_MIN_ROWS rows (both measured on an AVX2 host; with AVX-512 see ONEDNN_EVERY_PRODUCT).
 ONEDNN_MIN_ROWS = 8
 # Over a few rows oneDNN is faster still with the roles swapped, the weight as its input and the rows as its
 # weight: (W xᵀ)ᵀ. Over ONEDNN_MIN_ROWS to ONEDNN_SWAPPED_MAX_ROWS rows on every row-major weight, and from
@@ -107,7 +108,8 @@ ONEDNN_SWAPPED_MAX_ROWS = 32
 def onednn_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, swapped: bool = False
 ) -> torch.Tensor:
-    """x Wᵀ + b for a contiguous x (rows, in) and a row-major fp32 W (out, in), through oneDNN; no autograd.
+    """x Wᵀ + b for an fp32 x (rows, in) and W (out, in), through oneDNN; no autograd. Either may be a
+    transposed view of a contiguous tensor (the backward of ``OneDNNLinear``); the result is contiguous.
     ``swapped`` computes it as (W xᵀ)ᵀ, W as oneDNN's input and x as its weight (faster over a few rows)."""
     if not swapped:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
@@ -134,21 +136,39 @@ def _onednn_linear_works() -> bool:
 ONEDNN_LINEAR = _onednn_linear_works()
 
 
-class OneDNNHead(torch.autograd.Function):
-    """The LM head's x Wᵀ with autograd: forward through ``onednn_linear``, backward as ``F.linear``'s
-    (MKL is the faster of the two for the two backward products)."""
+# On a CPU with AVX-512, oneDNN's JIT kernels use it and the MKL that torch calls for fp32 products did not:
+# on an AMD Zen 5 host MKL ran the 124M model's training products (512 rows) at 160-185 GFLOPS on 2 threads
+# and oneDNN at 380-420, forward and both backward products alike (benchmarks/bench_gemm.py). There every
+# product over ONEDNN_MIN_ROWS rows or more goes through oneDNN, with autograd too; elsewhere (AVX2, where
+# oneDNN won only the wide weights' forward) the choices above stand.
+ONEDNN_EVERY_PRODUCT = ONEDNN_LINEAR and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _backward_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a bᵀ for ``OneDNNLinear``'s backward: through oneDNN where it runs every product (it takes the
+    transposed views as they are), else MKL's, as ``F.linear``'s backward computes it."""
+    return onednn_linear(a, b) if ONEDNN_EVERY_PRODUCT else a @ b.t()
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """x Wᵀ + b with autograd, forward through ``onednn_linear``, the backward products through
+    ``_backward_product``: grad_x = grad W, grad_W = gradᵀ x, grad_b = Σ grad. Not twice differentiable."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return onednn_linear(x, weight)
+        ctx.has_bias = bias is not None
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad.t() @ x if ctx.needs_input_grad[1] else None
-        return grad_x, grad_weight
+        grad, needs = grad.contiguous(), ctx.needs_input_grad
+        grad_x = _backward_product(grad, weight.t()) if needs[0] else None
+        grad_weight = _backward_product(grad.t(), x.t()) if needs[1] else None
+        grad_bias = grad.sum(0) if ctx.has_bias and needs[2] else None
+        return grad_x, grad_weight, grad_bias
 
 
 def _plain_cpu_fp32(linear: nn.Module, x: torch.Tensor) -> bool:
@@ -221,8 +241,10 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
 
     - without autograd, row-major weight: over ``ONEDNN_MIN_ROWS`` to ``ONEDNN_SWAPPED_MAX_ROWS`` rows (from
       2 rows for a wide weight, out > in, other than the LM head, ``head``) oneDNN with the roles swapped;
-      over more rows, a wide weight through oneDNN as it is (``onednn_linear``);
-    - with autograd, ``ONEDNN_MIN_ROWS`` rows or more: the LM head's forward through oneDNN (``OneDNNHead``);
+      over more rows, a wide weight (any weight with ``ONEDNN_EVERY_PRODUCT``) through oneDNN as it is
+      (``onednn_linear``);
+    - with autograd, row-major weight, ``ONEDNN_MIN_ROWS`` rows or more: through oneDNN (``OneDNNLinear``)
+      the LM head, or with ``ONEDNN_EVERY_PRODUCT`` every weight;
     - without autograd, one row, column-major weight (one-row ``generate``), on x86: an embedding-bag sum
       (``bag_product``);
     - otherwise, no autograd, more than one thread, few rows: the output features split across the threads
@@ -239,15 +261,15 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     if rows == 1 and torch.get_num_threads() == 1:
         return linear(x)  # every path below ends here
     onednn, wide = ONEDNN_LINEAR and weight.is_contiguous(), _is_wide(linear)
-    wide_onednn = onednn and rows >= ONEDNN_MIN_ROWS and wide
+    unswapped = onednn and rows >= ONEDNN_MIN_ROWS and (wide or ONEDNN_EVERY_PRODUCT)
     swapped_from = 2 if wide and not head else ONEDNN_MIN_ROWS
     if torch.is_grad_enabled():
-        if not (head and wide_onednn and linear.bias is None):
+        if not (unswapped and (head or ONEDNN_EVERY_PRODUCT)):
             return linear(x)
-        y = OneDNNHead.apply(flat.contiguous(), weight)
+        y = OneDNNLinear.apply(flat.contiguous(), weight, linear.bias)
     elif onednn and swapped_from <= rows <= ONEDNN_SWAPPED_MAX_ROWS:
         y = onednn_linear(flat.contiguous(), weight, linear.bias, swapped=True)
-    elif wide_onednn:
+    elif unswapped:
         y = onednn_linear(flat.contiguous(), weight, linear.bias)
     else:
         y = _mkl_product(flat, linear, head)

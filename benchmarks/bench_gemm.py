@@ -1,0 +1,143 @@
+"""The three products of a training step's linear layer on the CPU, MKL against oneDNN, in GFLOPS.
+
+For each projection of the model (q/k/v, attention output, MLP in and out, the LM head) and each row count
+(batch × sequence), times the products autograd runs for ``y = x Wᵀ + b``: the forward, ``grad_x = g W``
+and ``grad_W = gᵀ x``, once as ``F.linear`` and its backward compute them (MKL's GEMM in the x86 wheels)
+and once through oneDNN (``onednn_linear``, the transposed operands passed as views, as ``OneDNNLinear``'s
+backward does), at each thread count, best of ``--repeats`` in turn. This decides ``ONEDNN_EVERY_PRODUCT``
+in the model file: where oneDNN wins all three, every product of training and prefill goes through it. The
+result goes to ``benchmarks/results/gemm-<UTC time>.json`` and ``gemm-latest.md``::
+
+    .venv/bin/python benchmarks/bench_gemm.py                      # gpt2 shapes, 512 and 1024 rows
+    .venv/bin/python benchmarks/bench_gemm.py --preset tiny --rows 16 --repeats 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bench_speed import RESULTS, measured_on, result_header, write_result
+
+from gpt2scratch import GPT2ScratchConfig
+from gpt2scratch import modeling_gpt2scratch as modeling
+
+PRODUCTS = ("forward", "grad_x", "grad_w")
+
+
+def shapes(preset: str) -> dict[str, tuple[int, int]]:
+    """(in, out) of each projection of one block and of the LM head."""
+    config = GPT2ScratchConfig.from_preset(preset)
+    c = config.n_embd
+    return {
+        "attn.c_attn": (c, 3 * c),
+        "attn.c_proj": (c, c),
+        "mlp.c_fc": (c, 4 * c),
+        "mlp.c_proj": (4 * c, c),
+        "lm_head": (c, config.vocab_size),
+    }
+
+
+def products(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad: torch.Tensor) -> dict:
+    """name -> (MKL's way, oneDNN's way) of each product, and the largest difference between the two."""
+    mkl = {
+        "forward": lambda: F.linear(x, weight, bias),
+        "grad_x": lambda: grad @ weight,
+        "grad_w": lambda: grad.t() @ x,
+    }
+    onednn = {
+        "forward": lambda: modeling.onednn_linear(x, weight, bias),
+        "grad_x": lambda: modeling.onednn_linear(grad, weight.t()),
+        "grad_w": lambda: modeling.onednn_linear(grad.t(), x.t()),
+    }
+    return {name: (mkl[name], onednn[name]) for name in PRODUCTS}
+
+
+def best_seconds(fns: list, repeats: int) -> list[float]:
+    """Best wall time of each function, run in turn (one untimed run each first)."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def measure(name: str, fan_in: int, fan_out: int, rows: int, threads: int, repeats: int) -> dict:
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    x, grad = torch.randn(rows, fan_in, generator=gen), torch.randn(rows, fan_out, generator=gen)
+    weight, bias = torch.randn(fan_out, fan_in, generator=gen) * 0.02, torch.zeros(fan_out)
+    gflop = 2 * rows * fan_in * fan_out / 1e9
+    entry = {"projection": name, "in": fan_in, "out": fan_out, "rows": rows, "threads": threads}
+    for product, (mkl, onednn) in products(x, weight, bias, grad).items():
+        diff = (mkl() - onednn()).abs().max().item()
+        mkl_s, onednn_s = best_seconds([mkl, onednn], repeats)
+        entry[product] = {
+            "mkl_gflops": gflop / mkl_s,
+            "onednn_gflops": gflop / onednn_s,
+            "max_abs_diff": diff,
+        }
+    return entry
+
+
+def table(result: dict) -> str:
+    lines = [
+        "# Training's products: MKL against oneDNN",
+        "",
+        f"{measured_on(result)}, torch CPU capability {result['cpu_capability']}, preset {result['preset']}, "
+        f"fp32, GFLOPS (2·rows·in·out ÷ time), best of {result['repeats']} in turn; ÷ is oneDNN ÷ MKL. "
+        "`benchmarks/bench_gemm.py`.",
+        "",
+        "| projection | rows | threads | forward MKL | oneDNN | ÷ | grad_x MKL | oneDNN | ÷ | grad_W MKL | oneDNN | ÷ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in result["runs"]:
+        cells = []
+        for product in PRODUCTS:
+            mkl, onednn = e[product]["mkl_gflops"], e[product]["onednn_gflops"]
+            cells.append(f"{mkl:.0f} | {onednn:.0f} | {onednn / mkl:.2f}×")
+        lines.append(f"| {e['projection']} | {e['rows']} | {e['threads']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="gpt2", help="model size (a GPT2ScratchConfig preset)")
+    p.add_argument("--rows", type=int, nargs="+", default=[512, 1024], help="batch × sequence (4×128, 4×256)")
+    p.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timed runs of each product, in turn (best is kept)"
+    )
+    p.add_argument("--label", default="", help="suffix of the result file name")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    if not modeling.ONEDNN_LINEAR:
+        raise SystemExit("this torch build has no working oneDNN inner product: nothing to compare")
+    result = {**result_header(args), "preset": args.preset, "repeats": args.repeats}
+    result |= {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": []}
+    result["onednn_every_product"] = modeling.ONEDNN_EVERY_PRODUCT
+    threads_before = torch.get_num_threads()
+    try:
+        for threads in args.threads:
+            for rows in args.rows:
+                for name, (fan_in, fan_out) in shapes(args.preset).items():
+                    result["runs"].append(measure(name, fan_in, fan_out, rows, threads, args.repeats))
+    finally:
+        torch.set_num_threads(threads_before)
+    return write_result(result, args.out, "gemm", table(result))
+
+
+if __name__ == "__main__":
+    main()
