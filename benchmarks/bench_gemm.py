@@ -5,23 +5,38 @@ For each projection of the model (q/k/v, attention output, MLP in and out, the L
 and ``grad_W = gᵀ x``, once as ``F.linear`` and its backward compute them (MKL's GEMM in the x86 wheels)
 and once through oneDNN (``onednn_linear``, the transposed operands passed as views, as ``OneDNNLinear``'s
 backward does), at each thread count, best of ``--repeats`` in turn. This decides ``ONEDNN_EVERY_PRODUCT``
-in the model file: where oneDNN wins all three, every product of training and prefill goes through it. The
-result goes to ``benchmarks/results/gemm-<UTC time>.json`` and ``gemm-latest.md``::
+in the model file: where oneDNN wins all three, every product of training and prefill goes through it.
+Then, per ``--train-shape``, whole training steps (forward, backward, AdamW) of one model (plain
+``from_pretrained``) with that switch on and off, and of transformers' GPT-2 on the same weights,
+interleaved, best of ``--train-repeats``. The result goes to ``benchmarks/results/gemm-<UTC time>.json``
+and ``gemm-latest.md``::
 
-    .venv/bin/python benchmarks/bench_gemm.py                      # gpt2 shapes, 512 and 1024 rows
-    .venv/bin/python benchmarks/bench_gemm.py --preset tiny --rows 16 --repeats 1   # smoke run
+    .venv/bin/python benchmarks/bench_gemm.py                      # gpt2 shapes, 512 and 1024 rows, 4×128 steps
+    .venv/bin/python benchmarks/bench_gemm.py --preset tiny --rows 16 --repeats 1 --train-repeats 1  # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_speed import RESULTS, measured_on, result_header, write_result
+from bench_speed import (
+    RESULTS,
+    interleaved,
+    load,
+    measured_on,
+    random_ids,
+    result_header,
+    train_step_fn,
+    write_folders,
+    write_result,
+)
 
 from gpt2scratch import GPT2ScratchConfig
 from gpt2scratch import modeling_gpt2scratch as modeling
@@ -88,6 +103,38 @@ def measure(name: str, fan_in: int, fan_out: int, rows: int, threads: int, repea
     return entry
 
 
+@contextlib.contextmanager
+def every_product(on: bool):
+    """``ONEDNN_EVERY_PRODUCT`` set to ``on`` inside the block."""
+    before = modeling.ONEDNN_EVERY_PRODUCT
+    modeling.ONEDNN_EVERY_PRODUCT = on
+    try:
+        yield
+    finally:
+        modeling.ONEDNN_EVERY_PRODUCT = before
+
+
+def switched(step, on: bool):
+    def run():
+        with every_product(on):
+            return step()
+
+    return run
+
+
+def training_steps(folders: tuple[Path, Path], batch: int, seq: int, threads: int, repeats: int) -> dict:
+    """Tokens/s of a training step: ours with ``ONEDNN_EVERY_PRODUCT`` on and off, and transformers'."""
+    torch.set_num_threads(threads)
+    ours_dir, hf_dir = folders
+    models = {"on": load("ours", ours_dir), "off": load("ours", ours_dir), "transformers": load("hf", hf_dir)}
+    ids = random_ids(models["on"].config.vocab_size, batch, seq)
+    steps = {n: train_step_fn(m, ids, torch.optim.AdamW(m.parameters(), lr=1e-4)) for n, m in models.items()}
+    steps["on"], steps["off"] = switched(steps["on"], True), switched(steps["off"], False)
+    times = interleaved(steps, repeats)
+    tokens = {f"{name}_tokens_per_s": batch * seq / t for name, t in times.items()}
+    return {"batch": batch, "seq": seq, "threads": threads, **tokens}
+
+
 def table(result: dict) -> str:
     lines = [
         "# Training's products: MKL against oneDNN",
@@ -105,6 +152,21 @@ def table(result: dict) -> str:
             mkl, onednn = e[product]["mkl_gflops"], e[product]["onednn_gflops"]
             cells.append(f"{mkl:.0f} | {onednn:.0f} | {onednn / mkl:.2f}×")
         lines.append(f"| {e['projection']} | {e['rows']} | {e['threads']} | " + " | ".join(cells) + " |")
+    if result["training"]:
+        lines += [
+            "",
+            f"Training steps (forward, backward, AdamW; plain `from_pretrained`), best of {result['train_repeats']} "
+            "interleaved, tokens/s:",
+            "",
+            "| shape | threads | ours, every product on oneDNN | ours, switch off | ÷ | transformers | on ÷ transformers | off ÷ transformers |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for e in result["training"]:
+            on, off, hf = (e[f"{n}_tokens_per_s"] for n in ("on", "off", "transformers"))
+            lines.append(
+                f"| {e['batch']}×{e['seq']} | {e['threads']} | {on:.1f} | {off:.1f} | {on / off:.2f}× | {hf:.1f} "
+                f"| {on / hf:.2f}× | {off / hf:.2f}× |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -116,9 +178,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--repeats", type=int, default=5, help="timed runs of each product, in turn (best is kept)"
     )
+    p.add_argument(
+        "--train-shape", type=int, nargs=2, action="append", metavar=("BATCH", "SEQ"), help="default: 4 128"
+    )
+    p.add_argument("--train-repeats", type=int, default=3, help="timed steps of each model (0: no steps)")
     p.add_argument("--label", default="", help="suffix of the result file name")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.train_shape = args.train_shape or [(4, 128)]
+    return args
 
 
 def main(argv=None) -> Path:
@@ -126,7 +194,8 @@ def main(argv=None) -> Path:
     if not modeling.ONEDNN_LINEAR:
         raise SystemExit("this torch build has no working oneDNN inner product: nothing to compare")
     result = {**result_header(args), "preset": args.preset, "repeats": args.repeats}
-    result |= {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": []}
+    result |= {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": [], "training": []}
+    result["train_repeats"] = args.train_repeats
     result["onednn_every_product"] = modeling.ONEDNN_EVERY_PRODUCT
     threads_before = torch.get_num_threads()
     try:
@@ -134,6 +203,13 @@ def main(argv=None) -> Path:
             for rows in args.rows:
                 for name, (fan_in, fan_out) in shapes(args.preset).items():
                     result["runs"].append(measure(name, fan_in, fan_out, rows, threads, args.repeats))
+        if args.train_repeats > 0:
+            with tempfile.TemporaryDirectory(prefix="bench-gemm-") as tmp:
+                folders = write_folders(args.preset, Path(tmp))
+                for threads in args.threads:
+                    for batch, seq in args.train_shape:
+                        steps = training_steps(folders, batch, seq, threads, args.train_repeats)
+                        result["training"].append(steps)
     finally:
         torch.set_num_threads(threads_before)
     return write_result(result, args.out, "gemm", table(result))

@@ -514,13 +514,24 @@ def test_gemm_benchmark_times_both_ways_of_each_product_on_the_same_values(
     for name, fns in gemm.products(x, weight, bias, grad).items():
         for fn in fns:
             torch.testing.assert_close(fn(), expected[name], atol=1e-4, rtol=1e-5, msg=name)
+    seen = []
+    step = gemm.switched(
+        lambda: seen.append(modeling.ONEDNN_EVERY_PRODUCT), on=not modeling.ONEDNN_EVERY_PRODUCT
+    )
+    before = modeling.ONEDNN_EVERY_PRODUCT
+    step()
+    assert seen == [not before] and modeling.ONEDNN_EVERY_PRODUCT == before, "switched for the step only"
     argv = ["--preset", "tiny", "--rows", "16", "--threads", "1", "--repeats", "1", "--out", str(tmp_path)]
-    result = json.loads(gemm.main(argv).read_text())
+    result = json.loads(gemm.main([*argv, "--train-repeats", "1", "--train-shape", "2", "8"]).read_text())
     assert [run["projection"] for run in result["runs"]] == list(gemm.shapes("tiny"))
     for run in result["runs"]:
         assert all(run[p]["mkl_gflops"] > 0 and run[p]["onednn_gflops"] > 0 for p in gemm.PRODUCTS)
         assert all(run[p]["max_abs_diff"] < 1e-3 for p in gemm.PRODUCTS)
-    assert "| lm_head | 16 | 1 |" in (tmp_path / "gemm-latest.md").read_text()
+    (steps,) = result["training"]
+    assert (steps["batch"], steps["seq"]) == (2, 8)
+    assert all(steps[f"{n}_tokens_per_s"] > 0 for n in ("on", "off", "transformers"))
+    table = (tmp_path / "gemm-latest.md").read_text()
+    assert "| lm_head | 16 | 1 |" in table and "| 2×8 | 1 |" in table
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reuse_freed_memory acts on glibc's malloc")
