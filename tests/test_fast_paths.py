@@ -1017,6 +1017,49 @@ needs_column_major = pytest.mark.skipif(
 )
 
 
+def _resident_kb_of(path: Path) -> int | None:
+    """Resident kB of ``path``'s mappings in this process (None: not mapped), from /proc/self/smaps."""
+    total, inside = None, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and not line.endswith(":"):  # a mapping's header line
+            inside = line.endswith(str(path))
+            total = (total or 0) if inside else total
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@needs_column_major
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads the process's mappings from /proc")
+def test_column_major_copy_lets_the_checkpoint_file_go(model, ids, tmp_path):
+    """``from_pretrained`` leaves the weights in the memory-mapped checkpoint. The first one-row generate
+    copies the linear weights column-major and the other tensors (biases, LayerNorms, positions) into memory
+    of their own, so no tensor holds the file and its pages leave the process (they would stay resident,
+    a second copy of the weights, while one tensor pointed into it). Values and parameter objects stay; a
+    second call copies nothing."""
+    import gc
+
+    model.save_pretrained(tmp_path)
+    checkpoint = tmp_path / "model.safetensors"
+    loaded = GPT2ScratchForCausalLM.from_pretrained(tmp_path).eval()
+    loaded.generation_config.pad_token_id = model.config.eos_token_id
+    assert _resident_kb_of(checkpoint) is not None, "from_pretrained maps the file (else nothing to test)"
+    params = dict(loaded.named_parameters())
+    before = {name: (p.data_ptr(), p.detach().clone()) for name, p in params.items()}
+    row = ids[:1]
+    tokens = loaded.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=3, do_sample=False)
+    gc.collect()
+    assert not _resident_kb_of(checkpoint), "no page of the checkpoint left in the process"
+    after = {name: p.data_ptr() for name, p in loaded.named_parameters()}
+    assert all(after[name] != ptr for name, (ptr, _) in before.items()), "every tensor in its own memory"
+    assert dict(loaded.named_parameters()) == params
+    for name, (_, value) in before.items():
+        assert torch.equal(params[name], value), name
+    again = loaded.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=3, do_sample=False)
+    assert torch.equal(again, tokens)
+    assert {name: p.data_ptr() for name, p in loaded.named_parameters()} == after, "nothing copied again"
+
+
 @needs_column_major
 def test_one_row_generate_holds_weights_column_major_and_train_restores_them(model, ids):
     """eval() alone keeps row-major; a one-row generate() in eval mode stores the linear layers' weights
