@@ -136,9 +136,9 @@ def _onednn_linear_works() -> bool:
 ONEDNN_LINEAR = _onednn_linear_works()
 
 
-# On a CPU with AVX-512, oneDNN's JIT kernels use it and the MKL that torch calls for fp32 products did not:
-# on an AMD Zen 5 host MKL ran the 124M model's training products (512 rows) at 160-185 GFLOPS on 2 threads
-# and oneDNN at 380-420, forward and both backward products alike (benchmarks/bench_gemm.py). There every
+# On a CPU with AVX-512, oneDNN's JIT kernels use it, and the MKL that torch calls for fp32 products seems
+# not to: on an AMD Zen 5 host MKL ran the 124M model's training products (512 rows) at 130-185 GFLOPS on 2
+# threads, oneDNN at 170-420, forward and both backward products (benchmarks/bench_gemm.py). There every
 # product over ONEDNN_MIN_ROWS rows or more goes through oneDNN, with autograd too; elsewhere (AVX2, where
 # oneDNN won only the wide weights' forward) the choices above stand.
 ONEDNN_EVERY_PRODUCT = ONEDNN_LINEAR and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
@@ -346,10 +346,11 @@ def set_weight_layout(model: nn.Module, column_major: bool) -> None:
 
 def _own_memory(model: nn.Module, skip: list[torch.Tensor]) -> None:
     """Copy ``model``'s CPU parameters and buffers but ``skip`` (each alone in its storage, ``_owns_storage``)
-    into memory of their own (same objects, same values). After ``from_pretrained`` every tensor is a view into the checkpoint's memory-mapped
-    file, which stays mapped while any of them is, with every page the column-major copies read still
-    resident: the 124M model's RSS after a one-row ``generate`` was 1296 MB with the biases, LayerNorms
-    and position embedding left there and 828 MB with them copied (transformers' GPT-2: 841)."""
+    into memory of their own: same objects, same values. After ``from_pretrained`` every tensor is a view
+    into the checkpoint's memory-mapped file, which stays mapped while any of them is, with every page the
+    column-major copies read still resident: the 124M model's RSS after a one-row ``generate`` was 1312 MB
+    with the biases, LayerNorms and position embedding left there, 846 MB with them copied (transformers'
+    GPT-2: 845; ``benchmarks/bench_speed.py --sections memory``)."""
     skipped = {id(t) for t in skip}
     for tensor in (*model.parameters(), *model.buffers()):
         if id(tensor) not in skipped and tensor.device.type == "cpu" and _owns_storage(tensor.data):
