@@ -18,7 +18,6 @@ and ``gemm-latest.md``::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_projections import with_setting
 from bench_speed import (
     RESULTS,
     interleaved,
@@ -103,25 +103,6 @@ def measure(name: str, fan_in: int, fan_out: int, rows: int, threads: int, repea
     return entry
 
 
-@contextlib.contextmanager
-def every_product(on: bool):
-    """``ONEDNN_EVERY_PRODUCT`` set to ``on`` inside the block."""
-    before = modeling.ONEDNN_EVERY_PRODUCT
-    modeling.ONEDNN_EVERY_PRODUCT = on
-    try:
-        yield
-    finally:
-        modeling.ONEDNN_EVERY_PRODUCT = before
-
-
-def switched(step, on: bool):
-    def run():
-        with every_product(on):
-            return step()
-
-    return run
-
-
 def training_steps(folders: tuple[Path, Path], batch: int, seq: int, threads: int, repeats: int) -> dict:
     """Tokens/s of a training step: ours with ``ONEDNN_EVERY_PRODUCT`` on and off, and transformers'."""
     torch.set_num_threads(threads)
@@ -129,7 +110,8 @@ def training_steps(folders: tuple[Path, Path], batch: int, seq: int, threads: in
     models = {"on": load("ours", ours_dir), "off": load("ours", ours_dir), "transformers": load("hf", hf_dir)}
     ids = random_ids(models["on"].config.vocab_size, batch, seq)
     steps = {n: train_step_fn(m, ids, torch.optim.AdamW(m.parameters(), lr=1e-4)) for n, m in models.items()}
-    steps["on"], steps["off"] = switched(steps["on"], True), switched(steps["off"], False)
+    for name, on in (("on", True), ("off", False)):
+        steps[name] = with_setting(steps[name], "ONEDNN_EVERY_PRODUCT", on)
     times = interleaved(steps, repeats)
     tokens = {f"{name}_tokens_per_s": batch * seq / t for name, t in times.items()}
     return {"batch": batch, "seq": seq, "threads": threads, **tokens}

@@ -3,9 +3,9 @@
 ``project`` (in ``modeling_gpt2scratch.py``) is what every block and the LM head call: on a row-major
 weight over ``ONEDNN_MIN_ROWS`` to ``ONEDNN_SWAPPED_MAX_ROWS`` rows (q/k/v and the MLP input from 2 rows) it
 calls oneDNN's inner product with the roles swapped, (W xᵀ)ᵀ; on a wide row-major weight over more rows (any
-row-major weight on a CPU with AVX-512, ``ONEDNN_EVERY_PRODUCT``), oneDNN as is; otherwise, with more than one thread and at most ``SPLIT_MAX_ROWS`` rows it splits the output
-features across the threads in one batched matmul (MKL), and a row-major LM head over 2 to
-``HEAD_TRANSPOSED_MAX_ROWS`` rows takes (W hᵀ)ᵀ. One-row ``generate`` holds the weights column-major
+row-major weight on a CPU with AVX-512, ``ONEDNN_EVERY_PRODUCT``), oneDNN as is; otherwise, with more than
+one thread and at most ``SPLIT_MAX_ROWS`` rows it splits the output features across the threads in one
+batched matmul (MKL), and a row-major LM head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows takes (W hᵀ)ᵀ. One-row ``generate`` holds the weights column-major
 (``set_weight_layout``; without FBGEMM only the wide ones, out > in), which is transformers' ``Conv1D``
 memory layout, and ``project`` runs a one-row product on such a weight as an embedding-bag sum
 (``bag_product``, one bag per thread). This times ``nn.Linear``, ``project``, ``project`` without the
@@ -90,7 +90,8 @@ def measure(name: str, rows: int, threads: int, runs: int) -> dict:
 def with_setting(fn, name: str, value):
     """``fn`` run with the model file's ``name`` set to ``value``: ``ONEDNN_LINEAR`` False leaves the MKL
     paths alone; ``ONEDNN_SWAPPED_MAX_ROWS`` 0 turns the swapped roles off; ``BAG_PRODUCTS`` False runs
-    one-row products on column-major weights as for more rows (MKL)."""
+    one-row products on column-major weights as for more rows (MKL); ``bench_gemm.py`` switches
+    ``ONEDNN_EVERY_PRODUCT`` with it."""
 
     def run():
         saved = getattr(modeling, name)

@@ -515,10 +515,11 @@ def test_gemm_benchmark_times_both_ways_of_each_product_on_the_same_values(
         for fn in fns:
             torch.testing.assert_close(fn(), expected[name], atol=1e-4, rtol=1e-5, msg=name)
     seen = []
-    step = gemm.switched(
-        lambda: seen.append(modeling.ONEDNN_EVERY_PRODUCT), on=not modeling.ONEDNN_EVERY_PRODUCT
-    )
+    projections = benchmark_script("bench_projections")
     before = modeling.ONEDNN_EVERY_PRODUCT
+    step = projections.with_setting(
+        lambda: seen.append(modeling.ONEDNN_EVERY_PRODUCT), "ONEDNN_EVERY_PRODUCT", not before
+    )
     step()
     assert seen == [not before] and modeling.ONEDNN_EVERY_PRODUCT == before, "switched for the step only"
     argv = ["--preset", "tiny", "--rows", "16", "--threads", "1", "--repeats", "1", "--out", str(tmp_path)]
