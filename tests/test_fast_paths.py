@@ -590,17 +590,19 @@ def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path, benchmark_script):
 
 
 # ------------------------------------------------------------------------- projections over few rows
+needs_onednn = pytest.mark.skipif(not modeling.ONEDNN_LINEAR, reason="this torch build has no oneDNN")
+
+
 @pytest.fixture
 def linear_calls(monkeypatch):
-    """(rows, out_features) of every ``nn.Linear.forward`` call (patched on the class, since a hook would
-    turn the fast paths off)."""
-    calls, forward = [], torch.nn.Linear.forward
+    """(rows, out_features) of every product ``project`` leaves to ``F.linear`` (``plain_linear``)."""
+    calls, product = [], modeling.plain_linear
 
-    def recording(self, x):
-        calls.append((x.shape[:-1].numel(), self.out_features))
-        return forward(self, x)
+    def recording(x, linear):
+        calls.append((x.shape[:-1].numel(), linear.out_features))
+        return product(x, linear)
 
-    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    monkeypatch.setattr(modeling, "plain_linear", recording)
     return calls
 
 
@@ -780,11 +782,12 @@ def test_few_rows_split_across_threads_and_match(
     assert split_calls == []
 
 
-def test_hooked_or_wrapped_projections_are_called_as_modules(
+def test_hooked_or_wrapped_projections_run_what_wraps_them_and_keep_the_fast_path(
     model, ids, split_calls, restore_threads, no_onednn
 ):
-    """A forward hook, a replaced ``forward`` (Accelerate's offloading) or a subclass (PEFT's LoRA layers)
-    keeps the module call for that layer, so whatever it adds still runs; the other layers still split."""
+    """The fast path is the layer's own forward (``GPT2ScratchLinear``), so a forward hook, or a replaced
+    ``forward`` that calls the original (as Accelerate's offloading does), runs and the product is still
+    split; a layer replaced by another ``nn.Linear`` class runs that class's forward alone."""
     two_threads()
     block = model.transformer.h[0].mlp
     fc_shape, layers = tuple(block.c_fc.weight.shape), model.config.n_layer
@@ -798,10 +801,10 @@ def test_hooked_or_wrapped_projections_are_called_as_modules(
 
     assert split_fc_calls() == layers
     handle = block.c_fc.register_forward_hook(lambda module, args, out: seen.append("hook"))
-    assert split_fc_calls() == layers - 1 and seen == ["hook"]
+    assert split_fc_calls() == layers and seen == ["hook"]
     handle.remove()
     block.c_fc.forward = lambda x, _f=block.c_fc.forward: (seen.append("forward"), _f(x))[1]
-    assert split_fc_calls() == layers - 1 and seen == ["hook", "forward"]
+    assert split_fc_calls() == layers and seen == ["hook", "forward"]
     del block.c_fc.forward
 
     class Wrapped(torch.nn.Linear):
@@ -815,8 +818,51 @@ def test_hooked_or_wrapped_projections_are_called_as_modules(
     assert split_fc_calls() == layers - 1 and seen == ["hook", "forward", "subclass"]
 
 
+@needs_onednn
+def test_lora_base_layers_take_the_fast_path_with_the_same_loss_and_gradients(
+    model, ids, onednn_calls, monkeypatch
+):
+    """PEFT's LoRA layers call the wrapped ``GPT2ScratchLinear`` as their base layer: in training with
+    ``ONEDNN_EVERY_PRODUCT`` the frozen base products go through oneDNN (forward and grad x, no grad W), and
+    loss and the adapters' gradients equal those of the plain products."""
+    from gpt2scratch.training.lora import add_lora
+
+    monkeypatch.setattr(modeling, "ONEDNN_EVERY_PRODUCT", True)
+    lora = add_lora(model, "lm", ["c_attn", "c_proj", "c_fc"], r=4, alpha=8, dropout=0.0)
+    lora.train()
+    for name, param in lora.named_parameters():  # B starts at zero, which would leave A without gradients
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    config, rows = model.config, ids.numel()
+    base = model.transformer.h[0].attn.c_attn.base_layer
+    assert type(base) is modeling.GPT2ScratchLinear
+
+    def loss_and_grads():
+        lora.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same dropout masks
+        loss = lora(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in lora.named_parameters() if p.requires_grad}
+
+    loss, grads = loss_and_grads()
+    c = config.n_embd
+    base_shapes = [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)] * config.n_layer
+    expected = [call for i, o in base_shapes for call in ((rows, o), (rows, i))]  # forward, grad x
+    expected.remove((rows, c))  # the first block's q/k/v: its input (frozen embeddings, LayerNorm) needs none
+    expected += [(rows, config.vocab_size), (rows, c)]  # the frozen head: forward and grad x
+    assert sorted(call[:2] for call in onednn_calls) == sorted(expected)
+    assert any("lora_A" in name for name in grads) and all(g.abs().sum() > 0 for g in grads.values())
+    monkeypatch.setattr(modeling, "ONEDNN_LINEAR", False)
+    onednn_calls.clear()
+    ref_loss, ref_grads = loss_and_grads()
+    assert onednn_calls == []
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=0)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 # --------------------------------------------------------------------------- oneDNN from eight rows
-needs_onednn = pytest.mark.skipif(not modeling.ONEDNN_LINEAR, reason="this torch build has no oneDNN")
 
 
 def _wide_projections(config) -> set[int]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification, fast
+from gpt2scratch import modeling_gpt2scratch as modeling
 
 DynamicLinear = torch.ao.nn.quantized.dynamic.Linear
 
@@ -42,7 +43,7 @@ def test_every_linear_layer_is_replaced_and_the_model_is_left_as_it_was(model, w
     dtype = torch.qint8 if weights == "int8" else torch.float16
     for name, module in replaced.items():
         assert type(module) is DynamicLinear and module._packed_params.dtype == dtype, name
-        assert type(originals[name]) is nn.Linear, name
+        assert type(originals[name]) is modeling.GPT2ScratchLinear, name  # the original keeps its class
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert model.lm_head.weight is model.transformer.wte.weight  # the original's tie is kept

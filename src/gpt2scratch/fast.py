@@ -21,6 +21,7 @@ the quantized copies:
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import functools
 import platform
@@ -30,6 +31,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from .modeling_gpt2scratch import GPT2ScratchLinear
 
 # Dense bf16 peak FLOP/s by device name fragment (H200 has H100 SXM's compute).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -51,20 +54,19 @@ def pad_vocab(model: nn.Module, multiple: int = 64) -> nn.Module:
         raise ValueError(f"the embedding has {wte.weight.shape[0]} rows, more than padded_vocab_size={rows}")
     model.set_input_embeddings(_padded_embedding(wte, rows))
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
-        new_head = nn.Linear(
-            head.in_features, rows, bias=False, device=head.weight.device, dtype=head.weight.dtype
-        )
+    if head is not None:  # padded in place: the module keeps its class (its forward) and attributes
         if config.tie_word_embeddings:
-            new_head.weight = model.get_input_embeddings().weight
+            head.weight = model.get_input_embeddings().weight
         else:
-            new_head.weight = nn.Parameter(_pad_rows(head.weight.data, rows))
-        model.set_output_embeddings(new_head)
+            head.weight = nn.Parameter(_pad_rows(head.weight.data, rows))
+        if head.bias is not None:
+            head.bias = nn.Parameter(_pad_rows(head.bias.data, rows))
+        head.out_features = rows
     return model
 
 
 def _pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    out = weight.new_zeros(rows, weight.shape[1])
+    out = weight.new_zeros(rows, *weight.shape[1:])
     out[: weight.shape[0]] = weight
     return out
 
@@ -432,9 +434,13 @@ def quantized_for_cpu(model: nn.Module, weights: str = "int8", inplace: bool = F
         if weights == "int8"
         else (float16_dynamic_qconfig, torch.float16)
     )
+    quantized = model if inplace else copy.deepcopy(model)
+    for module in quantized.modules():  # torch's quantizer takes plain nn.Linear layers only (exact type)
+        if type(module) is GPT2ScratchLinear:
+            module.__class__ = nn.Linear
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"(?s).*(torchao|deprecated)")
-        quantized = quantize_dynamic(model, {nn.Linear: qconfig}, dtype=dtype, inplace=inplace)
+        quantized = quantize_dynamic(quantized, {nn.Linear: qconfig}, dtype=dtype, inplace=True)
     quantized.eval().requires_grad_(False)  # an optimizer over it would train the embeddings alone
     quantized.quantized_weights = weights
     quantized.save_pretrained = _refuse_saving

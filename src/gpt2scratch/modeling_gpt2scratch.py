@@ -2,8 +2,9 @@
 
 This file travels with the weights (``trust_remote_code``): it imports only the standard library, torch,
 transformers and its sibling ``configuration_gpt2scratch``. Parameter names follow GPT-2's own (``wte``,
-``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in),
-the transpose of OpenAI's and transformers' ``Conv1D`` layout is done once by the converters. One-row
+``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in;
+``GPT2ScratchLinear``, whose forward is ``project``), the transpose of OpenAI's and transformers' ``Conv1D``
+layout is done once by the converters. One-row
 ``generate`` in eval mode on CPU holds the weights column-major in memory (``set_weight_layout``) and, on
 x86, runs each one-row product as an embedding-bag sum (``bag_product``); shapes, names and the state dict
 are unchanged. On CPU, no-grad products over a few rows (8-32; 2-32 for
@@ -171,15 +172,11 @@ class OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
-def _plain_cpu_fp32(linear: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``linear(x)`` may be computed another way: a plain ``nn.Linear`` (fp32 weight stored row- or
-    column-major, no hooks, no replaced ``forward`` as Accelerate's offloading installs), on CPU, without
-    autocast, compilation or ``torch.func`` transforms."""
-    weight = linear.weight
+def _plain_cpu_fp32(weight: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether x Wᵀ may be computed another way than ``F.linear``: an fp32 weight stored row- or
+    column-major, on CPU, without autocast, compilation or ``torch.func`` transforms."""
     return (
-        type(linear) is nn.Linear
-        and not (linear._forward_hooks or linear._forward_pre_hooks or "forward" in vars(linear))
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and (weight.is_contiguous() or weight.t().is_contiguous())
         and not torch.is_autocast_enabled("cpu")
@@ -236,8 +233,9 @@ def bag_product(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     return y if linear.bias is None else y + linear.bias
 
 
-def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Tensor:
-    """``linear(x)``, computed the fastest way measured for a plain CPU fp32 ``nn.Linear``:
+def project(linear: nn.Linear, x: torch.Tensor, head: bool = False) -> torch.Tensor:
+    """x Wᵀ + b for ``linear``'s weight and bias (``GPT2ScratchLinear``'s forward), computed the fastest way
+    measured on CPU in fp32:
 
     - without autograd, row-major weight: over ``ONEDNN_MIN_ROWS`` to ``ONEDNN_SWAPPED_MAX_ROWS`` rows (from
       2 rows for a wide weight, out > in, other than the LM head, ``head``) oneDNN with the roles swapped;
@@ -250,22 +248,22 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     - otherwise, no autograd, more than one thread, few rows: the output features split across the threads
       (``split_matmul``); a row-major head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows as (W hᵀ)ᵀ.
 
-    Same values up to float rounding; anything else (GPU, LoRA or hooked layers, other dtypes, autocast,
-    column-major weights with autograd) calls ``linear``."""
+    Same values up to float rounding; anything else (GPU, other dtypes, autocast, column-major weights with
+    autograd) is ``F.linear`` (``plain_linear``)."""
     rows = x.shape[:-1].numel()
-    if rows == 0 or not _plain_cpu_fp32(linear, x):
-        return linear(x)
+    if rows == 0 or not _plain_cpu_fp32(linear.weight, x):
+        return plain_linear(x, linear)
     flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
     if rows == 1 and BAG_PRODUCTS and not weight.is_contiguous() and not torch.is_grad_enabled():
         return bag_product(flat[0], linear).view(*x.shape[:-1], -1)
     if rows == 1 and torch.get_num_threads() == 1:
-        return linear(x)  # every path below ends here
+        return plain_linear(x, linear)  # every path below ends here
     onednn, wide = ONEDNN_LINEAR and weight.is_contiguous(), _is_wide(linear)
     unswapped = onednn and rows >= ONEDNN_MIN_ROWS and (wide or ONEDNN_EVERY_PRODUCT)
     swapped_from = 2 if wide and not head else ONEDNN_MIN_ROWS
     if torch.is_grad_enabled():
         if not (unswapped and (head or ONEDNN_EVERY_PRODUCT)):
-            return linear(x)
+            return plain_linear(x, linear)
         y = OneDNNLinear.apply(flat.contiguous(), weight, linear.bias)
     elif onednn and swapped_from <= rows <= ONEDNN_SWAPPED_MAX_ROWS:
         y = onednn_linear(flat.contiguous(), weight, linear.bias, swapped=True)
@@ -274,8 +272,27 @@ def project(linear: nn.Module, x: torch.Tensor, head: bool = False) -> torch.Ten
     else:
         y = _mkl_product(flat, linear, head)
         if y is None:
-            return linear(x)
+            return plain_linear(x, linear)
     return y.view(*x.shape[:-1], -1)
+
+
+def plain_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``nn.Linear``'s own product, where ``project`` has no faster one."""
+    return F.linear(x, linear.weight, linear.bias)
+
+
+class GPT2ScratchLinear(nn.Linear):
+    """An ``nn.Linear`` (same parameters, state dict and initialisation) whose forward is ``project``: the
+    fastest product measured for its shape on CPU in fp32, ``F.linear`` elsewhere. Being the module's own
+    forward, it runs inside whatever wraps the module: forward hooks, Accelerate's offloading hooks, and PEFT's
+    LoRA layers, which call it as their base layer. ``head`` marks the LM head (its few-row paths differ)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, head: bool = False, **kwargs):
+        super().__init__(in_features, out_features, bias=bias, **kwargs)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return project(self, x, self.head)
 
 
 def _is_wide(linear: nn.Linear) -> bool:
@@ -284,7 +301,7 @@ def _is_wide(linear: nn.Linear) -> bool:
 
 
 def _mkl_product(flat: torch.Tensor, linear: nn.Linear, head: bool) -> torch.Tensor | None:
-    """``project``'s MKL paths for a no-grad product (None: call the module)."""
+    """``project``'s MKL paths for a no-grad product (None: ``plain_linear``)."""
     threads, rows, row_major = torch.get_num_threads(), flat.shape[0], linear.weight.is_contiguous()
     if threads > 1 and rows <= SPLIT_MAX_ROWS and linear.out_features >= threads:
         y = split_matmul(flat, linear.weight, threads, transposed=head and row_major and rows > 1)
@@ -305,7 +322,7 @@ def _layout_weights(model: nn.Module, every: bool) -> list[nn.Parameter]:
     flat buffer as FSDP or DeepSpeed make them)."""
     found: dict[int, nn.Parameter] = {}
     for module in model.modules():
-        if type(module) is nn.Linear and (every or _is_wide(module)):
+        if isinstance(module, nn.Linear) and (every or _is_wide(module)):
             if _owns_storage(module.weight.data):
                 found[id(module.weight)] = module.weight
     return list(found.values())
@@ -387,8 +404,8 @@ class GPT2ScratchAttention(nn.Module):
         self.sliding_window = config.sliding_window
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
-        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_dim, bias=config.qkv_bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = GPT2ScratchLinear(config.n_embd, config.n_embd + 2 * self.kv_dim, bias=config.qkv_bias)
+        self.c_proj = GPT2ScratchLinear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.is_residual_projection = True
         self.attn_dropout = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
@@ -404,7 +421,7 @@ class GPT2ScratchAttention(nn.Module):
         **kwargs,
     ):
         B, T, C = x.shape
-        q, k, v = project(self.c_attn, x).split([C, self.kv_dim, self.kv_dim], dim=-1)
+        q, k, v = self.c_attn(x).split([C, self.kv_dim, self.kv_dim], dim=-1)
         q = q.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hs)
         v = v.view(B, T, -1, self.head_dim).transpose(1, 2)
@@ -428,7 +445,7 @@ class GPT2ScratchAttention(nn.Module):
         )
         y = y.reshape(B, T, C)
         y = take_positions(y, keep)  # only these go on (the cache above holds every position's k/v)
-        return self.resid_dropout(project(self.c_proj, y)), weights
+        return self.resid_dropout(self.c_proj(y)), weights
 
 
 def take_positions(x: torch.Tensor, keep) -> torch.Tensor:
@@ -451,14 +468,14 @@ class GPT2ScratchMLP(nn.Module):
     def __init__(self, config: GPT2ScratchConfig):
         super().__init__()
         inner = config.n_inner or 4 * config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, inner, bias=config.bias)
+        self.c_fc = GPT2ScratchLinear(config.n_embd, inner, bias=config.bias)
         self.act = ACT2FN[FUSED_ACTIVATIONS.get(config.activation_function, config.activation_function)]
-        self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
+        self.c_proj = GPT2ScratchLinear(inner, config.n_embd, bias=config.bias)
         self.c_proj.is_residual_projection = True
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x):
-        return self.dropout(project(self.c_proj, self.act(project(self.c_fc, x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class GPT2ScratchBlock(GradientCheckpointingLayer):
@@ -850,7 +867,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.transformer = GPT2ScratchModel(config)
         self.transformer._head_copies_state = True  # see _contiguous_state
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = GPT2ScratchLinear(config.n_embd, config.padded_vocab_size, bias=False, head=True)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -887,7 +904,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
             positions_to_keep=logits_to_keep,
             **kwargs,
         )
-        logits = project(self.lm_head, out.last_hidden_state, head=True)  # (B, T_keep, V)
+        logits = self.lm_head(out.last_hidden_state)  # (B, T_keep, V)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]
         loss = None
