@@ -8,11 +8,13 @@ backward does), at each thread count, best of ``--repeats`` in turn. This decide
 in the model file: where oneDNN wins all three, every product of training and prefill goes through it.
 Then, per ``--train-shape``, whole training steps (forward, backward, AdamW) of one model (plain
 ``from_pretrained``) with that switch on and off, and of transformers' GPT-2 on the same weights,
-interleaved, best of ``--train-repeats``. The result goes to ``benchmarks/results/gemm-<UTC time>.json``
+interleaved, best of ``--train-repeats``; with ``--train-methods lora`` also with PEFT LoRA adapters on q/k/v,
+the attention output and the MLP (rank 8) of all three, the base weights frozen. The result goes to ``benchmarks/results/gemm-<UTC time>.json``
 and ``gemm-latest.md``::
 
     .venv/bin/python benchmarks/bench_gemm.py                      # gpt2 shapes, 512 and 1024 rows, 4×128 steps
     .venv/bin/python benchmarks/bench_gemm.py --preset tiny --rows 16 --repeats 1 --train-repeats 1  # smoke run
+    .venv/bin/python benchmarks/bench_gemm.py --rows --train-methods full lora    # training steps only
 """
 
 from __future__ import annotations
@@ -103,18 +105,41 @@ def measure(name: str, fan_in: int, fan_out: int, rows: int, threads: int, repea
     return entry
 
 
-def training_steps(folders: tuple[Path, Path], batch: int, seq: int, threads: int, repeats: int) -> dict:
-    """Tokens/s of a training step: ours with ``ONEDNN_EVERY_PRODUCT`` on and off, and transformers'."""
+LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]  # finetune --method lora's default
+
+
+def with_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """PEFT LoRA adapters on ``LORA_TARGETS`` (rank 8, alpha 16, dropout 0.05: finetune's defaults); the
+    base weights frozen. transformers' GPT-2 stores them as ``Conv1D`` (``fan_in_fan_out``)."""
+    from peft import LoraConfig, get_peft_model
+
+    conv1d = type(model).__module__.startswith("transformers.")
+    config = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=LORA_TARGETS, fan_in_fan_out=conv1d
+    )
+    return get_peft_model(model, config)
+
+
+def training_steps(
+    folders: tuple[Path, Path], batch: int, seq: int, threads: int, repeats: int, method: str = "full"
+) -> dict:
+    """Tokens/s of a training step: ours with ``ONEDNN_EVERY_PRODUCT`` on and off, and transformers';
+    ``method`` "lora": each with LoRA adapters (``with_lora``)."""
     torch.set_num_threads(threads)
     ours_dir, hf_dir = folders
     models = {"on": load("ours", ours_dir), "off": load("ours", ours_dir), "transformers": load("hf", hf_dir)}
+    if method == "lora":
+        models = {name: with_lora(model) for name, model in models.items()}
     ids = random_ids(models["on"].config.vocab_size, batch, seq)
-    steps = {n: train_step_fn(m, ids, torch.optim.AdamW(m.parameters(), lr=1e-4)) for n, m in models.items()}
+    steps = {}
+    for name, model in models.items():
+        trained = [p for p in model.parameters() if p.requires_grad]
+        steps[name] = train_step_fn(model, ids, torch.optim.AdamW(trained, lr=1e-4))
     for name, on in (("on", True), ("off", False)):
         steps[name] = with_setting(steps[name], "ONEDNN_EVERY_PRODUCT", on)
     times = interleaved(steps, repeats)
     tokens = {f"{name}_tokens_per_s": batch * seq / t for name, t in times.items()}
-    return {"batch": batch, "seq": seq, "threads": threads, **tokens}
+    return {"method": method, "batch": batch, "seq": seq, "threads": threads, **tokens}
 
 
 def table(result: dict) -> str:
@@ -125,9 +150,12 @@ def table(result: dict) -> str:
         f"fp32, GFLOPS (2·rows·in·out ÷ time), best of {result['repeats']} in turn; ÷ is oneDNN ÷ MKL. "
         "`benchmarks/bench_gemm.py`.",
         "",
-        "| projection | rows | threads | forward MKL | oneDNN | ÷ | grad_x MKL | oneDNN | ÷ | grad_W MKL | oneDNN | ÷ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if result["runs"]:
+        lines += [
+            "| projection | rows | threads | forward MKL | oneDNN | ÷ | grad_x MKL | oneDNN | ÷ | grad_W MKL | oneDNN | ÷ |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for e in result["runs"]:
         cells = []
         for product in PRODUCTS:
@@ -140,14 +168,15 @@ def table(result: dict) -> str:
             f"Training steps (forward, backward, AdamW; plain `from_pretrained`), best of {result['train_repeats']} "
             "interleaved, tokens/s:",
             "",
-            "| shape | threads | ours, every product on oneDNN | ours, switch off | ÷ | transformers | on ÷ transformers | off ÷ transformers |",
-            "|---|---|---|---|---|---|---|---|",
+            "| training | shape | threads | ours, every product on oneDNN | ours, switch off | ÷ | transformers | on ÷ transformers | off ÷ transformers |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for e in result["training"]:
             on, off, hf = (e[f"{n}_tokens_per_s"] for n in ("on", "off", "transformers"))
+            method = "LoRA (PEFT, rank 8)" if e.get("method") == "lora" else "full"
             lines.append(
-                f"| {e['batch']}×{e['seq']} | {e['threads']} | {on:.1f} | {off:.1f} | {on / off:.2f}× | {hf:.1f} "
-                f"| {on / hf:.2f}× | {off / hf:.2f}× |"
+                f"| {method} | {e['batch']}×{e['seq']} | {e['threads']} | {on:.1f} | {off:.1f} | {on / off:.2f}× "
+                f"| {hf:.1f} | {on / hf:.2f}× | {off / hf:.2f}× |"
             )
     return "\n".join(lines) + "\n"
 
@@ -155,7 +184,13 @@ def table(result: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="gpt2", help="model size (a GPT2ScratchConfig preset)")
-    p.add_argument("--rows", type=int, nargs="+", default=[512, 1024], help="batch × sequence (4×128, 4×256)")
+    p.add_argument(
+        "--rows",
+        type=int,
+        nargs="*",
+        default=[512, 1024],
+        help="batch × sequence (4×128, 4×256); none: no products",
+    )
     p.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
     p.add_argument(
         "--repeats", type=int, default=5, help="timed runs of each product, in turn (best is kept)"
@@ -164,6 +199,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--train-shape", type=int, nargs=2, action="append", metavar=("BATCH", "SEQ"), help="default: 4 128"
     )
     p.add_argument("--train-repeats", type=int, default=3, help="timed steps of each model (0: no steps)")
+    p.add_argument(
+        "--train-methods",
+        nargs="+",
+        default=["full"],
+        choices=["full", "lora"],
+        help="full training and/or LoRA",
+    )
     p.add_argument("--label", default="", help="suffix of the result file name")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
     args = p.parse_args(argv)
@@ -190,8 +232,9 @@ def main(argv=None) -> Path:
                 folders = write_folders(args.preset, Path(tmp))
                 for threads in args.threads:
                     for batch, seq in args.train_shape:
-                        steps = training_steps(folders, batch, seq, threads, args.train_repeats)
-                        result["training"].append(steps)
+                        for method in args.train_methods:
+                            steps = training_steps(folders, batch, seq, threads, args.train_repeats, method)
+                            result["training"].append(steps)
     finally:
         torch.set_num_threads(threads_before)
     return write_result(result, args.out, "gemm", table(result))

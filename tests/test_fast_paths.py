@@ -523,16 +523,24 @@ def test_gemm_benchmark_times_both_ways_of_each_product_on_the_same_values(
     step()
     assert seen == [not before] and modeling.ONEDNN_EVERY_PRODUCT == before, "switched for the step only"
     argv = ["--preset", "tiny", "--rows", "16", "--threads", "1", "--repeats", "1", "--out", str(tmp_path)]
-    result = json.loads(gemm.main([*argv, "--train-repeats", "1", "--train-shape", "2", "8"]).read_text())
+    steps_argv = ["--train-repeats", "1", "--train-shape", "2", "8", "--train-methods", "full", "lora"]
+    result = json.loads(gemm.main([*argv, *steps_argv]).read_text())
     assert [run["projection"] for run in result["runs"]] == list(gemm.shapes("tiny"))
     for run in result["runs"]:
         assert all(run[p]["mkl_gflops"] > 0 and run[p]["onednn_gflops"] > 0 for p in gemm.PRODUCTS)
         assert all(run[p]["max_abs_diff"] < 1e-3 for p in gemm.PRODUCTS)
-    (steps,) = result["training"]
-    assert (steps["batch"], steps["seq"]) == (2, 8)
-    assert all(steps[f"{n}_tokens_per_s"] > 0 for n in ("on", "off", "transformers"))
+    assert [(s["method"], s["batch"], s["seq"]) for s in result["training"]] == [("full", 2, 8), ("lora", 2, 8)]
+    for steps in result["training"]:
+        assert all(steps[f"{n}_tokens_per_s"] > 0 for n in ("on", "off", "transformers"))
     table = (tmp_path / "gemm-latest.md").read_text()
-    assert "| lm_head | 16 | 1 |" in table and "| 2×8 | 1 |" in table
+    assert "| lm_head | 16 | 1 |" in table and "| full | 2×8 | 1 |" in table
+    assert "| LoRA (PEFT, rank 8) | 2×8 | 1 |" in table
+    for kind in ("ours", "hf"):  # adapters on every q/k/v, attention output and MLP layer; nothing else trains
+        folders = gemm.write_folders("tiny", tmp_path / kind)
+        lora = gemm.with_lora(gemm.load(kind, folders[0 if kind == "ours" else 1]))
+        trained = [name for name, p in lora.named_parameters() if p.requires_grad]
+        assert trained and all("lora_" in name for name in trained)
+        assert len(trained) == 2 * 4 * lora.config.n_layer, kind
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reuse_freed_memory acts on glibc's malloc")
