@@ -529,13 +529,19 @@ def test_gemm_benchmark_times_both_ways_of_each_product_on_the_same_values(
     for run in result["runs"]:
         assert all(run[p]["mkl_gflops"] > 0 and run[p]["onednn_gflops"] > 0 for p in gemm.PRODUCTS)
         assert all(run[p]["max_abs_diff"] < 1e-3 for p in gemm.PRODUCTS)
-    assert [(s["method"], s["batch"], s["seq"]) for s in result["training"]] == [("full", 2, 8), ("lora", 2, 8)]
+    assert [(s["method"], s["batch"], s["seq"]) for s in result["training"]] == [
+        ("full", 2, 8),
+        ("lora", 2, 8),
+    ]
     for steps in result["training"]:
         assert all(steps[f"{n}_tokens_per_s"] > 0 for n in ("on", "off", "transformers"))
     table = (tmp_path / "gemm-latest.md").read_text()
     assert "| lm_head | 16 | 1 |" in table and "| full | 2×8 | 1 |" in table
     assert "| LoRA (PEFT, rank 8) | 2×8 | 1 |" in table
-    for kind in ("ours", "hf"):  # adapters on every q/k/v, attention output and MLP layer; nothing else trains
+    for kind in (
+        "ours",
+        "hf",
+    ):  # adapters on every q/k/v, attention output and MLP layer; nothing else trains
         folders = gemm.write_folders("tiny", tmp_path / kind)
         lora = gemm.with_lora(gemm.load(kind, folders[0 if kind == "ours" else 1]))
         trained = [name for name, p in lora.named_parameters() if p.requires_grad]
@@ -1216,6 +1222,39 @@ def test_one_row_decoding_runs_every_product_as_an_embedding_bag(model, ids, res
         assert len(bag_calls) == 4 + steps * (4 * model.config.n_layer + 1)
         assert {weight for _, weight, _ in bag_calls} == shapes
         assert all(x == weight[:1] and t == threads for x, weight, t in bag_calls)
+
+
+@pytest.mark.skipif(not modeling.BAG_PRODUCTS, reason="embedding-bag products need FBGEMM (x86 builds)")
+def test_lora_one_row_decoding_runs_the_base_products_as_embedding_bags(
+    model, ids, restore_threads, bag_calls
+):
+    """A PEFT LoRA model's one-row generate() runs its base layers (and the head) as embedding bags, the
+    adapters as PEFT computes them; same tokens as the merged model decoding with row-major weights."""
+    from gpt2scratch.training.lora import add_lora
+
+    row = ids[:1]
+    base_tokens = model.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=5, do_sample=False)
+    lora = add_lora(model, "lm", ["c_attn", "c_proj", "c_fc"], r=4, alpha=8, dropout=0.0).eval()
+    for name, param in lora.named_parameters():
+        if "lora_B" in name:  # nonzero adapters
+            torch.nn.init.normal_(param, std=0.5)
+    two_threads()
+    bag_calls.clear()
+    tokens = lora.generate(
+        input_ids=row, attention_mask=torch.ones_like(row), max_new_tokens=5, do_sample=False
+    )
+    steps = 4  # the first new token comes from the prompt's forward
+    assert len(bag_calls) == 4 + steps * (4 * model.config.n_layer + 1)
+    assert column_major(model.transformer.h[0].mlp.c_fc.base_layer.weight)
+    with torch.no_grad():
+        merged = lora.merge_and_unload()
+    modeling.set_weight_layout(merged, column_major=False)
+    merged.column_major_decoding = False
+    bag_calls.clear()
+    expected = merged.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=5, do_sample=False)
+    assert bag_calls == []
+    assert torch.equal(tokens, expected)
+    assert not torch.equal(tokens, base_tokens), "the adapters change the tokens"
 
 
 @needs_column_major
