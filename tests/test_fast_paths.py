@@ -154,19 +154,28 @@ def test_padded_rows_still_get_a_mask_and_match_the_row_alone(model):
 
 
 # ---------------------------------------------------------------------------------- vocabulary padding
-def test_pad_vocab_keeps_logits_loss_and_generation(model, ids):
+@pytest.mark.parametrize("tied", [True, False])
+def test_pad_vocab_keeps_logits_loss_and_generation(tiny_config, ids, tied):
+    """Padded in place: the head keeps its class (its fast paths) and is tied as before, or padded on its own."""
+    torch.manual_seed(0)
+    tiny_config.tie_word_embeddings = tied
+    model = GPT2ScratchForCausalLM(tiny_config).eval()
+    model.generation_config.pad_token_id = tiny_config.eos_token_id
+    head = model.lm_head
     with torch.no_grad():
         reference = model(ids, labels=ids)
     expected_tokens = model.generate(ids, max_new_tokens=5, do_sample=False)
     fast.pad_vocab(model, 64)
     assert model.transformer.wte.weight.shape[0] == 50304 == model.config.padded_vocab_size
-    assert model.lm_head.weight is model.transformer.wte.weight, "the head must stay tied"
+    assert model.lm_head is head and type(head) is modeling.GPT2ScratchLinear and head.head
+    assert head.out_features == head.weight.shape[0] == 50304
+    assert (model.lm_head.weight is model.transformer.wte.weight) == tied, "tied as before"
     out = model(ids, labels=ids)
     assert out.logits.shape[-1] == 50257
     torch.testing.assert_close(out.logits, reference.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.loss, reference.loss, atol=1e-6, rtol=0)
     out.loss.backward()
-    assert model.transformer.wte.weight.grad[50257:].abs().max() == 0, "padding rows must get no gradient"
+    assert model.lm_head.weight.grad[50257:].abs().max() == 0, "padding rows must get no gradient"
     assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), expected_tokens)
 
 
