@@ -2,15 +2,14 @@
 
 This file travels with the weights (``trust_remote_code``): it imports only the standard library, torch,
 transformers and its sibling ``configuration_gpt2scratch``. Parameter names follow GPT-2's own (``wte``,
-``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in;
-``GPT2ScratchLinear``, whose forward is ``project``), the transpose of OpenAI's and transformers' ``Conv1D``
-layout is done once by the converters. One-row
-``generate`` in eval mode on CPU holds the weights column-major in memory (``set_weight_layout``) and, on
-x86, runs each one-row product as an embedding-bag sum (``bag_product``); shapes, names and the state dict
-are unchanged. On CPU, no-grad products over a few rows (8-32; 2-32 for
-q/k/v and the MLP input) go through oneDNN with the roles swapped, (W xᵀ)ᵀ, and wide ones over more rows
-through oneDNN as torch.compile's CPU backend calls it (``project``); on a CPU with AVX-512, every product
-over 8 rows or more, training's included.
+``wpe``, ``h``, ``ln_f``, ``c_attn``, ``c_proj``, ``c_fc``); linear layers are ``nn.Linear`` (out × in:
+``GPT2ScratchLinear``, whose forward is ``project``), the transpose of OpenAI's and transformers'
+``Conv1D`` layout is done once by the converters. One-row ``generate`` in eval mode on CPU holds the
+weights column-major in memory (``set_weight_layout``) and, on x86, runs each one-row product as an
+embedding-bag sum (``bag_product``); shapes, names and the state dict are unchanged. On CPU, no-grad
+products over a few rows (8-32; 2-32 for q/k/v and the MLP input) go through oneDNN with the roles
+swapped, (W xᵀ)ᵀ, and wide ones over more rows through oneDNN as torch.compile's CPU backend calls it
+(``project``); on a CPU with AVX-512, every product over 8 rows or more, training's included.
 """
 
 from __future__ import annotations
