@@ -168,6 +168,7 @@ def test_pad_vocab_keeps_logits_loss_and_generation(tiny_config, ids, tied):
     fast.pad_vocab(model, 64)
     assert model.transformer.wte.weight.shape[0] == 50304 == model.config.padded_vocab_size
     assert model.lm_head is head and type(head) is modeling.GPT2ScratchLinear and head.head
+    assert repr(head).endswith("out_features=50304, bias=False, head=True)")
     assert head.out_features == head.weight.shape[0] == 50304
     assert (model.lm_head.weight is model.transformer.wte.weight) == tied, "tied as before"
     out = model(ids, labels=ids)

@@ -293,6 +293,9 @@ class GPT2ScratchLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return project(self, x, self.head)
 
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", head=True" if self.head else "")
+
 
 def _is_wide(linear: nn.Linear) -> bool:
     """More outputs than inputs: q/k/v, the MLP input and the LM head in GPT-2."""
