@@ -842,6 +842,27 @@ def test_hooked_or_wrapped_projections_run_what_wraps_them_and_keep_the_fast_pat
     assert split_fc_calls() == layers - 1 and seen == ["hook", "forward", "subclass"]
 
 
+def test_accelerate_offloaded_model_keeps_the_fast_paths_and_outputs(
+    model, ids, split_calls, restore_threads, no_onednn
+):
+    """With Accelerate's CPU offloading the weights wait on the meta device and its hooks put them in place
+    for each forward; the products inside still take the fast path, with the same logits and tokens."""
+    import accelerate
+
+    two_threads()
+    row = ids[:1]
+    with torch.no_grad():
+        expected_logits = model(ids).logits
+    expected_tokens = model.generate(row, max_new_tokens=4, do_sample=False)
+    split_calls.clear()
+    accelerate.cpu_offload(model, execution_device=torch.device("cpu"))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, expected_logits)
+    assert len(split_calls) == 4 * model.config.n_layer + 1, "every projection of the forward was split"
+    assert torch.equal(model.generate(row, max_new_tokens=4, do_sample=False), expected_tokens)
+
+
 @needs_onednn
 def test_lora_base_layers_take_the_fast_path_with_the_same_loss_and_gradients(
     model, ids, onednn_calls, monkeypatch
