@@ -953,8 +953,9 @@ def test_onednn_projects_without_grad_and_matches(
     """No-grad forwards on row-major weights: over ONEDNN_MIN_ROWS to ONEDNN_SWAPPED_MAX_ROWS rows every
     projection goes through oneDNN with the roles swapped, q/k/v and the MLP input from 2 rows; over more rows
     the wide ones (q/k/v, MLP input, head) through oneDNN as they are and the narrow ones (attention and MLP
-    output) through MKL, or through oneDNN too with ``ONEDNN_EVERY_PRODUCT``; one row not at all. Logits and
-    batch-8 tokens equal the MKL paths'; column-major wide weights (one-row decoding) keep the MKL paths."""
+    output) through MKL, or through oneDNN too with ``ONEDNN_EVERY_PRODUCT``, which also takes the narrow ones
+    as they are from 2 rows and the head from 6; one row not at all. Logits and batch-8 tokens equal the MKL
+    paths'; column-major wide weights (one-row decoding) keep the MKL paths."""
     monkeypatch.setattr(modeling, "ONEDNN_EVERY_PRODUCT", every_product)
     modeling.set_weight_layout(model, column_major=False)
     model.column_major_decoding = False
@@ -975,12 +976,24 @@ def test_onednn_projects_without_grad_and_matches(
             )
         return logits, tokens
 
+    narrow_few = (
+        {(c, False)} if every_product else set()
+    )  # (out, swapped) over 2-7 rows besides q/k/v, MLP in
     logits, _ = run(ids[:, :-1])  # 22 rows
     assert set(onednn_calls) >= {(ids[:, :-1].numel(), out, True) for out in every}
-    assert {call for call in onednn_calls if call[0] == 2} == {(2, out, True) for out in wide - {vocab}}
-    assert {out for rows, out in linear_calls} == {c}, "two-row decode steps: narrow ones and head on MKL"
+    two = {(out, True) for out in wide - {vocab}} | narrow_few
+    assert {call[1:] for call in onednn_calls if call[0] == 2} == two
+    assert {out for rows, out in linear_calls} == {c} - {out for out, _ in narrow_few}, "narrow ones on MKL"
     few_logits, _ = run(ids[:1, :few_rows])
-    assert set(onednn_calls) == {(few_rows, out, True) for out in wide - {vocab}}
+    head_few = {(vocab, False)} if every_product else set()
+    assert {call[1:] for call in onednn_calls} == {
+        (out, True) for out in wide - {vocab}
+    } | narrow_few | head_few
+    assert {call[0] for call in onednn_calls} == {few_rows}
+    onednn_calls.clear()
+    with torch.no_grad():
+        model(ids[:1, : modeling.EVERY_HEAD_MIN_ROWS - 1])
+    assert (vocab, False) not in {call[1:] for call in onednn_calls}, "the head under 6 rows: MKL"
     longer_logits, _ = run(longer)
     unswapped = every if every_product else wide
     assert {call for call in onednn_calls if call[0] == high + 1} == {
