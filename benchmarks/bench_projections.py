@@ -3,7 +3,8 @@
 ``project`` (in ``modeling_gpt2scratch.py``) is what every block and the LM head call: on a row-major
 weight over ``ONEDNN_MIN_ROWS`` to ``ONEDNN_SWAPPED_MAX_ROWS`` rows (q/k/v and the MLP input from 2 rows) it
 calls oneDNN's inner product with the roles swapped, (W xᵀ)ᵀ; on a wide row-major weight over more rows (any
-row-major weight on a CPU with AVX-512, ``ONEDNN_EVERY_PRODUCT``), oneDNN as is; otherwise, with more than
+row-major weight on a CPU with AVX-512, ``ONEDNN_EVERY_PRODUCT``, where the narrow ones go from 2 rows and
+the head from 6), oneDNN as is; otherwise, with more than
 one thread and at most ``SPLIT_MAX_ROWS`` rows it splits the output features across the threads in one
 batched matmul (MKL), and a row-major LM head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows takes (W hᵀ)ᵀ. One-row ``generate`` holds the weights column-major
 (``set_weight_layout``; without FBGEMM only the wide ones, out > in), which is transformers' ``Conv1D``
@@ -104,6 +105,16 @@ def with_setting(fn, name: str, value):
     return run
 
 
+def _every(result: dict) -> str:
+    """What ``ONEDNN_EVERY_PRODUCT`` (an AVX-512 host) adds to the routing, in the table's words."""
+    if not result.get("onednn_every_product"):
+        return ""
+    return (
+        f" (with AVX-512 on every weight, and as is on the narrow ones from {modeling.EVERY_NARROW_MIN_ROWS} "
+        f"rows and on the head from {modeling.EVERY_HEAD_MIN_ROWS})"
+    )
+
+
 def markdown(result: dict, runs: int) -> str:
     lines = [
         f"# Projections: nn.Linear vs `project` — {result['date']}",
@@ -113,7 +124,7 @@ def markdown(result: dict, runs: int) -> str:
         f"of {runs} runs × 2, in turn. Speedups are over `nn.Linear` on the row-major weight. `project` on a "
         f"row-major weight (oneDNN available: {result.get('onednn')}): oneDNN with the roles swapped over "
         f"{modeling.ONEDNN_MIN_ROWS}-{result.get('swapped_max_rows')} rows (q/k/v and MLP input from 2), oneDNN "
-        f"as is on the wide weights over more rows, MKL paths otherwise; the unswapped "
+        f"as is on the wide weights over more rows{_every(result)}, MKL paths otherwise; the unswapped "
         "column turns the swapped roles off, the MKL column oneDNN altogether. Column-major is how "
         f"one-row `generate()` holds the weights (the memory layout of transformers' `Conv1D`; embedding bags "
         f"available: {result.get('bags')}; without them the square and narrow weights stay row-major). "
@@ -150,6 +161,7 @@ def main() -> None:
         "benchmark": "projections", "date": date, "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(), "torch": torch.__version__, "load_average": os.getloadavg(),
         "onednn": modeling.ONEDNN_LINEAR, "bags": modeling.BAG_PRODUCTS, "swapped_max_rows": modeling.ONEDNN_SWAPPED_MAX_ROWS,
+        "onednn_every_product": modeling.ONEDNN_EVERY_PRODUCT,
         "results": [measure(name, rows, threads, args.runs)
                     for threads in args.threads for name in args.projections for rows in args.rows],
     }  # fmt: skip
