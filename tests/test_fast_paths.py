@@ -438,6 +438,40 @@ def test_benchmark_smoke_run_writes_result_and_table(tmp_path, restore_threads, 
     assert f"on {bench.machine_label(result['machine'])}, torch" in table
 
 
+def test_benchmark_decodes_the_batch_sizes_asked_for(tmp_path, restore_threads, benchmark_script):
+    """``--decode-batches``: a row per batch size, without a target where the issue sets none, and no
+    bandwidth-floor row without batch 1."""
+    bench = benchmark_script("bench_speed")
+    paths = ["static", "static_compiled", "greedy_loop", "greedy_loop_frozen", "int8_weights", "fp16_weights"]
+    argv = ["--preset", "tiny", "--threads", "1", "--repeats", "1", "--new-tokens", "2", "--no-gpu"]
+    argv += [
+        "--sections",
+        "decode",
+        "--decode-batches",
+        "2",
+        "8",
+        "--skip-paths",
+        *paths,
+        "--out",
+        str(tmp_path),
+    ]
+    result = json.loads(bench.main(argv).read_text())
+    cpu = result["cpu"][0]
+    assert (
+        set(cpu) >= {"decode_b2", "decode_b8"} and "decode_b1" not in cpu and "decode_floor_tok_s" not in cpu
+    )
+    assert set(cpu["decode_b2"]) == {"ours", "transformers"}
+    assert {"decode_b2/ours/1thr", "decode_b8/ours/1thr"} <= set(result["ratios"])
+    table = (tmp_path / "speed-latest.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| greedy generate() batch")]
+    assert [row.split(",")[0] for row in rows] == [
+        "| greedy generate() batch 2",
+        "| greedy generate() batch 8",
+    ]
+    assert "| (no target) |" in rows[0] and "| ≥ 1.3× |" in rows[1]
+    assert not any("floor" in line for line in table)
+
+
 def test_benchmark_memory_section_measures_training_and_decoding_in_own_processes(tmp_path, benchmark_script):
     """``--sections memory``: peak RSS of a training step and RSS after a batch-1 generate(), each model in
     a process of its own, both in the JSON and in the table."""
