@@ -110,7 +110,7 @@ def _every(result: dict) -> str:
     if not result.get("onednn_every_product"):
         return ""
     return (
-        f" (with AVX-512 on every weight, and as is on the narrow ones from {modeling.EVERY_NARROW_MIN_ROWS} "
+        f" (with AVX-512 on every weight, and as is on all but the head from {modeling.EVERY_MIN_ROWS} "
         f"rows and on the head from {modeling.EVERY_HEAD_MIN_ROWS})"
     )
 
@@ -123,8 +123,9 @@ def markdown(result: dict, runs: int) -> str:
         f"({result['cpu']}), load average {result['load_average'][0]:.2f} at the start; per-layer time, best "
         f"of {runs} runs × 2, in turn. Speedups are over `nn.Linear` on the row-major weight. `project` on a "
         f"row-major weight (oneDNN available: {result.get('onednn')}): oneDNN with the roles swapped over "
-        f"{modeling.ONEDNN_MIN_ROWS}-{result.get('swapped_max_rows')} rows (q/k/v and MLP input from 2), oneDNN "
-        f"as is on the wide weights over more rows{_every(result)}, MKL paths otherwise; the unswapped "
+        f"{modeling.ONEDNN_MIN_ROWS}-{result.get('swapped_max_rows')} rows (q/k/v and MLP input from 2 without "
+        f"AVX-512), oneDNN as is on the wide weights over more rows{_every(result)}, MKL paths otherwise; the "
+        "unswapped "
         "column turns the swapped roles off, the MKL column oneDNN altogether. Column-major is how "
         f"one-row `generate()` holds the weights (the memory layout of transformers' `Conv1D`; embedding bags "
         f"available: {result.get('bags')}; without them the square and narrow weights stay row-major). "

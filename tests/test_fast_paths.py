@@ -987,8 +987,9 @@ def test_onednn_projects_without_grad_and_matches(
     """No-grad forwards on row-major weights: over ONEDNN_MIN_ROWS to ONEDNN_SWAPPED_MAX_ROWS rows every
     projection goes through oneDNN with the roles swapped, q/k/v and the MLP input from 2 rows; over more rows
     the wide ones (q/k/v, MLP input, head) through oneDNN as they are and the narrow ones (attention and MLP
-    output) through MKL, or through oneDNN too with ``ONEDNN_EVERY_PRODUCT``, which also takes the narrow ones
-    as they are from 2 rows and the head from 6; one row not at all. Logits and batch-8 tokens equal the MKL
+    output) through MKL, or through oneDNN too with ``ONEDNN_EVERY_PRODUCT``, which also takes every weight but
+    the head as it is from 2 rows (q/k/v and the MLP input then unswapped at 2-7 rows) and the head from 6; one
+    row not at all. Logits and batch-8 tokens equal the MKL
     paths'; column-major wide weights (one-row decoding) keep the MKL paths."""
     monkeypatch.setattr(modeling, "ONEDNN_EVERY_PRODUCT", every_product)
     modeling.set_weight_layout(model, column_major=False)
@@ -1010,19 +1011,18 @@ def test_onednn_projects_without_grad_and_matches(
             )
         return logits, tokens
 
-    narrow_few = (
-        {(c, False)} if every_product else set()
-    )  # (out, swapped) over 2-7 rows besides q/k/v, MLP in
+    # (out, swapped) over 2-7 rows: with every product, all but the head as they are; else q/k/v, MLP in swapped
+    if every_product:
+        two = {(out, False) for out in every - {vocab}}
+    else:
+        two = {(out, True) for out in wide - {vocab}}
     logits, _ = run(ids[:, :-1])  # 22 rows
     assert set(onednn_calls) >= {(ids[:, :-1].numel(), out, True) for out in every}
-    two = {(out, True) for out in wide - {vocab}} | narrow_few
     assert {call[1:] for call in onednn_calls if call[0] == 2} == two
-    assert {out for rows, out in linear_calls} == {c} - {out for out, _ in narrow_few}, "narrow ones on MKL"
+    assert {out for rows, out in linear_calls} == {c} - {out for out, _ in two}, "narrow ones on MKL"
     few_logits, _ = run(ids[:1, :few_rows])
     head_few = {(vocab, False)} if every_product else set()
-    assert {call[1:] for call in onednn_calls} == {
-        (out, True) for out in wide - {vocab}
-    } | narrow_few | head_few
+    assert {call[1:] for call in onednn_calls} == two | head_few
     assert {call[0] for call in onednn_calls} == {few_rows}
     onednn_calls.clear()
     with torch.no_grad():

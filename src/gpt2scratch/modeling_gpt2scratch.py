@@ -144,8 +144,10 @@ ONEDNN_LINEAR = _onednn_linear_works()
 ONEDNN_EVERY_PRODUCT = ONEDNN_LINEAR and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 # There, without autograd, oneDNN as it is also beat MKL's few-row paths on the narrow weights (attention and
 # MLP output) at 2-7 rows (1.0-2.2x less time, once 0.94x), and on the LM head from 6 rows (1.1-2.5x), where
-# MKL's time jumps; at 2-5 rows the two were level on the head (0.9-1.1x; benchmarks/README.md).
-EVERY_NARROW_MIN_ROWS = 2
+# MKL's time jumps; at 2-5 rows the two were level on the head (0.9-1.1x); and on the wide weights other than
+# the head (q/k/v, MLP input) at 2-7 rows it beat the swapped roles (as is won 23 of 24 shapes and thread
+# counts, by up to 1.3x; level at 8 rows, swapped ahead from 12; benchmarks/README.md).
+EVERY_MIN_ROWS = 2
 EVERY_HEAD_MIN_ROWS = 6
 
 
@@ -242,10 +244,10 @@ def project(linear: nn.Linear, x: torch.Tensor, head: bool = False) -> torch.Ten
     measured on CPU in fp32:
 
     - without autograd, row-major weight: over ``ONEDNN_MIN_ROWS`` to ``ONEDNN_SWAPPED_MAX_ROWS`` rows (from
-      2 rows for a wide weight, out > in, other than the LM head, ``head``) oneDNN with the roles swapped;
-      over more rows, a wide weight (any weight with ``ONEDNN_EVERY_PRODUCT``) through oneDNN as it is
-      (``onednn_linear``); with ``ONEDNN_EVERY_PRODUCT`` also the narrow weights from
-      ``EVERY_NARROW_MIN_ROWS`` rows and the LM head from ``EVERY_HEAD_MIN_ROWS``;
+      2 rows for a wide weight, out > in, other than the LM head, ``head``, unless ``ONEDNN_EVERY_PRODUCT``)
+      oneDNN with the roles swapped; over more rows, a wide weight (any weight with ``ONEDNN_EVERY_PRODUCT``)
+      through oneDNN as it is (``onednn_linear``); with ``ONEDNN_EVERY_PRODUCT`` also every weight but the
+      head from ``EVERY_MIN_ROWS`` rows and the LM head from ``EVERY_HEAD_MIN_ROWS``;
     - with autograd, row-major weight, ``ONEDNN_MIN_ROWS`` rows or more: through oneDNN (``OneDNNLinear``)
       the LM head, or with ``ONEDNN_EVERY_PRODUCT`` every weight;
     - without autograd, one row, column-major weight (one-row ``generate``), on x86: an embedding-bag sum
@@ -265,7 +267,7 @@ def project(linear: nn.Linear, x: torch.Tensor, head: bool = False) -> torch.Ten
         return plain_linear(x, linear)  # every path below ends here
     onednn, wide = ONEDNN_LINEAR and weight.is_contiguous(), _is_wide(linear)
     unswapped = onednn and rows >= _onednn_min_rows(head) and (wide or ONEDNN_EVERY_PRODUCT)
-    swapped_from = 2 if wide and not head else ONEDNN_MIN_ROWS
+    swapped_from = 2 if wide and not (head or ONEDNN_EVERY_PRODUCT) else ONEDNN_MIN_ROWS
     if torch.is_grad_enabled():
         if not (unswapped and (head or ONEDNN_EVERY_PRODUCT)):
             return plain_linear(x, linear)
@@ -306,7 +308,7 @@ class GPT2ScratchLinear(nn.Linear):
 def _onednn_min_rows(head: bool) -> int:
     """The fewest rows ``project`` runs through oneDNN as it is (unswapped)."""
     if ONEDNN_EVERY_PRODUCT and not torch.is_grad_enabled():
-        return EVERY_HEAD_MIN_ROWS if head else EVERY_NARROW_MIN_ROWS
+        return EVERY_HEAD_MIN_ROWS if head else EVERY_MIN_ROWS
     return ONEDNN_MIN_ROWS
 
 
