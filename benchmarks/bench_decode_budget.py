@@ -9,6 +9,8 @@ time of decoding one, so the prefill drops out):
 - ``loop``: the same steps as a bare Python loop over ``model(token, cache=...)`` and ``argmax``;
 - ``products``: the step's weight products alone (q/k/v, attention output, MLP in and out per block, the
   head) through ``project`` on one row, in the layout ``generate()`` gives the weights;
+- ``sums``: the same weights, in the same order, each read once by a plain ``sum()``: how fast these 49
+  separate tensors stream, against the one large tensor the floor's bandwidth is read from;
 - ``generate_without_products`` and ``loop_without_products``: the two again with every one-row product
   replaced by a zero tensor of its shape (nothing else changed), i.e. what costs time besides the weights;
 - ``floor``: the bytes of weights read per token ÷ the read bandwidth measured beside them.
@@ -48,7 +50,7 @@ from bench_speed import (
 from gpt2scratch import modeling_gpt2scratch as modeling
 
 PROMPT_LEN = 8
-PARTS = ("generate", "loop", "products", "generate_without_products", "loop_without_products")
+PARTS = ("generate", "loop", "products", "sums", "generate_without_products", "loop_without_products")
 
 
 @contextlib.contextmanager
@@ -97,21 +99,45 @@ def loop_run(model, ids):
     return run
 
 
-def products_run(model):
-    """The step's one-row products, in the layout one-row ``generate()`` holds the weights."""
+def step_products(model) -> list[tuple]:
+    """(layer, one-row input, head) of a decode step's weight products, in order, in the layout one-row
+    ``generate()`` holds the weights."""
     model.layout_for_decoding(rows_per_step=1)
     x = torch.zeros(1, 1, model.config.n_embd)
     hidden = torch.zeros(1, 1, model.transformer.h[0].mlp.c_fc.out_features)
+    products = []
+    for block in model.transformer.h:
+        products += [
+            (block.attn.c_attn, x),
+            (block.attn.c_proj, x),
+            (block.mlp.c_fc, x),
+            (block.mlp.c_proj, hidden),
+        ]
+    return [(layer, inputs, False) for layer, inputs in products] + [(model.lm_head, x, True)]
+
+
+def products_run(model):
+    """The step's one-row products."""
+    products = step_products(model)
 
     @torch.no_grad()
     def run(n: int):
         for _ in range(n - 1):
-            for block in model.transformer.h:
-                modeling.project(block.attn.c_attn, x)
-                modeling.project(block.attn.c_proj, x)
-                modeling.project(block.mlp.c_fc, x)
-                modeling.project(block.mlp.c_proj, hidden)
-            modeling.project(model.lm_head, x, head=True)
+            for layer, x, head in products:
+                modeling.project(layer, x, head=head)
+
+    return run
+
+
+def sums_run(model):
+    """The step's weights, each summed whole, in the products' order."""
+    weights = [layer.weight for layer, _, _ in step_products(model)]
+
+    @torch.no_grad()
+    def run(n: int):
+        for _ in range(n - 1):
+            for weight in weights:
+                weight.sum()
 
     return run
 
@@ -123,6 +149,7 @@ def measure(model, args, threads: int) -> dict:
         "generate": generate_run(model, ids),
         "loop": loop_run(model, ids),
         "products": products_run(model),
+        "sums": sums_run(model),
         "generate_without_products": generate_run(model, ids),
         "loop_without_products": loop_run(model, ids),
     }
@@ -153,8 +180,8 @@ def table(result: dict) -> str:
         "`benchmarks/bench_decode_budget.py`.",
         "",
         "| threads | generate(), ms/token | weight products | other ops of the model | generate()'s own loop "
-        "| floor (read GB/s) | generate ÷ floor | products ÷ floor |",
-        "|---|---|---|---|---|---|---|---|",
+        "| floor (read GB/s) | generate ÷ floor | products ÷ floor | the weights summed | products ÷ sums |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in result["runs"]:
         ms, floor = run["ms_per_token"], run["floor_ms"]
@@ -162,7 +189,7 @@ def table(result: dict) -> str:
         lines.append(
             f"| {run['threads']} | {ms['generate']:.2f} | {ms['products']:.2f} | {ms['loop_without_products']:.2f} "
             f"| {own_loop:.2f} | {floor:.2f} ({run['read_gb_per_s']:.1f}) | {ms['generate'] / floor:.2f}× "
-            f"| {ms['products'] / floor:.2f}× |"
+            f"| {ms['products'] / floor:.2f}× | {ms['sums']:.2f} | {ms['products'] / ms['sums']:.2f}× |"
         )
     return "\n".join(lines) + "\n"
 

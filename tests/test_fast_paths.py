@@ -526,7 +526,7 @@ def test_decode_budget_benchmark_stubs_only_one_row_products_and_writes_its_tabl
     tmp_path, restore_threads, benchmark_script
 ):
     """benchmarks/bench_decode_budget.py: its stub zeroes the one-row products and nothing else, and a smoke
-    run writes every part of the split."""
+    run writes every part of the split (the weights' plain sums too)."""
     budget = benchmark_script("bench_decode_budget")
     torch.manual_seed(0)
     model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny")).eval()
@@ -543,7 +543,8 @@ def test_decode_budget_benchmark_stubs_only_one_row_products_and_writes_its_tabl
     (run,) = result["runs"]
     assert set(run["ms_per_token"]) == set(budget.PARTS) and run["floor_ms"] > 0 and run["read_gb_per_s"] > 0
     assert all(ms >= 0 for ms in run["ms_per_token"].values())
-    assert "| 1 | " in (tmp_path / "decode-budget-latest.md").read_text()
+    table = (tmp_path / "decode-budget-latest.md").read_text()
+    assert "| 1 | " in table and "products ÷ sums" in table
 
 
 @pytest.mark.skipif(not modeling.ONEDNN_LINEAR, reason="this torch build has no oneDNN")
