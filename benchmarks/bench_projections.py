@@ -3,8 +3,8 @@
 ``project`` (in ``modeling_gpt2scratch.py``) is what every block and the LM head call: on a row-major
 weight over ``ONEDNN_MIN_ROWS`` to ``ONEDNN_SWAPPED_MAX_ROWS`` rows (q/k/v and the MLP input from 2 rows) it
 calls oneDNN's inner product with the roles swapped, (W xᵀ)ᵀ; on a wide row-major weight over more rows (any
-row-major weight on a CPU with AVX-512, ``ONEDNN_EVERY_PRODUCT``, where the narrow ones go from 2 rows and
-the head from 6), oneDNN as is; otherwise, with more than
+row-major weight on a CPU with AVX-512, ``ONEDNN_EVERY_PRODUCT``, where every weight but the head goes as it
+is from 2 rows, q/k/v and the MLP input unswapped below 8, and the head from 6), oneDNN as is; otherwise, with more than
 one thread and at most ``SPLIT_MAX_ROWS`` rows it splits the output features across the threads in one
 batched matmul (MKL), and a row-major LM head over 2 to ``HEAD_TRANSPOSED_MAX_ROWS`` rows takes (W hᵀ)ᵀ. One-row ``generate`` holds the weights column-major
 (``set_weight_layout``; without FBGEMM only the wide ones, out > in), which is transformers' ``Conv1D``
