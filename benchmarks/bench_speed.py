@@ -537,24 +537,28 @@ def gpu_parity(dirs, args) -> dict:
 
 
 def gpu_training(dirs, args) -> dict:
-    """Tokens/s and MFU of one bf16-autocast training step (forward, backward, fused AdamW), TF32 on."""
+    """Tokens/s and MFU of one bf16-autocast training step (forward, backward, fused AdamW), TF32 on; every
+    model with the dropout rates of its config (GPT-2's 0.1), or all of them at ``--gpu-train-dropout``."""
     from gpt2scratch import fast
 
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     device, backend = args.gpu_device, args.compile_backend
     batch, seq = args.gpu_train_shape
-    steps = {}
+    rates = {} if args.gpu_train_dropout is None else dict.fromkeys(DROPOUT_RATES, args.gpu_train_dropout)
+    steps, dropout = {}, {}
     for name, kind in (("ours", "ours"), ("transformers", "hf")):
-        model = load(kind, dirs[name]).to(device)
+        model = load(kind, dirs[name], **rates).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-        steps[name] = _gpu_train_step(model, optimizer, batch, seq)
+        steps[name], dropout[name] = _gpu_train_step(model, optimizer, batch, seq), dropout_rates(model)
     fast_model = fast.prepare_for_training(
-        load("ours", dirs["ours"]).to(device), compile=True, backend=backend
+        load("ours", dirs["ours"], **rates).to(device), compile=True, backend=backend
     )
     steps["ours_fast"] = _gpu_train_step(fast_model, fast.make_optimizer(fast_model, lr=1e-4), batch, seq)
+    dropout["ours_fast"] = dropout_rates(fast_model)
     if args.gpu_hf_compiled:
-        hf = load("hf", dirs["transformers"]).to(device)
+        hf = load("hf", dirs["transformers"], **rates).to(device)
+        dropout["transformers_compiled"] = dropout_rates(hf)
         hf.forward = torch.compile(hf.forward, backend=backend)
         steps["transformers_compiled"] = _gpu_train_step(
             hf, torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True), batch, seq
@@ -564,6 +568,7 @@ def gpu_training(dirs, args) -> dict:
     flops_per_token = fast.training_flops_per_token(fast_model.config, seq)
     peak = fast.peak_flops(torch.cuda.get_device_name(0)) if device == "cuda" else None
     res = {"tok_s": tok_s, "shape": [batch, seq], "flops_per_token": flops_per_token, "peak_flops": peak}
+    res["dropout"] = dropout
     if peak:
         res["mfu"] = {name: tps * flops_per_token / peak for name, tps in tok_s.items()}
     if device == "cuda":
@@ -571,6 +576,14 @@ def gpu_training(dirs, args) -> dict:
     if args.gpu_profile:
         res["profile_ours_fast"] = profile_table(steps["ours_fast"], device)
     return res
+
+
+DROPOUT_RATES = ("attn_pdrop", "resid_pdrop", "embd_pdrop")  # the same names in both models' configs
+
+
+def dropout_rates(model) -> dict:
+    """The dropout rates a loaded model trains with (its config's)."""
+    return {name: getattr(model.config, name) for name in DROPOUT_RATES}
 
 
 def profile_table(fn: Callable[[], object], device: str, rows: int = 30) -> list[str]:
@@ -785,8 +798,10 @@ def gpu_markdown(result: dict) -> list[str]:
     shape = "×".join(map(str, train.get("shape", [16, 1024])))
     for name, tps in train.get("tok_s", {}).items():
         mfu = train.get("mfu", {}).get(name)
+        rates = set(train.get("dropout", {}).get(name, {}).values())  # older results did not record them
+        dropout = f", dropout {rates.pop():g}" if len(rates) == 1 else ""
         lines.append(
-            f"| training {shape} bf16 autocast | {name} | {tps:,.0f} | {_num(ratio(train['tok_s'], name), 2)}× | "
+            f"| training {shape} bf16 autocast{dropout} | {name} | {tps:,.0f} | {_num(ratio(train['tok_s'], name), 2)}× | "
             f"{_num(100 * mfu if mfu else None)}% | ≥ {GPU_TARGETS['train']}×, ≥ {100 * GPU_TARGETS['train_mfu']:.0f}% |"
         )
     for b in (1, 8):
@@ -931,6 +946,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpu-device", default="cuda", help="'cpu': a dry run of the GPU sections on the CPU")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the GPU sections")
     p.add_argument("--gpu-profile", action="store_true", help="profile one ours_fast training step")
+    p.add_argument(
+        "--gpu-train-dropout",
+        type=float,
+        help="every dropout rate of every model in GPU training (default: the config's, GPT-2's 0.1); "
+        "0 is how nanoGPT and llm.c state their MFU",
+    )
     p.add_argument("--gpu-decode-bf16", action="store_true", help="also time greedy_loop on bf16 weights")
     p.add_argument(
         "--gpu-decode-eager-attention",

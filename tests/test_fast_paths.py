@@ -623,10 +623,12 @@ def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path, benchmark_script):
     argv += ["--gpu-train-shape", "2", "16", "--new-tokens", "3", "--repeats", "1", "--gpu-hf-compiled"]
     argv += ["--gpu-sections", "parity", "train", "decode_b1", "--skip-paths", "static_compiled"]
     argv += ["--gpu-profile", "--gpu-decode-bf16", "--gpu-decode-autotune", "--gpu-decode-eager-attention"]
-    path = bench.main(argv + ["--out", str(tmp_path)])
+    path = bench.main(argv + ["--gpu-train-dropout", "0", "--out", str(tmp_path)])
     gpu = json.loads(path.read_text())["gpu"]
     assert gpu["parity"]["max_abs_logit_diff_fp32"] < 1e-4
     assert set(gpu["train"]["tok_s"]) == {"ours", "transformers", "ours_fast", "transformers_compiled"}
+    off = dict.fromkeys(("attn_pdrop", "resid_pdrop", "embd_pdrop"), 0.0)
+    assert gpu["train"]["dropout"] == dict.fromkeys(gpu["train"]["tok_s"], off), "every model trains without"
     assert set(gpu["decode_b1"]["tok_s"]) == {
         "ours",
         "transformers",
@@ -644,7 +646,7 @@ def test_benchmark_gpu_sections_dry_run_on_cpu(tmp_path, benchmark_script):
     assert any("aten::" in line for line in gpu["train"]["profile_ours_fast"])
     assert any("aten::" in line for line in gpu["decode_b1"]["profile_ours_greedy_loop_bf16"])
     table = (tmp_path / "speed-gpu-latest.md").read_text()
-    assert "| training 2×16 bf16 autocast | ours_fast |" in table
+    assert "| training 2×16 bf16 autocast, dropout 0 | ours_fast |" in table
     assert not (tmp_path / "speed-latest.md").exists(), "a GPU-only run leaves the CPU table alone"
 
 
