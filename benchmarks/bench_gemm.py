@@ -105,17 +105,22 @@ def measure(name: str, fan_in: int, fan_out: int, rows: int, threads: int, repea
     return entry
 
 
-LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]  # finetune --method lora's default
-
-
 def with_lora(model: torch.nn.Module) -> torch.nn.Module:
-    """PEFT LoRA adapters on ``LORA_TARGETS`` (rank 8, alpha 16, dropout 0.05: finetune's defaults); the
-    base weights frozen. transformers' GPT-2 stores them as ``Conv1D`` (``fan_in_fan_out``)."""
+    """PEFT LoRA adapters with ``finetune --method lora``'s defaults (``TrainArgs``: rank 8, alpha 16, dropout
+    0.05 on q/k/v, the attention output and the MLP); the base weights frozen. transformers' GPT-2 stores
+    them as ``Conv1D`` (``fan_in_fan_out``)."""
     from peft import LoraConfig, get_peft_model
 
+    from gpt2scratch.training.args import TrainArgs
+
+    defaults = TrainArgs()
     conv1d = type(model).__module__.startswith("transformers.")
     config = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=LORA_TARGETS, fan_in_fan_out=conv1d
+        r=defaults.lora_r,
+        lora_alpha=defaults.lora_alpha,
+        lora_dropout=defaults.lora_dropout,
+        target_modules=defaults.target_modules,
+        fan_in_fan_out=conv1d,
     )
     return get_peft_model(model, config)
 
