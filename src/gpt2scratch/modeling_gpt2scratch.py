@@ -9,7 +9,8 @@ weights column-major in memory (``set_weight_layout``) and, on x86, runs each on
 embedding-bag sum (``bag_product``); shapes, names and the state dict are unchanged. On CPU, no-grad
 products over a few rows (8-32; 2-32 for q/k/v and the MLP input) go through oneDNN with the roles
 swapped, (W xᵀ)ᵀ, and wide ones over more rows through oneDNN as torch.compile's CPU backend calls it
-(``project``); on a CPU with AVX-512, every product over 8 rows or more, training's included.
+(``project``); on a CPU with AVX-512, every product over 8 rows or more, training's included, and no-grad
+ones over 2-7 rows on every weight but the head (from 6 on the head) as they are.
 """
 
 from __future__ import annotations
