@@ -410,6 +410,16 @@ def test_sequence_longer_than_context_is_a_clear_error(small):
         small(torch.zeros(1, 5, dtype=torch.long), cache=cache, use_cache=True)
 
 
+def test_float_or_empty_input_ids_are_a_clear_error(small):
+    with pytest.raises(ValueError, match=r"integer token ids.*torch.float32"):
+        small(torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"input_ids is empty \(shape \(1, 0\)\)"):
+        small(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="input_ids is empty"):
+        small.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2)
+    assert small(torch.tensor([[1, 2]], dtype=torch.int32)).logits.shape == (1, 2, 300)
+
+
 def test_attention_mask_of_wrong_shape_is_a_clear_error(small):
     with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 4\).*\(1, 5\)"):
         small(torch.zeros(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 4))

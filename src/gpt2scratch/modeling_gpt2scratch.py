@@ -580,6 +580,13 @@ def _check_inputs(
     """Raise a ValueError a user can act on for out-of-range ids, over-long inputs and misshaped masks."""
     if input_ids is not None and input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (batch, sequence), got {tuple(input_ids.shape)}.")
+    if input_ids is not None and (input_ids.is_floating_point() or input_ids.dtype == torch.bool):
+        raise ValueError(f"input_ids must hold integer token ids (torch.long), got dtype {input_ids.dtype}.")
+    if input_ids is not None and input_ids.numel() == 0:
+        raise ValueError(
+            f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per row, e.g. "
+            "<|endoftext|> to generate from nothing."
+        )
     shape = input_ids.shape if input_ids is not None else None
     if isinstance(past_length, torch.Tensor):  # a static cache keeps its length on the device
         if not sync_checks:
