@@ -754,3 +754,29 @@ def test_model_card_for_gpt2_124m_counts_its_parameters():
         and "## Training" not in card
         and "## Evaluation" not in card
     )
+
+
+@pytest.mark.parametrize("task", ["classification", "instruction"])
+def test_model_card_settings_name_the_split_seed_and_only_the_tasks_own_options(task):
+    config = GPT2ScratchConfig.from_preset("tiny")
+    training = {
+        "task": task,
+        "train_file": "data.csv",
+        "split_seed": 7,
+        "response_loss_only": True,
+        "balance": True,
+    }
+    pipeline_tag = "text-classification" if task == "classification" else "text-generation"
+    card = model_card(config, title="t", source="s", training=training, pipeline_tag=pipeline_tag)
+    assert "train/validation/test (split seed 7)" in card and "`split_seed`" not in card
+    assert ("| response_loss_only | True |" in card) == (task == "instruction")
+    assert ("| balance | True |" in card) == (task == "classification")
+
+
+@pytest.mark.parametrize("pipeline_tag", ["text-classification", "text-generation"])
+def test_model_card_loads_the_tokenizer_with_trust_remote_code(pipeline_tag):
+    """AutoTokenizer reads config.json (model type gpt2scratch, remote code) to pick the tokenizer: without
+    trust_remote_code=True it asks "Do you wish to run the custom code?" or, non-interactively, fails."""
+    card = model_card(GPT2ScratchConfig.from_preset("tiny"), title="t", source="s", pipeline_tag=pipeline_tag)
+    calls = re.findall(r"AutoTokenizer\.from_pretrained\([^)]*\)", card)
+    assert calls == ["AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=True)"]

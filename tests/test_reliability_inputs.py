@@ -77,3 +77,22 @@ def test_readme_lists_every_exit_code():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     listed = {int(c) for c in re.findall(r"^\| `(\d+)` \|", readme, re.M)}
     assert listed == set(EXIT_CODES)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700), (0o002, 0o775)])
+def test_folders_written_atomically_get_the_mode_mkdir_gives(tmp_path, umask, mode):
+    """``init``, ``convert-*``, ``export-hf``, ``train-tokenizer`` and runs' ``base/`` are built in a temporary
+    folder and renamed: the result must be as readable as ``mkdir`` would make it, not private (0o700)."""
+    import os
+    import stat
+
+    from gpt2scratch.io import atomic_folder
+
+    old = os.umask(umask)
+    try:
+        with atomic_folder(tmp_path / "model") as tmp:
+            (tmp / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

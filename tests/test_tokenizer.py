@@ -57,3 +57,33 @@ def test_saved_folder_has_files_for_both_paths(tokenizers, vocab_dir):
 def test_missing_vocab_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="encoder.json \\+ vocab.bpe"):
         load_encoding(tmp_path)
+
+
+def test_saved_classifier_tokenizer_pads_batches_as_the_model_expects(vocab_dir, tmp_path):
+    """A classifier folder's tokenizer pads with ``<|endoftext|>`` (the config's pad_token_id) on the right,
+    so ``padding=True`` and a batched pipeline work and score each text as it scores alone."""
+    import torch
+    from transformers import pipeline
+
+    from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForSequenceClassification
+    from gpt2scratch.io import save_model_folder
+
+    torch.manual_seed(0)
+    config = GPT2ScratchConfig.from_preset(  # as finetune makes a classifier: pad_token_id set
+        "tiny", vocab_size=50257, num_labels=2, id2label={0: "ham", 1: "spam"}, pad_token_id=ENDOFTEXT_ID
+    )
+    model = GPT2ScratchForSequenceClassification(config)
+    with torch.no_grad():  # spread the logits so the scores differ between texts
+        model.score.weight.mul_(30)
+    folder = save_model_folder(model, tmp_path / "classifier", vocab_dir)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    assert (tok.pad_token, tok.pad_token_id, tok.padding_side) == ("<|endoftext|>", ENDOFTEXT_ID, "right")
+    assert tok.pad_token_id == model.config.pad_token_id
+    texts = ["ok", "WINNER!! Call 09061701461 now to claim your prize", "see you at noon", "hi"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    assert batch["input_ids"][0, -1] == ENDOFTEXT_ID and batch["attention_mask"][0, -1] == 0
+    classify = pipeline("text-classification", model=str(folder), trust_remote_code=True)
+    alone = [classify(t)[0] for t in texts]
+    batched = classify(texts, batch_size=2)
+    assert [r["label"] for r in batched] == [r["label"] for r in alone]
+    assert [r["score"] for r in batched] == pytest.approx([r["score"] for r in alone], abs=1e-5)

@@ -10,10 +10,10 @@ import json
 import math
 import multiprocessing
 import os
+import secrets
 import shutil
 import struct
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -62,7 +62,7 @@ def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
     out = Path(out)
     check_new_folder(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
     try:
         yield tmp
     except BaseException:
@@ -75,6 +75,20 @@ def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new uniquely named folder in ``parent`` with the mode ``mkdir`` gives (0o777 less the umask).
+
+    ``tempfile.mkdtemp`` makes 0o700 folders, which would leave every finished model folder private."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{parent}: could not create a temporary folder named {prefix}* (100 names taken).")
 
 
 def prepare_for_save(model: PreTrainedModel) -> None:

@@ -48,7 +48,8 @@ def model_card(
         "## Where the weights came from\n\n" + source.strip(),
     ]
     if training:
-        sections.append("## Training\n\n" + _data_line(training) + _key_value_table(training, "setting"))
+        shown = _task_settings(training)
+        sections.append("## Training\n\n" + _data_line(training) + _key_value_table(shown, "setting"))
     if metrics:
         sections.append("## Evaluation\n\n" + _metrics_table(metrics))
     if plots:
@@ -111,6 +112,16 @@ def _split_source(training: Mapping[str, Any], split: str) -> str:
     return str(own or training.get("dataset") or training.get("train_file") or "unknown")
 
 
+# training settings that apply to one task only: setting -> that task
+TASK_ONLY = {"response_loss_only": "instruction", "balance": "classification"}
+
+
+def _task_settings(training: Mapping[str, Any]) -> dict:
+    """The run's settings less those of another task (``response_loss_only`` means nothing to a classifier)."""
+    task = training.get("task")
+    return {k: v for k, v in training.items() if TASK_ONLY.get(k, task) == task}
+
+
 def _data_line(training: Mapping[str, Any]) -> str:
     source = training.get("dataset") or training.get("train_file")
     if not source:
@@ -119,9 +130,13 @@ def _data_line(training: Mapping[str, Any]) -> str:
     split = (
         "with " + " and ".join(held_out)
         if held_out
-        else "split deterministically into train/validation/test (seed `split_seed`)"
+        else "split deterministically into train/validation/test" + _seed_note(training.get("split_seed"))
     )
     return f"Training data: `{source}`, {split}. The options of the run:\n\n"
+
+
+def _seed_note(seed: Any) -> str:
+    return "" if seed is None else f" (split seed {seed})"
 
 
 def meta_model(cls, config):
@@ -182,7 +197,7 @@ def _usage(pipeline_tag: str) -> str:
 
 repo = "{REPO_PLACEHOLDER}"
 revision = "main"  # better: the commit sha of the code you reviewed (see below)
-tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)
+tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=True)
 model = AutoModelForSequenceClassification.from_pretrained(repo, revision=revision, trust_remote_code=True)
 logits = model(**tokenizer("Free entry in a weekly competition!", return_tensors="pt")).logits
 
@@ -193,7 +208,7 @@ print(classify("Are we still meeting at noon?"))"""
 
 repo = "{REPO_PLACEHOLDER}"
 revision = "main"  # better: the commit sha of the code you reviewed (see below)
-tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)
+tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, trust_remote_code=True)
 ids = tokenizer("Every effort moves you", return_tensors="pt").input_ids
 print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))

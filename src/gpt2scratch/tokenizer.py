@@ -100,14 +100,24 @@ def encode_batch(encoding: tiktoken.Encoding, texts: list[str]) -> list[list[int
 
 
 def hf_tokenizer(folder: str | os.PathLike, model_max_length: int = 1024):
-    """A transformers ``GPT2Tokenizer`` from the vocabulary files in ``folder``, ids equal to tiktoken's."""
+    """A transformers ``GPT2Tokenizer`` from the vocabulary files in ``folder``, ids equal to tiktoken's.
+
+    Its pad token is ``<|endoftext|>`` on the right, as training and ``classify`` pad batches (and as the
+    classifier's ``pad_token_id`` says), so ``tokenizer(texts, padding=True)`` and batched pipelines work;
+    the models pool and attend by ``attention_mask``, so the pad id may also occur inside a text."""
     from transformers import GPT2Tokenizer
 
     enc, bpe = find_vocab_files(folder)
     vocab = read_vocab(enc)
     lines = bpe.read_text(encoding="utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
-    return GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return GPT2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        model_max_length=model_max_length,
+        pad_token=ENDOFTEXT,
+        padding_side="right",
+    )
 
 
 def save_tokenizer(folder: str | os.PathLike, out: str | os.PathLike, model_max_length: int = 1024) -> None:

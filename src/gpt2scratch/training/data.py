@@ -5,6 +5,10 @@ Formats, chosen by the file's suffix: ``.csv``; ``.tsv``/``.tab`` (tab-separated
 (``label<TAB>text`` per line, no header), used for a file without a suffix such as ``SMSSpamCollection``.
 Rows are counted from 1, not counting a header line.
 
+The three table layouts (CSV, TSV, SMS) are read by one streaming reader, :func:`open_table`, used by
+``finetune`` (through :func:`read_table`) and by ``classify --input-file`` and ``evaluate``, so a file
+that one command reads, the others read the same way: every cell as the string in the file.
+
 Splits, when only ``--train-file`` is given: classification 70/10/20 (train/validation/test),
 instruction 85/5/10, otherwise a deterministic 10% of the training rows becomes the validation split
 (for ``lm``: the last 10% of the packed blocks). The shuffle uses ``--split-seed``, not ``--seed``, so
@@ -19,11 +23,13 @@ left with no response token are dropped from training (also logged).
 from __future__ import annotations
 
 import codecs
+import csv
 import json
 import logging
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +51,9 @@ ALPACA_HEADER = "Below is an instruction that describes a task. Write a response
 SPLIT_FRACTIONS = {"classification": (0.7, 0.1, 0.2), "instruction": (0.85, 0.05, 0.1)}
 HOLDOUT_FRACTION = 0.1
 READERS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".txt": "text"}
+TABLE_KINDS = ("csv", "tsv", "sms")  # the layouts open_table streams
+SMS_HEADER = ["label", "text"]
+FIELD_LIMIT = 1 << 24  # characters in one CSV field (the csv module's default, 128 KiB, is too small)
 ROW = "_row"  # 1-based row number in the source file, kept for error messages
 
 
@@ -88,30 +97,150 @@ def check_text_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_table(path: str | os.PathLike):
-    """A ``datasets.Dataset`` of the file's rows (format from the suffix), with a ``_row`` column."""
-    path = check_text_file(path)
+def file_kind(path: Path) -> str:
+    """The layout of ``path`` from its suffix (see the module docstring); an error for an unknown suffix."""
     kind = READERS.get(path.suffix.lower(), "sms" if not path.suffix else None)
     if kind is None:
         raise ValueError(f"{path}: unknown format {path.suffix!r}; use .csv, .tsv, .json, .jsonl or .txt.")
-    ds = _read_sms(path) if kind == "sms" else _load_with_datasets(path, kind)
+    return kind
+
+
+def read_table(path: str | os.PathLike):
+    """A ``datasets.Dataset`` of the file's rows (format from the suffix), with a ``_row`` column."""
+    path = check_text_file(path)
+    kind = file_kind(path)
+    ds = _read_delimited(path) if kind in TABLE_KINDS else _load_with_datasets(path, kind)
     if len(ds) == 0:
-        raise ValueError(f"{path} holds no rows.")
+        raise ValueError(f"{path} has no rows, only a header line; add one row per example below it.")
     return ds.add_column(ROW, list(range(1, len(ds) + 1)))
 
 
+def _read_delimited(path: Path):
+    """A CSV, TSV or SMS file as a ``Dataset`` of strings, read by :func:`open_table`."""
+    from datasets import Dataset
+
+    with open_table(path) as table:
+        repeated = sorted({name for name in table.header if table.header.count(name) > 1})
+        if repeated:
+            raise ValueError(
+                f"{path}: the header names the column(s) {repeated} more than once; rename them."
+            )
+        rows = [table.full_row(line, row) for line, row in table.rows]
+    return Dataset.from_dict({name: [r[i] for r in rows] for i, name in enumerate(table.header)})
+
+
+@dataclass
+class Table:
+    """A table file being streamed: its header and an iterator of (line number, row of strings)."""
+
+    path: Path
+    header: list[str]
+    rows: Iterator[tuple[int, list[str]]]
+
+    def column(self, name: str, option: str) -> int:
+        """Index of column ``name``; a clear error naming the file and its columns when absent."""
+        if name not in self.header:
+            raise ValueError(
+                f"{self.path} has no column {name!r} (its columns: {', '.join(self.header) or 'none'}); "
+                f"pass {option} with one of them."
+            )
+        return self.header.index(name)
+
+    def cell(self, line: int, row: list[str], index: int) -> str:
+        """The value in column ``index`` of ``row``; an error naming the line when the row is too short."""
+        if index >= len(row):
+            raise ValueError(
+                f"{self.path}, line {line}: the row has {len(row)} fields, no {self.header[index]!r} value."
+            )
+        return row[index]
+
+    def full_row(self, line: int, row: list[str]) -> list[str]:
+        """``row``, once it is known to have exactly one value per column (a dataset needs every one)."""
+        if len(row) != len(self.header):
+            raise ValueError(
+                f"{self.path}, line {line}: the row has {len(row)} fields but the header names "
+                f"{len(self.header)} ({', '.join(self.header)}); quote values that contain the delimiter."
+            )
+        return row
+
+
+@contextmanager
+def open_table(path: str | os.PathLike) -> Iterator[Table]:
+    """Open a CSV, TSV (``.tsv``/``.tab``) or SMS Spam Collection file (no suffix), streamed row by row.
+
+    CSV and TSV files start with a header row; the SMS layout has none and gets the columns ``label`` and
+    ``text``. CSV parsing is strict: a quote left open, or text right after a closing quote, is an error
+    naming the line rather than rows silently merged into one. Blank lines are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (or is not a file).")
+    kind = file_kind(path)
+    if kind not in TABLE_KINDS:
+        raise ValueError(
+            f"{path}: a {path.suffix} file is not a table; give a .csv, .tsv or SMS Spam Collection file."
+        )
+    with path.open("rb") as fh:
+        lines = _decoded_lines(fh, path)
+        if kind == "sms":
+            yield Table(path, list(SMS_HEADER), _sms_rows(lines, path))
+            return
+        csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+        reader = csv.reader(lines, delimiter="\t" if kind == "tsv" else ",", strict=True)
+        rows = _csv_rows(reader, path)
+        _, header = next(rows, (0, None))
+        if not header:
+            raise ValueError(
+                f"{path} is empty: expected a header row naming the columns, then one row per example."
+            )
+        yield Table(path, header, rows)
+
+
+def _decoded_lines(raw_lines, path: Path) -> Iterator[str]:
+    """Lines of a binary file decoded as UTF-8 (a leading BOM dropped); a bad byte is an error naming the line."""
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path}, line {number}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8. "
+                "Re-save the file as UTF-8."
+            ) from None
+        yield line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _csv_rows(reader, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) for each non-blank row; malformed CSV becomes an error naming the line."""
+    try:
+        for row in reader:
+            if row:
+                yield reader.line_num, row
+    except csv.Error as e:
+        raise ValueError(f"{path}, line {reader.line_num}: not valid CSV ({e}).") from None
+
+
+def _sms_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, [label, text]) of ``label<TAB>text`` lines: no header, no quoting, tabs kept in the text."""
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        label, tab, text = line.partition("\t")
+        if not tab:
+            raise ValueError(f"{path}, line {number}: expected 'label<TAB>text' (no tab found).")
+        yield number, [label.strip(), text]
+
+
 def _load_with_datasets(path: Path, kind: str):
+    """A JSON/JSONL or plain-text file through ``datasets``' own builders."""
     from datasets import load_dataset
 
     if kind == "json":
         _check_json(path)
-    builder, options = {
-        "tsv": ("csv", {"delimiter": "\t"}),
-        "text": ("text", {"sample_by": "paragraph"}),
-    }.get(kind, (kind, {}))
+    options = {"sample_by": "paragraph"} if kind == "text" else {}
     try:
-        return load_dataset(builder, data_files=str(path), split="train", **options)
-    except Exception as e:  # malformed CSV/JSON: pyarrow/pandas errors of many types
+        return load_dataset(kind, data_files=str(path), split="train", **options)
+    except Exception as e:  # malformed JSON: pyarrow errors of many types
         raise ValueError(f"{path}: cannot be read as {kind.upper()}: {e}") from None
 
 
@@ -124,6 +253,10 @@ def _check_json(path: Path) -> None:
     except json.JSONDecodeError:
         data = None
     if isinstance(data, dict) or (isinstance(data, list) and all(isinstance(r, dict) for r in data)):
+        if not data:
+            raise ValueError(
+                f"{path} has no rows: its JSON {type(data).__name__} is empty; add one record per example."
+            )
         return  # one JSON document: an array of records (or columns)
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -138,22 +271,6 @@ def _check_json(path: Path) -> None:
             raise ValueError(
                 f"{path}, line {n}: expected a JSON object (a record), got {type(record).__name__}."
             )
-
-
-def _read_sms(path: Path):
-    """The SMS Spam Collection layout: ``label<TAB>text`` per line, no header, no quoting."""
-    from datasets import Dataset
-
-    labels, texts = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        label, tab, text = line.partition("\t")
-        if not tab:
-            raise ValueError(f"{path}, line {n}: expected 'label<TAB>text' (no tab found).")
-        labels.append(label.strip())
-        texts.append(text)
-    return Dataset.from_dict({"label": labels, "text": texts})
 
 
 def cache_dir() -> Path:
@@ -245,30 +362,51 @@ def _split_if_needed(raw: RawSplits, args) -> None:
     if "validation" in splits or args.task == "lm":
         return
     train = splits["train"]
+    source = raw.sources["train"] + (
+        " (after --balance)" if args.task == "classification" and args.balance else ""
+    )
     if "test" not in splits and args.task in SPLIT_FRACTIONS:
-        parts = split_rows(train, SPLIT_FRACTIONS[args.task], args.split_seed)
+        parts = split_rows(train, SPLIT_FRACTIONS[args.task], args.split_seed, source)
         splits["train"], splits["validation"], splits["test"] = parts
         raw.sources["test"] = raw.sources["train"]
     else:
         splits["train"], splits["validation"] = split_rows(
-            train, (1 - HOLDOUT_FRACTION, HOLDOUT_FRACTION), args.split_seed
+            train, (1 - HOLDOUT_FRACTION, HOLDOUT_FRACTION), args.split_seed, source
         )
     raw.sources["validation"] = raw.sources["train"]
     raw.was_split = True
 
 
-def split_rows(ds, fractions: Sequence[float], seed: int) -> list:
-    """Shuffle ``ds`` with ``seed`` and cut it into consecutive parts of the given fractions (last takes the rest)."""
-    if len(ds) < len(fractions):
-        raise ValueError(f"{len(ds)} rows are too few to split into {len(fractions)} parts; give more data.")
+def split_rows(ds, fractions: Sequence[float], seed: int, source: str = "the data") -> list:
+    """Shuffle ``ds`` with ``seed`` and cut it into consecutive parts of the given fractions (last takes the rest).
+
+    Every part gets at least one row; data too small for that is an error saying how many rows are needed."""
+    sizes = split_sizes(len(ds), fractions)
+    if min(sizes) < 1:
+        shares = "/".join(f"{f:.0%}" for f in fractions)
+        raise ValueError(
+            f"{source}: {len(ds)} rows are too few to split {shares} with at least one row in every part; "
+            f"that needs at least {min_rows(fractions)} rows. Add rows, or pass --validation-file "
+            "(and --test-file) to give the held-out rows in files of their own."
+        )
     ds = ds.shuffle(seed=seed)
-    bounds, start = [], 0
-    for frac in fractions[:-1]:
-        end = start + max(1, int(len(ds) * frac))
-        bounds.append((start, end))
-        start = end
-    bounds.append((start, len(ds)))
-    return [ds.select(range(a, b)) for a, b in bounds]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [ds.select(range(a, a + n)) for a, n in zip(starts, sizes, strict=True)]
+
+
+def split_sizes(n: int, fractions: Sequence[float]) -> list[int]:
+    """Rows per part when ``n`` rows are split by ``fractions``: at least 1 for all but the last, which takes
+    the rest (0 or less when ``n`` is too small)."""
+    sizes = [max(1, int(n * frac)) for frac in fractions[:-1]]
+    return sizes + [n - sum(sizes)]
+
+
+def min_rows(fractions: Sequence[float]) -> int:
+    """The fewest rows :func:`split_rows` can split by ``fractions`` with no part empty."""
+    n = len(fractions)
+    while min(split_sizes(n, fractions)) < 1:
+        n += 1
+    return n
 
 
 def balance(ds, seed: int):
