@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -320,3 +322,32 @@ def test_a_text_longer_than_the_csv_module_default_field_limit(capsys, tmp_path,
     assert "1 of 2 texts were longer than 128 tokens and kept their first 128 tokens" in err
     rows = list(csv.reader(out.open(encoding="utf-8")))
     assert float(rows[1][2]) == pytest.approx(float(reference(long_text).max()), abs=2e-6)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory, vocab_dir):
+    """A causal LM folder: no classification head."""
+    model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny", vocab_size=50257))
+    return save_model_folder(model, tmp_path_factory.mktemp("models") / "lm", vocab_dir)
+
+
+@pytest.mark.parametrize("command", ["classify", "evaluate"])
+def test_a_model_without_a_trained_head_is_refused(capsys, tmp_path, lm_dir, command):
+    """Loaded as a classifier, a causal LM gets a random head: classify refuses it as evaluate does."""
+    data = _write_csv(tmp_path / "in.csv", ["text", "label"], [["hello", "LABEL_0"]])
+    args = ["hello"] if command == "classify" else ["--task", "classification", "--data", data]
+    code, out, err = _cli(capsys, command, lm_dir, *args)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert f"{lm_dir} is a GPT2ScratchForCausalLM" in err and "no trained classification head" in err
+
+
+def test_output_file_has_the_mode_open_gives(capsys, tmp_path, classifier_dir):
+    src = _write_csv(tmp_path / "in.csv", ["text"], [["hello"]])
+    out = tmp_path / "out.csv"
+    old = os.umask(0o022)
+    try:
+        code, _, err = _cli(capsys, "classify", classifier_dir, "--input-file", src, "--output-file", out)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644

@@ -27,8 +27,18 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 GPT2_FIXTURES = ["gpt2_a", "gpt2_b", "gpt2_sharded"]
 
 
+@pytest.fixture(scope="module")
+def small_vocab(tmp_path_factory, shared_data) -> Path:
+    """A 300-token byte-level BPE (encoder.json + vocab.bpe): it fits the fixtures' n_vocab (300, 500), as the
+    converter requires; GPT-2's own 50257-token vocabulary does not."""
+    from gpt2scratch.tokenizer_training import read_texts, train_tokenizer
+
+    texts = read_texts([shared_data / "corpora" / "the-verdict.txt"])
+    return train_tokenizer(texts, 300, tmp_path_factory.mktemp("bpe") / "bpe300")
+
+
 def ckpt_folder(tmp_path: Path, vocab_dir: Path | None = None, name: str = "gpt2_a") -> Path:
-    """A copy of a fixture checkpoint folder, with OpenAI's vocabulary files beside it when given."""
+    """A copy of a fixture checkpoint folder, with the vocabulary files of ``vocab_dir`` beside it when given."""
     folder = tmp_path / name
     shutil.copytree(FIXTURES / name, folder)
     if vocab_dir is not None:
@@ -117,24 +127,27 @@ def test_checkpoint_file_path_taken_as_file_name(tmp_path):
 
 
 @torch.no_grad()
-def test_cli_writes_a_loadable_model_folder(tmp_path, vocab_dir):
+def test_cli_writes_a_loadable_model_folder(tmp_path, small_vocab):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, out = ckpt_folder(tmp_path, vocab_dir, "gpt2_sharded"), tmp_path / "out"
+    from gpt2scratch.tokenizer import encode, load_encoding
+
+    folder, out = ckpt_folder(tmp_path, small_vocab, "gpt2_b"), tmp_path / "out"
     result = run_cli("convert-openai", str(folder), str(out))
     assert result.returncode == 0, result.stderr
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     ids, tf_logits = tf_reference(folder)
     np.testing.assert_allclose(model(ids).logits.numpy(), tf_logits, atol=1e-5, rtol=0)
-    assert AutoTokenizer.from_pretrained(out)("Hello world")["input_ids"] == [15496, 995]
+    expected = encode(load_encoding(small_vocab), "Hello world")
+    assert AutoTokenizer.from_pretrained(out)("Hello world")["input_ids"] == expected
     assert "convert-openai" in (out / "README.md").read_text()
-    assert json.loads((out / "config.json").read_text())["n_layer"] == 2
+    assert json.loads((out / "config.json").read_text())["n_layer"] == 3  # gpt2_b
 
 
-def test_bfloat16_folder_and_force(tmp_path, vocab_dir):
+def test_bfloat16_folder_and_force(tmp_path, small_vocab):
     from transformers import AutoModelForCausalLM
 
-    folder, out = ckpt_folder(tmp_path, vocab_dir), tmp_path / "out"
+    folder, out = ckpt_folder(tmp_path, small_vocab), tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert main(["convert-openai", str(folder), str(out), "--dtype", "bfloat16"]) == 2
@@ -178,7 +191,6 @@ BREAKAGES = {  # name → (how to break the folder, what the message must contai
     "hparams n_layer high": (lambda f: _set_hparam(f, n_layer=3), ["model.ckpt.index", "missing", "model/h2/"]),
     "missing encoder.json": (lambda f: (f / "encoder.json").unlink(), ["encoder.json", "missing"]),
     "missing vocab.bpe": (lambda f: (f / "vocab.bpe").unlink(), ["vocab.bpe", "missing"]),
-    # read by the forked child that writes the tokenizer files: its error must reach the user the same way
     "corrupt encoder.json": (lambda f: (f / "encoder.json").write_text('{"a": 0,'), ["encoder.json", "not a valid vocabulary"]),
 }  # fmt: skip
 
@@ -190,8 +202,8 @@ def _flip_byte_at(path: Path, offset: int) -> None:
 
 
 @pytest.mark.parametrize("breakage", list(BREAKAGES))
-def test_cli_errors_name_the_problem_and_leave_no_out(tmp_path, vocab_dir, capsys, breakage):
-    folder, out = ckpt_folder(tmp_path, vocab_dir), tmp_path / "out"
+def test_cli_errors_name_the_problem_and_leave_no_out(tmp_path, small_vocab, capsys, breakage):
+    folder, out = ckpt_folder(tmp_path, small_vocab), tmp_path / "out"
     brk, expected = BREAKAGES[breakage]
     brk(folder)
     assert main(["convert-openai", str(folder), str(out)]) != 0
@@ -202,8 +214,8 @@ def test_cli_errors_name_the_problem_and_leave_no_out(tmp_path, vocab_dir, capsy
     assert not out.exists() and list(tmp_path.glob(".out.*")) == []
 
 
-def test_cli_error_exit_code_in_a_real_process(tmp_path, vocab_dir):
-    folder, out = ckpt_folder(tmp_path, vocab_dir), tmp_path / "out"
+def test_cli_error_exit_code_in_a_real_process(tmp_path, small_vocab):
+    folder, out = ckpt_folder(tmp_path, small_vocab), tmp_path / "out"
     _flip_tensor_byte(folder, "model/wpe")
     result = run_cli("convert-openai", str(folder), str(out))
     assert result.returncode != 0
@@ -212,9 +224,31 @@ def test_cli_error_exit_code_in_a_real_process(tmp_path, vocab_dir):
     assert not out.exists() and list(tmp_path.glob(".out.*")) == []
 
 
-def test_convert_openai_function_refuses_unknown_dtype(tmp_path, vocab_dir):
+def test_convert_openai_function_refuses_unknown_dtype(tmp_path, small_vocab):
     with pytest.raises(ValueError, match="float8"):
-        convert_openai(ckpt_folder(tmp_path, vocab_dir), tmp_path / "out", dtype="float8")
+        convert_openai(ckpt_folder(tmp_path, small_vocab), tmp_path / "out", dtype="float8")
+
+
+def test_tokenizer_larger_than_n_vocab_is_refused(tmp_path, vocab_dir, capsys):
+    """GPT-2's 50257-token vocabulary beside a checkpoint of n_vocab 500: its ids would index past wte."""
+    folder, out = ckpt_folder(tmp_path, vocab_dir), tmp_path / "out"
+    assert main(["convert-openai", str(folder), str(out)]) == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and "50257 tokens" in message and "n_vocab=500" in message, message
+    assert not out.exists() and list(tmp_path.glob(".out.*")) == []
+
+
+def test_tokenizer_error_in_the_forked_child_reaches_the_user(tmp_path, small_vocab, capsys, monkeypatch):
+    """The forked child that writes the tokenizer files reports its errors as the parent would."""
+    import gpt2scratch.conversion.openai as openai
+
+    monkeypatch.setattr(openai, "check_tokenizer_fits", lambda *args: None)  # leave the reading to the child
+    folder, out = ckpt_folder(tmp_path, small_vocab), tmp_path / "out"
+    (folder / "encoder.json").write_text('{"a": 0,')
+    assert main(["convert-openai", str(folder), str(out)]) == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and "encoder.json" in message and "not a valid vocabulary" in message
+    assert not out.exists() and list(tmp_path.glob(".out.*")) == []
 
 
 def save_tokenizer_recording_pid(folder, out, model_max_length):  # module level: the child unpickles it
@@ -237,11 +271,11 @@ def test_tokenizer_files_written_by_a_forked_child_on_linux(tmp_path, vocab_dir,
         assert (out / f.name).read_bytes() == f.read_bytes(), f.name
 
 
-def test_convert_openai_forks_for_the_tokenizer(tmp_path, vocab_dir, monkeypatch):
+def test_convert_openai_forks_for_the_tokenizer(tmp_path, small_vocab, monkeypatch):
     calls = []
     writer = io.tokenizer_writer
     monkeypatch.setattr(io, "tokenizer_writer", lambda fork: calls.append(fork) or writer(fork))
-    convert_openai(ckpt_folder(tmp_path, vocab_dir), tmp_path / "out")
+    convert_openai(ckpt_folder(tmp_path, small_vocab), tmp_path / "out")
     assert calls == [True]
 
 

@@ -192,3 +192,27 @@ def test_cli_download_failure_is_one_line_error(tmp_path, capsys):
     assert "download-openai: error: Could not download checkpoint" in err
     assert "/nowhere/774M/checkpoint: HTTP 404" in err
     assert "Traceback" not in err
+
+
+def test_offline_download_openai_is_one_line_and_leaves_no_folder(tmp_path, capsys):
+    dest = tmp_path / "models" / "124M"
+    base = f"http://127.0.0.1:{_closed_port()}"
+    code = cli.main(["download-openai", "124M", str(dest), "--base-url", base, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "Could not download checkpoint" in err and "convert-openai" in err and "--base-url" in err
+    assert not (tmp_path / "models").exists()
+
+
+def test_offline_sms_download_in_finetune_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """Every command reports a failed download the way download-openai does (DownloadError is a user error)."""
+    from gpt2scratch.training import data
+
+    monkeypatch.setenv("GPT2SCRATCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "SMS_URLS", (f"http://127.0.0.1:{_closed_port()}/sms.zip",))
+    code = cli.main(["finetune", "--dataset", "uci:sms_spam", "--output-dir", str(tmp_path / "run")])
+    last = capsys.readouterr().err.splitlines()[-1]  # after the (empty) progress bar
+    assert code == 2 and last.startswith(
+        "gpt2scratch finetune: error: Could not download sms_spam_collection.zip"
+    )
+    assert not (tmp_path / "cache").exists()

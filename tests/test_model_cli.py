@@ -113,3 +113,71 @@ def test_init_errors(tmp_path, vocab_dir):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     missing = run_cli("generate", str(tmp_path / "nope"), "--prompt", "hi")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def ours_folders(tmp_path_factory, vocab_dir):
+    """A gpt2scratch causal LM, a classifier, and a LoRA classification adapter on that classifier."""
+    from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
+    from gpt2scratch.io import save_model_folder
+    from gpt2scratch.training.lora import add_lora
+
+    root = tmp_path_factory.mktemp("ours")
+    config = GPT2ScratchConfig.from_preset("tiny", vocab_size=50257, num_labels=3)
+    lm = save_model_folder(GPT2ScratchForCausalLM(config), root / "lm", vocab_dir)
+    classifier = save_model_folder(GPT2ScratchForSequenceClassification(config), root / "sms", vocab_dir)
+    peft = add_lora(GPT2ScratchForSequenceClassification.from_pretrained(classifier), "classification",
+                    ["c_attn"], r=4, alpha=8, dropout=0.0)  # fmt: skip
+    peft.peft_config["default"].base_model_name_or_path = str(classifier)
+    peft.save_pretrained(root / "sms-lora")
+    return {"lm": lm, "classifier": classifier, "adapter": root / "sms-lora"}
+
+
+def test_convert_hf_refuses_a_gpt2scratch_folder_naming_its_model_type(ours_folders, tmp_path, cli):
+    code, _, err = cli("convert-hf", str(ours_folders["lm"]), str(tmp_path / "y"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(ours_folders["lm"]) in err and "model_type 'gpt2scratch'" in err
+    assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("src", ["runs/nope", "/no/such/folder"])
+def test_export_hf_of_a_missing_folder_does_not_try_the_hub(src, tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = cli("export-hf", src, str(tmp_path / "z"))
+    assert code == 2 and err.count("\n") == 1 and f"{src} does not exist" in err, err
+    assert ("hf download" in err) == (src == "runs/nope")  # a name that could be a Hub repository id
+    assert not (tmp_path / "z").exists()
+
+
+def test_info_describes_each_model_as_its_own_class(ours_folders, cli):
+    from gpt2scratch import GPT2ScratchForSequenceClassification
+
+    code, out, err = cli("info", str(ours_folders["classifier"]))
+    info = json.loads(out)
+    assert code == 0 and info["class"] == "GPT2ScratchForSequenceClassification"
+    expected = GPT2ScratchForSequenceClassification.from_pretrained(
+        ours_folders["classifier"]
+    ).num_parameters()
+    assert info["parameters"] == expected
+
+    code, out, err = cli("info", str(ours_folders["adapter"]))
+    info = json.loads(out)
+    assert code == 0 and "UNEXPECTED" not in err and "LOAD REPORT" not in err
+    assert (info["kind"], info["class"], info["parameters"]) == (
+        "adapter",
+        "GPT2ScratchForSequenceClassification",
+        expected,
+    )
+    assert info["adapter"]["r"] == 4 and info["adapter"]["base_model"] == str(ours_folders["classifier"])
+
+
+def test_info_needs_no_tokenizer(hf_folder, tmp_path, cli):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((hf_folder / name).read_bytes())
+    code, out, err = cli("info", str(bare))
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["kind"], info["class"], info["tokenizer_dir"]) == ("hf-gpt2", "GPT2ScratchForCausalLM", None)
+    assert info["parameters"] == GPT2LMHeadModel.from_pretrained(bare).num_parameters()

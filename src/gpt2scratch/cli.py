@@ -29,7 +29,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (a bug: a traceback is printed)",
-    2: "bad input: an option, file or folder that cannot work (the message names it and what to do)",
+    2: "bad input: an option, file or folder that cannot work, or a download or Hub request that failed "
+    "(the message names it and what to do)",
     3: "training stopped: non-finite loss or gradients (--on-nonfinite stop); the last good checkpoint is kept",
     4: "no space left on device: the partial write was removed, the previous checkpoint or file is intact",
     130: "interrupted (SIGINT, Ctrl-C); finetune saved a checkpoint first: resume with --resume-from latest",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -133,20 +135,110 @@ def fit_prompt(ids: list[int], max_new_tokens: int, config) -> list[int]:
 
 
 def cmd_info(args) -> None:
-    from .loading import load_model
+    print(json.dumps(describe_model(args.model, args.tokenizer_dir), indent=2, default=str))
 
-    loaded = load_model(args.model, tokenizer_dir=args.tokenizer_dir)
-    model = loaded.model
+
+CAUSAL_LM, CLASSIFIER = "GPT2ScratchForCausalLM", "GPT2ScratchForSequenceClassification"
+
+
+@dataclass
+class ModelSpec:
+    """What a MODEL argument names, read from its config files alone (no weights, no tokenizer)."""
+
+    kind: str  # as loading.resolve_folder says: folder, adapter, checkpoint, hf-gpt2, openai, init
+    folder: Path | None  # the folder holding the config (None for init:PRESET)
+    config: object  # the GPT2ScratchConfig of the model it loads as (an adapter's: its base's)
+    architecture: str  # the class it loads as: CAUSAL_LM, or CLASSIFIER when it has a trained head
+    adapter: dict | None = None  # an adapter's adapter_config.json
+
+
+def model_spec(spec: str | os.PathLike) -> ModelSpec:
+    """Read what ``spec`` is without loading it: its kind, config and own architecture
+    (``config.architectures``; for an adapter, its task type), so commands can check it first."""
+    from .configuration_gpt2scratch import GPT2ScratchConfig
+    from .loading import resolve_folder
+
+    if str(spec).startswith("init:"):
+        return ModelSpec("init", None, GPT2ScratchConfig.from_preset(str(spec)[5:]), CAUSAL_LM)
+    folder, kind = resolve_folder(spec)
+    if (folder / "adapter_config.json").exists():  # kind "adapter", or a LoRA run's checkpoint
+        return _adapter_spec(folder, kind)
+    if kind == "hf-gpt2":
+        from transformers import GPT2Config
+
+        from .conversion.hf_gpt2 import config_from_hf
+
+        return ModelSpec(kind, folder, config_from_hf(GPT2Config.from_pretrained(folder)), CAUSAL_LM)
+    if kind == "openai":
+        from .conversion.openai import config_from_hparams, read_hparams
+
+        return ModelSpec(kind, folder, config_from_hparams(read_hparams(folder)), CAUSAL_LM)
+    config = GPT2ScratchConfig.from_pretrained(folder)
+    return ModelSpec(
+        kind, folder, config, CLASSIFIER if CLASSIFIER in (config.architectures or []) else CAUSAL_LM
+    )
+
+
+def _adapter_spec(folder: Path, kind: str) -> ModelSpec:
+    """A PEFT adapter folder: its base model's config (the base ``load_model`` loads); a classifier when
+    trained for SEQ_CLS."""
+    from .configuration_gpt2scratch import GPT2ScratchConfig
+    from .loading import _adapter_base
+
+    adapter = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    base = _adapter_base(folder)
+    if base is None or not base.is_dir():
+        raise FileNotFoundError(
+            f"The base model of adapter {folder} ({base}) is missing: set base_model_name_or_path in "
+            f"{folder / 'adapter_config.json'} to the base model folder (a relative path is taken from the "
+            "adapter folder)."
+        )
+    architecture = CLASSIFIER if adapter.get("task_type") == "SEQ_CLS" else CAUSAL_LM
+    return ModelSpec(kind, base, GPT2ScratchConfig.from_pretrained(base), architecture, adapter)
+
+
+def describe_model(spec: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None) -> dict:
+    """``gpt2scratch info``: what ``spec`` is, as the class it loads as, counted on the meta device (no
+    weights read, so any size describes at once); the tokenizer folder is reported when there is one."""
+    from .model_card import meta_model
+    from .modeling_gpt2scratch import GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
+
+    found = model_spec(spec)
+    cls = GPT2ScratchForSequenceClassification if found.architecture == CLASSIFIER else GPT2ScratchForCausalLM
+    config = found.config
     info = {
-        "model": str(args.model),
-        "kind": loaded.kind,
-        "class": type(model).__name__,
-        "parameters": model.num_parameters(),
-        "dtype": str(next(model.parameters()).dtype),
-        "tokenizer_dir": str(loaded.tokenizer_dir),
-        "config": model.config.to_diff_dict(),
+        "model": str(spec),
+        "kind": found.kind,
+        "class": found.architecture,
+        "parameters": sum(p.numel() for p in meta_model(cls, config).parameters()),
+        "dtype": str(getattr(config, "dtype", None) or "float32").removeprefix("torch."),
+        "tokenizer_dir": _vocab_dir([tokenizer_dir, *_vocab_candidates(spec, found)]),
+        "config": config.to_diff_dict(),
     }
-    print(json.dumps(info, indent=2, default=str))
+    if found.adapter is not None:
+        keys = ("peft_type", "task_type", "r", "lora_alpha", "target_modules", "modules_to_save")
+        info["adapter"] = {k: found.adapter.get(k) for k in keys} | {"base_model": str(found.folder)}
+    return info
+
+
+def _vocab_candidates(spec, found: ModelSpec) -> list:
+    """Where ``load_model`` looks for the vocabulary after ``--tokenizer-dir``."""
+    from .tokenizer import default_vocab_dir
+
+    return [default_vocab_dir()] if found.kind == "init" else [spec, found.folder]
+
+
+def _vocab_dir(candidates: list) -> str | None:
+    """The first candidate folder holding GPT-2 vocabulary files, or None (describing needs none)."""
+    from .tokenizer import find_vocab_files
+
+    for folder in filter(None, candidates):
+        try:
+            find_vocab_files(folder)
+        except FileNotFoundError:
+            continue
+        return str(folder)
+    return None
 
 
 def cmd_convert_hf(args) -> None:

@@ -16,9 +16,11 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from ..cli import CommandError
 from ..configuration_gpt2scratch import OPENAI_SIZES
 
 # OpenAI's public bucket: ``{OPENAI_BASE_URL}/{124M|355M|774M|1558M}/{file}``.
@@ -46,8 +48,11 @@ CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MID_TRANSFER = (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
 
 
-class DownloadError(OSError):
-    """A file could not be downloaded from any of its locations."""
+class DownloadError(CommandError, OSError):
+    """A file could not be downloaded from any of its locations: a user error (exit 2, one line), since the
+    fix is theirs: the network, the URL, or a local copy of the file."""
+
+    exit_code = 2
 
 
 class SizeMismatchError(DownloadError, ValueError):
@@ -64,6 +69,7 @@ def download_file(
     expected_size: int | None = None,
     progress: bool = True,
     retries: int = 3,
+    hint: str = "Check the network or the URL, then run again",
 ) -> Path:
     """Download the file at the first working URL of ``urls`` to ``dest``; return ``dest``.
 
@@ -71,14 +77,23 @@ def download_file(
     next. A transfer that breaks off is resumed with ``Range: bytes=N-`` from the ``N`` bytes already
     in ``dest.part``; ``retries`` bounds the consecutive attempts that bring no new bytes. The size is
     checked against the server's Content-Length and ``expected_size``. A ``dest`` that already has
-    the right size is kept without downloading it again.
+    the right size is kept without downloading it again. On failure, :class:`DownloadError` says what
+    was tried, then ``hint`` (what the user can do instead, e.g. which option takes a local copy); folders
+    it created are removed unless they keep partial bytes to resume from.
     """
     if not urls:
         raise ValueError(f"No URL given to download {dest}.")
     dest = Path(dest)
     if _already_complete(urls, dest, expected_size):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _new_folders_removed_on_error(dest.parent):
+        return _download_to(urls, dest, expected_size, progress, retries, hint)
+
+
+def _download_to(
+    urls: Sequence[str], dest: Path, expected_size: int | None, progress: bool, retries: int, hint: str
+) -> Path:
+    """:func:`download_file` once ``dest.parent`` exists: try each URL in turn, ``DEST.part`` → ``DEST``."""
     part = dest.with_name(dest.name + ".part")
     failures = []
     for url in urls:
@@ -89,12 +104,30 @@ def download_file(
             continue
         os.replace(part, dest)
         return dest
-    tried = "\n  ".join(failures)
-    kept = f": the {_size_on_disk(part)} bytes in {part} are kept and resumed" if part.exists() else ""
+    if part.exists() and not _size_on_disk(part):
+        part.unlink()
+    kept = f" The {_size_on_disk(part)} bytes in {part} are kept and resumed." if part.exists() else ""
     raise DownloadError(
-        f"Could not download {dest.name} to {dest}; every location failed:\n  {tried}\n"
-        f"Check the network or the URL (--base-url / --backup-url), then run again{kept}."
+        f"Could not download {dest.name} to {dest}: every location failed: {'; '.join(failures)}. "
+        f"{hint.rstrip('.')}.{kept}"
     )
+
+
+@contextmanager
+def _new_folders_removed_on_error(folder: Path) -> Iterator[None]:
+    """Create ``folder`` (and missing parents); if the body fails, remove those it created that are empty,
+    so a failed download leaves nothing behind but partial files worth resuming."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in created:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:  # not empty (a .part to resume), or already gone
+                break
+        raise
 
 
 def _already_complete(urls: Sequence[str], dest: Path, expected_size: int | None) -> bool:
@@ -256,23 +289,22 @@ def download_openai(
     """
     name = openai_size_name(size)
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    for file in OPENAI_FILES:
-        download_file(openai_file_urls(name, file, base_url, backup_url), dest_dir / file, progress=progress)
+    hint = (
+        "Check the network, or give a mirror with --base-url / --backup-url, then run again (complete files "
+        f"are kept); with the {name} files already on disk, skip this step and pass their folder to "
+        "`gpt2scratch convert-openai FOLDER OUT`"
+    )
+    with _new_folders_removed_on_error(dest_dir):
+        for file in OPENAI_FILES:
+            urls = openai_file_urls(name, file, base_url, backup_url)
+            download_file(urls, dest_dir / file, progress=progress, hint=hint)
     return dest_dir
 
 
 def _cmd_download_openai(args) -> int:
-    try:
-        folder = download_openai(
-            args.size,
-            args.dir,
-            base_url=args.base_url,
-            backup_url=args.backup_url,
-            progress=not args.no_progress,
-        )
-    except DownloadError as e:  # the CLI reports ValueErrors as one-line user errors
-        raise ValueError(str(e)) from e
+    folder = download_openai(
+        args.size, args.dir, base_url=args.base_url, backup_url=args.backup_url, progress=not args.no_progress
+    )
     total = sum((folder / f).stat().st_size for f in OPENAI_FILES)
     print(f"GPT-2 {openai_size_name(args.size)}: {len(OPENAI_FILES)} files, {total / 1e6:.1f} MB in {folder}")
     print(f"Next: gpt2scratch convert-openai {folder} OUT")

@@ -128,9 +128,7 @@ def convert_hf(
     ``tokenizer_dir``), optionally as an architecture variant (see :func:`from_hf_model`)."""
     from transformers import GPT2LMHeadModel
 
-    src = Path(src)
-    if not (src / "config.json").is_file():
-        raise FileNotFoundError(f"{src} is not a transformers model folder (no config.json).")
+    src = local_folder(src, "hf-gpt2")
     model = from_hf_model(GPT2LMHeadModel.from_pretrained(src), variant, drop_wpe)
     with tempfile.TemporaryDirectory() as work:
         vocab = hf_vocab_dir(src, Path(work)) or tokenizer_dir
@@ -148,10 +146,41 @@ def convert_hf(
 
 
 def export_hf(src: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
-    """A model folder of this package → a folder plain ``GPT2LMHeadModel.from_pretrained`` loads."""
+    """A model folder of this package (or a training checkpoint) → a folder plain
+    ``GPT2LMHeadModel.from_pretrained`` loads."""
+    src = local_folder(src, "folder", "checkpoint")
     model = GPT2ScratchForCausalLM.from_pretrained(src)
     hf = to_hf_model(model)
     with atomic_folder(out, force=force) as tmp:
         hf.save_pretrained(tmp)
         save_tokenizer(src, tmp, model_max_length=model.config.n_positions)
     return Path(out)
+
+
+KINDS = {  # loading.resolve_folder's kinds, as a user knows them
+    "folder": "a gpt2scratch model folder (config.json model_type 'gpt2scratch')",
+    "checkpoint": "a gpt2scratch training checkpoint (config.json model_type 'gpt2scratch')",
+    "adapter": "a PEFT adapter folder (adapter_config.json)",
+    "hf-gpt2": "a transformers GPT-2 folder (config.json model_type 'gpt2')",
+    "openai": "an OpenAI checkpoint folder (hparams.json; convert it with convert-openai)",
+}
+
+
+def local_folder(src: str | os.PathLike, *kinds: str) -> Path:
+    """The folder holding ``src``'s config, found as every MODEL argument is (``loading.resolve_folder``:
+    local paths only, never the Hub), refused with a one-line reason unless it is one of ``kinds``."""
+    from ..hub import REPO_ID
+    from ..loading import resolve_folder
+
+    wanted = " or ".join(KINDS[k].split(" (")[0] for k in kinds)
+    if not Path(src).exists():
+        hub = (
+            f"; a Hub repository id is not downloaded here: fetch it first (hf download {src} --local-dir DIR)"
+            if REPO_ID.match(str(src))
+            else ""
+        )
+        raise FileNotFoundError(f"{src} does not exist: give {wanted}{hub}.")
+    folder, kind = resolve_folder(src)
+    if kind not in kinds:
+        raise ValueError(f"{src} is {KINDS[kind]}, not {wanted}.")
+    return folder

@@ -115,6 +115,21 @@ def check_tokenizer_files(ckpt_dir: str | os.PathLike) -> None:
             )
 
 
+def check_tokenizer_fits(ckpt_dir: str | os.PathLike, n_vocab: int) -> None:
+    """Refuse a tokenizer with more tokens than the checkpoint's embedding has rows: its larger ids would
+    index past ``wte`` the first time they occur (the model folder would look fine until then)."""
+    from ..tokenizer import load_encoding
+
+    tokens = load_encoding(ckpt_dir).n_vocab
+    if tokens > n_vocab:
+        raise ValueError(
+            f"The tokenizer in {ckpt_dir} (encoder.json + vocab.bpe) has {tokens} tokens, but "
+            f"{Path(ckpt_dir) / 'hparams.json'} gives the checkpoint n_vocab={n_vocab}: ids {n_vocab}..{tokens - 1} "
+            f"would fall outside the model's vocabulary. Put the vocabulary this checkpoint was trained with "
+            f"(at most {n_vocab} tokens) beside it; nothing was written."
+        )
+
+
 # --- mapping -----------------------------------------------------------------------------------------
 
 
@@ -307,6 +322,7 @@ def convert_openai(
     check_tokenizer_files(ckpt_dir)
     ckpt, hparams, hparams_path = open_openai_checkpoint(ckpt_dir)
     model, weight = streamed_conversion(ckpt, hparams, hparams_path, TORCH_DTYPES[dtype], variant, drop_wpe)
+    check_tokenizer_fits(ckpt_dir, hparams["n_vocab"])
     card_text = card(ckpt_dir, model, dtype)
     return save_model_folder(
         model, out, ckpt_dir, model_card=card_text, force=force, weights=weight, fork=True

@@ -19,8 +19,8 @@ import csv
 import json
 import math
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -256,13 +256,29 @@ def _batch_size(requested: int | None, default: int) -> int:
 
 
 def load_classifier(args) -> Classifier:
-    """The model named by ``args.model`` as a classifier, with its tokenizer."""
+    """The model named by ``args.model`` as a classifier, with its tokenizer; refused unless it has a
+    trained classification head (see :func:`check_classifier`)."""
     from gpt2scratch.loading import load_model
     from gpt2scratch.tokenizer import load_encoding
 
+    check_classifier(args.model)
     loaded = load_model(args.model, task="classification", tokenizer_dir=args.tokenizer_dir)
     config = loaded.model.config
     return Classifier(loaded.model, load_encoding(loaded.tokenizer_dir), _max_length(config, args.max_length))
+
+
+def check_classifier(spec: str) -> None:
+    """Refuse a model without a trained classification head (a causal LM, a GPT-2 checkpoint, init:PRESET):
+    loaded as a classifier it would get a freshly initialised head, and its labels and scores would be noise."""
+    from gpt2scratch.model_commands import CLASSIFIER, model_spec
+
+    found = model_spec(spec)
+    if found.architecture != CLASSIFIER:
+        raise ValueError(
+            f"{spec} is a {found.architecture} ({found.kind}) with no trained classification head, so its "
+            "predictions would come from a random head. Fine-tune it first (gpt2scratch finetune --task "
+            f"classification --model {spec} ...) and pass the output folder."
+        )
 
 
 # ----------------------------------------------------------------------------- classify
@@ -322,14 +338,28 @@ def _classify_file(args, batch_size: int) -> int:
 def _atomic_file(path: Path):
     """A text file written under a temporary name beside ``path``, renamed onto it only on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = _new_temp_file(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             yield fh
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_temp_file(path: Path) -> tuple[int, Path]:
+    """(fd, name) of a new uniquely named file beside ``path`` with the mode ``open()`` gives (0o666 less
+    the umask): ``tempfile.mkstemp`` makes 0o600 files, which would leave the final file private."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(
+        f"{path.parent}: could not create a temporary file named .{path.name}.tmp-* (100 names taken)."
+    )
 
 
 # ----------------------------------------------------------------------------- evaluate
