@@ -28,6 +28,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_vocab(tmp_path_factory, shared_data) -> Path:
+    """A 300-token byte-level BPE (encoder.json + vocab.bpe): it fits the fixtures' n_vocab (300, 500), as the
+    converter requires; GPT-2's own 50257-token vocabulary does not."""
+    from gpt2scratch.tokenizer_training import read_texts, train_tokenizer
+
+    texts = read_texts([shared_data / "corpora" / "the-verdict.txt"])
+    return train_tokenizer(texts, 300, tmp_path_factory.mktemp("bpe") / "bpe300")
+
+
+@pytest.fixture(scope="session")
 def vocab_dir(shared_data) -> Path:
     """The official GPT-2 vocabulary files (encoder.json, vocab.bpe)."""
     return _need(shared_data / "gpt2_vocab")

@@ -27,16 +27,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 GPT2_FIXTURES = ["gpt2_a", "gpt2_b", "gpt2_sharded"]
 
 
-@pytest.fixture(scope="module")
-def small_vocab(tmp_path_factory, shared_data) -> Path:
-    """A 300-token byte-level BPE (encoder.json + vocab.bpe): it fits the fixtures' n_vocab (300, 500), as the
-    converter requires; GPT-2's own 50257-token vocabulary does not."""
-    from gpt2scratch.tokenizer_training import read_texts, train_tokenizer
-
-    texts = read_texts([shared_data / "corpora" / "the-verdict.txt"])
-    return train_tokenizer(texts, 300, tmp_path_factory.mktemp("bpe") / "bpe300")
-
-
 def ckpt_folder(tmp_path: Path, vocab_dir: Path | None = None, name: str = "gpt2_a") -> Path:
     """A copy of a fixture checkpoint folder, with the vocabulary files of ``vocab_dir`` beside it when given."""
     folder = tmp_path / name

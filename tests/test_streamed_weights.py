@@ -94,13 +94,13 @@ def same_files(a: Path, b: Path) -> None:
         ("float16", {"n_kv_head": 2, "position_embedding_type": "rotary"}),
     ],
 )
-def test_convert_openai_streams_the_folder_save_pretrained_writes(tmp_path, vocab_dir, dtype, variant):
+def test_convert_openai_streams_the_folder_save_pretrained_writes(tmp_path, small_vocab, dtype, variant):
     """Byte for byte, every file: weights (tied lm_head left out by transformers' own rule), config,
     code, tokenizer, card; also for a variant (pooled key/value heads, wpe dropped)."""
     folder = tmp_path / "ckpt"
     shutil.copytree(FIXTURES / "gpt2_b", folder)
     for f in ("encoder.json", "vocab.bpe"):
-        shutil.copyfile(vocab_dir / f, folder / f)
+        shutil.copyfile(small_vocab / f, folder / f)
     drop_wpe = variant is not None
     streamed = convert_openai(folder, tmp_path / "streamed", dtype, variant=variant, drop_wpe=drop_wpe)
     model = from_openai_checkpoint(folder, getattr(torch, dtype), variant, drop_wpe)
@@ -111,13 +111,13 @@ def test_convert_openai_streams_the_folder_save_pretrained_writes(tmp_path, voca
 
 
 @torch.no_grad()
-def test_streamed_folder_loads_with_tied_head(tmp_path, vocab_dir):
+def test_streamed_folder_loads_with_tied_head(tmp_path, small_vocab):
     from transformers import AutoModelForCausalLM
 
     folder = tmp_path / "ckpt"
     shutil.copytree(FIXTURES / "gpt2_a", folder)
     for f in ("encoder.json", "vocab.bpe"):
-        shutil.copyfile(vocab_dir / f, folder / f)
+        shutil.copyfile(small_vocab / f, folder / f)
     out = convert_openai(folder, tmp_path / "out")
     loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     assert loaded.lm_head.weight is loaded.transformer.wte.weight

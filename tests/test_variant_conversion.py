@@ -94,13 +94,13 @@ def test_transformers_gpt2_into_gqa_and_no_export_back(gpt2, tmp_path, vocab_dir
     assert not (tmp_path / "exported").exists()
 
 
-def test_cli_converts_into_a_variant_and_refuses_rotary_without_flag(tmp_path, vocab_dir):
+def test_cli_converts_into_a_variant_and_refuses_rotary_without_flag(tmp_path, small_vocab):
     import shutil
 
     folder = tmp_path / "ckpt"
     shutil.copytree(FIXTURE, folder)
     for f in ("encoder.json", "vocab.bpe"):
-        shutil.copyfile(vocab_dir / f, folder / f)
+        shutil.copyfile(small_vocab / f, folder / f)
     refused = run_cli(
         "convert-openai", str(folder), str(tmp_path / "r"), "--set", "position_embedding_type=rotary"
     )
