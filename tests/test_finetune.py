@@ -233,7 +233,7 @@ def cls_lora(sms, vocab_dir, tmp_path_factory) -> Path:
     return out
 
 
-def test_lora_trains_only_adapters_and_head(cls_lora, tiny_config):
+def test_lora_trains_only_adapters_and_head(cls_lora, tiny_config, monkeypatch):
     metrics = read_metrics(cls_lora)
     e, r = tiny_config.n_embd, 4
     per_block = (
@@ -244,7 +244,9 @@ def test_lora_trains_only_adapters_and_head(cls_lora, tiny_config):
 
     from gpt2scratch import GPT2ScratchForSequenceClassification
 
-    peft_model = AutoPeftModelForSequenceClassification.from_pretrained(cls_lora, trust_remote_code=True)
+    # the adapter names its base "./base", which PEFT takes from the working directory
+    monkeypatch.chdir(cls_lora)
+    peft_model = AutoPeftModelForSequenceClassification.from_pretrained(".", trust_remote_code=True)
     base = GPT2ScratchForSequenceClassification.from_pretrained(cls_lora / "base").state_dict()
     tuned = {
         k.replace(".base_layer", ""): v

@@ -99,7 +99,8 @@ def load_model(
         model = cls(GPT2ScratchConfig.from_preset(str(spec)[5:], **sizes, **extra))
         return LoadedModel(model.eval(), vocab, "init")
     folder, kind = resolve_folder(spec)
-    if kind == "adapter":
+    adapter = (folder / "adapter_config.json").exists()  # kind "adapter", or a LoRA run's checkpoint
+    if adapter:
         model = _load_adapter(folder, task, extra)
     elif kind == "hf-gpt2":
         model = _load_hf_gpt2(folder, cls, extra)
@@ -109,11 +110,13 @@ def load_model(
         model = cls.from_pretrained(folder, **extra)
     if dtype is not None:
         model = model.to(dtype)
-    vocab = _tokenizer_dir([given_vocab, folder, _adapter_base(folder) if kind == "adapter" else None])
+    vocab = _tokenizer_dir([given_vocab, folder, _adapter_base(folder) if adapter else None])
     return LoadedModel(model.eval(), vocab, kind)
 
 
 def _adapter_base(folder: Path) -> Path | None:
+    """The base model folder an adapter names; a relative path is relative to the adapter folder (so a moved
+    run folder finds its own ``base/``), not to the working directory as PEFT's ``AutoPeftModel`` takes it."""
     base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if base and not Path(base).is_absolute():
         base = folder / base
@@ -126,7 +129,11 @@ def _load_adapter(folder: Path, task: str, extra: dict):
 
     base_dir = _adapter_base(folder)
     if base_dir is None or not base_dir.exists():
-        raise FileNotFoundError(f"The base model of adapter {folder} ({base_dir}) is missing.")
+        raise FileNotFoundError(
+            f"The base model of adapter {folder} ({base_dir}) is missing: set base_model_name_or_path in "
+            f"{folder / 'adapter_config.json'} to the base model folder (a relative path is taken from the "
+            "adapter folder)."
+        )
     base = _task_class(task).from_pretrained(base_dir, **extra)
     return PeftModel.from_pretrained(base, folder).merge_and_unload()
 

@@ -2,12 +2,17 @@
 
 Every step count (``max_steps``, ``eval_every``, ``save_every``, ``warmup_steps``) counts optimizer
 steps; ``batch_size`` is per process, so the global batch is batch × processes × accumulation.
+
+A run records its options in ``training_args.yaml`` (:meth:`TrainArgs.to_dict`), less the ones that only
+concern one invocation, so the file can be given back with ``--config``. Resuming keeps the recorded
+options: only those in ``RESUME_MAY_CHANGE`` may differ (:func:`check_resume`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -15,6 +20,29 @@ TASKS = ("classification", "instruction", "lm")
 METHODS = ("full", "lora", "last-block")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 NONFINITE = ("stop", "skip")
+# What one command does, not what the run is: left out of training_args.yaml.
+PER_INVOCATION = ("config", "resume_from", "stop_after", "force")
+# Options a resumed run may change: where and how often it logs, evaluates and saves, when it stops,
+# what happens at the end. Every other option shapes the weights and must match the checkpoint's run.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        *PER_INVOCATION,
+        "output_dir",
+        "max_steps",  # a changed plan is warned about (the schedule stretches from the resumed step on)
+        "epochs",
+        "eval_every",
+        "eval_max_batches",
+        "save_every",
+        "keep_checkpoints",
+        "log_every",
+        "on_nonfinite",
+        "reuse_freed_memory",
+        "max_new_tokens",
+        "merge",
+        "push_to_hub",
+    }
+)
+PATH_OPTIONS = ("model", "train_file", "validation_file", "test_file", "tokenizer_dir")
 
 
 @dataclass
@@ -180,7 +208,41 @@ class TrainArgs:
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The options that define the run (as written to ``training_args.yaml``; ``--config`` reads it back)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in PER_INVOCATION}
+
+
+def check_resume(args: TrainArgs, saved: dict, source: str) -> None:
+    """Refuse to resume with options that differ from ``saved``, the options of the checkpoint's run
+    (``source`` names where they were read): the resumed run would not be the run it continues.
+    An unresolved ``max_length`` (None: the model's n_positions) is not compared yet."""
+    changed = [
+        f"{option_name(name)} {_shown(getattr(args, name))} (the run: {_shown(saved[name])})"
+        for name in saved
+        if name not in RESUME_MAY_CHANGE
+        and hasattr(args, name)
+        and not (name == "max_length" and args.max_length is None)
+        and _normalised(name, getattr(args, name)) != _normalised(name, saved[name])
+    ]
+    if changed:
+        raise ValueError(
+            f"--resume-from {args.resume_from}: changed from the run being resumed ({source}): {'; '.join(changed)}. "
+            "A resumed run keeps its settings: drop these options (or give the run's own, e.g. --config "
+            f"{Path(args.output_dir) / 'training_args.yaml'}), or start a new run in another --output-dir."
+        )
+
+
+def _normalised(name: str, value):
+    """Paths compared as the files they name (``./a.csv`` = ``a.csv``); numbers by value."""
+    if name in PATH_OPTIONS and isinstance(value, str) and not value.startswith("init:"):
+        return os.path.realpath(os.path.expanduser(value))
+    if name == "lora_target_modules" and isinstance(value, str):
+        return sorted(m.strip() for m in value.split(",") if m.strip())
+    return value
+
+
+def _shown(value) -> str:
+    return "unset" if value is None else str(value)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -238,7 +300,10 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
 
 
 def load_yaml(path: str | Path) -> dict:
-    """The options in a YAML mapping (keys as ``lr`` / ``max-steps`` / ``max_steps``), checked by name and type."""
+    """The options in a YAML mapping (keys as ``lr`` / ``max-steps`` / ``max_steps``), checked by name and type.
+
+    A ``config`` key is ignored (config files do not nest): ``training_args.yaml`` files of earlier versions
+    hold one, and a run's own file is meant to be given back with ``--config``."""
     import yaml
 
     path = Path(path)
@@ -254,7 +319,9 @@ def load_yaml(path: str | Path) -> dict:
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name not in known or name == "config":
+        if name == "config":
+            continue
+        if name not in known:
             raise ValueError(f"--config {path}: unknown option {key!r}; the options are those of --help.")
         out[name] = _coerce(path, key, known[name], value)
     return out

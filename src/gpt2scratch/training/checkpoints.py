@@ -3,10 +3,12 @@
 Layout of ``--output-dir``::
 
     run.json                 {"finished": bool, "step": int} — written last, so a crash leaves "unfinished"
-    training_args.yaml       the resolved options
-    checkpoint-<step>/       model/ (a model folder, or a PEFT adapter folder), state/ (Accelerate state),
-                             trainer_state.json (step, history, scheduler), complete.json (written last)
-    base/                    LoRA only: the base model the adapters refer to
+    training_args.yaml       the resolved options (loadable with ``--config``)
+    checkpoint-<step>/       model/ (a model folder, or a PEFT adapter folder naming ``../../base``), state/
+                             (Accelerate state), trainer_state.json (step, history, scheduler, options),
+                             complete.json (written last)
+    base/                    LoRA only: the base model the adapters refer to (by a path relative to them,
+                             so the run folder can be moved or copied)
     config.json, model.safetensors, …  the final model (or adapter files), metrics.json, plots, logs
 
 A checkpoint is written into ``.checkpoint-<step>.tmp/``, every file fsynced, renamed to
@@ -28,6 +30,7 @@ import signal
 from pathlib import Path
 
 RUN_FILE = "run.json"
+ARGS_FILE = "training_args.yaml"
 STATE_FILE = "trainer_state.json"
 MARKER = "complete.json"
 PREFIX = "checkpoint-"
@@ -139,17 +142,25 @@ def write_run(output_dir: str | os.PathLike, finished: bool, step: int) -> None:
 
 
 def check_output_dir(output_dir: str | os.PathLike, resuming: bool, force: bool) -> None:
-    """Refuse an output folder that holds something, unless resuming in it or ``force`` (checked before any write)."""
+    """Refuse an output folder that holds something, unless ``force`` or resuming the unfinished run in it
+    (checked before any write). Resuming a finished run would retrain its last steps and replace its model."""
     folder = Path(output_dir)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"--output-dir {folder} is a file; give a folder.")
-    if resuming or force or not folder.exists() or not any(folder.iterdir()):
+    if force or not folder.exists() or not any(folder.iterdir()):
         return
     run = read_run(folder)
+    if run and run.get("finished") and resuming:
+        raise FileExistsError(
+            f"--output-dir {folder} holds a finished run; resuming it would retrain its last steps and replace "
+            "its final model: pass --force to do that, or resume into another folder."
+        )
     if run and run.get("finished"):
         raise FileExistsError(
             f"--output-dir {folder} holds a finished run; pass --force to replace it or choose another folder."
         )
+    if resuming:
+        return
     if run or list_checkpoints(folder, complete=False):
         raise FileExistsError(
             f"--output-dir {folder} holds an unfinished run; pass --resume-from latest to continue it, "
@@ -219,6 +230,21 @@ def rotate_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> list[
 
 def read_trainer_state(checkpoint: str | os.PathLike) -> dict:
     return json.loads(Path(checkpoint, STATE_FILE).read_text(encoding="utf-8"))
+
+
+def checkpoint_options(checkpoint: str | os.PathLike) -> tuple[dict | None, str]:
+    """The options of the run that wrote ``checkpoint``, and where they were read: its ``trainer_state.json``,
+    or (checkpoints of earlier versions) its run folder's ``training_args.yaml``; None when neither has them."""
+    import yaml
+
+    folder = Path(checkpoint)
+    saved = read_trainer_state(folder).get("training_args")
+    if saved is not None:
+        return saved, str(folder / STATE_FILE)
+    recorded = folder.parent / ARGS_FILE
+    if recorded.is_file():
+        return yaml.safe_load(recorded.read_text(encoding="utf-8")) or {}, str(recorded)
+    return None, str(recorded)
 
 
 def write_json_durably(path: Path, data: dict, hook_step: int | None = None) -> None:

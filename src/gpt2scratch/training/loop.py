@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -38,9 +39,11 @@ import torch.nn.functional as F
 
 from ..cli import CommandError, DiskFullError, is_disk_full
 from ..fast import make_optimizer, peak_flops, reuse_freed_memory, training_flops_per_token
-from .args import TrainArgs
+from .args import TrainArgs, check_resume
 from .checkpoints import (
+    ARGS_FILE,
     check_output_dir,
+    checkpoint_options,
     clear_output_dir,
     discard_partial,
     finish_checkpoint,
@@ -189,7 +192,10 @@ def make_loader(ds, batch_size: int, train: bool, pad_id: int):
 
 
 def run(args: TrainArgs) -> dict | None:
-    """Train as ``args`` say; return the final metrics (None when stopped early by ``--stop-after``)."""
+    """Train as ``args`` say; return the final metrics (None when stopped early by ``--stop-after``).
+
+    Everything that can refuse the run (the options, a resume's settings and state, the data, the model) is
+    settled before the first write into the output folder, so a refused command leaves it as it was."""
     import datasets
     from accelerate.utils import set_seed
 
@@ -199,22 +205,20 @@ def run(args: TrainArgs) -> dict | None:
     log.info("Training on %d process(es) (%s)", accelerator.num_processes, accelerator.distributed_type)
     if args.reuse_freed_memory and accelerator.device.type == "cpu" and reuse_freed_memory():
         log.info("Freed memory is kept in the process for reuse (--reuse-freed-memory)")
-    out = Path(args.output_dir)
-    checkpoint = resolve_resume(args.resume_from, out)
+    checkpoint = resolve_resume(args.resume_from, Path(args.output_dir))
+    saved = _resume_options(args, checkpoint)
     with accelerator.main_process_first():
         raw = load_splits(args)
     set_seed(args.seed)
     model, vocab = load_for_task(args, raw.label_names)
+    if saved is not None:
+        check_resume(args, *saved)  # again, with --max-length resolved by the model
     from ..tokenizer import load_encoding
 
     encoding = load_encoding(vocab)
     with accelerator.main_process_first():
         tokens = tokenize_splits(raw, args.task, encoding, args.max_length, args.response_loss_only)
-    _prepare_output(accelerator, args, out, checkpoint, raw)
-    if args.method == "lora" and accelerator.is_main_process and not (out / "base").exists():
-        from ..io import save_model_folder
-
-        save_model_folder(model, out / "base", vocab)
+    write_base = _base_writer(model, vocab) if args.method == "lora" else None
     from .lora import apply_method, count_parameters
 
     model = apply_method(model, args.method, args.task, args)
@@ -222,7 +226,11 @@ def run(args: TrainArgs) -> dict | None:
     log.info("Parameters: %d trainable of %d (%s)", trainable, total, args.method)
     trainer = Trainer(args, accelerator, model, tokens, raw, encoding, vocab)
     trainer.counts = {"trainable_parameters": trainable, "parameters": total}
-    return trainer.fit(checkpoint)
+    if checkpoint is not None:
+        trainer.resume(checkpoint)
+    _prepare_output(accelerator, args, checkpoint, trainer.state.step, raw, write_base)
+    del write_base  # its references keep the base's host copy alive on a GPU run
+    return trainer.fit(resumed=checkpoint is not None)
 
 
 def _setup_logging(accelerator) -> None:
@@ -232,25 +240,60 @@ def _setup_logging(accelerator) -> None:
     logging.getLogger("gpt2scratch").setLevel(level)
 
 
-def _prepare_output(accelerator, args: TrainArgs, out: Path, checkpoint: Path | None, raw) -> None:
-    """Check (then create or clear) the output folder on the main process; write the resolved options and splits."""
+def _resume_options(args: TrainArgs, checkpoint: Path | None) -> tuple[dict, str] | None:
+    """The options of the checkpoint's run and where they were read, after refusing any that this command
+    changes (:func:`check_resume`); None when not resuming or the checkpoint records none."""
+    if checkpoint is None:
+        return None
+    saved, source = checkpoint_options(checkpoint)
+    if saved is None:
+        log.warning(
+            "%s: no record of the run's options; resuming without comparing them to this command's", source
+        )
+        return None
+    check_resume(args, saved, source)
+    return saved, source
+
+
+def _base_writer(model, vocab: Path):
+    """LoRA: a function that writes ``model`` as it is now, the base the adapters refer to, as a model folder.
+
+    Called once every check has passed, after the adapters were added: LoRA never changes the base's tensors,
+    so this holds references to them (no copy) and the config on an empty meta-device skeleton."""
+    import copy
+
+    from ..io import save_model_folder
+
+    weights = model.state_dict()
+    with torch.device("meta"):
+        skeleton = type(model)(copy.deepcopy(model.config))
+    return partial(
+        save_model_folder, skeleton, tokenizer_dir=vocab, weights=lambda name: weights[name].detach().cpu()
+    )
+
+
+def _prepare_output(
+    accelerator, args: TrainArgs, checkpoint: Path | None, step: int, raw, write_base
+) -> None:
+    """On the main process: check the output folder (then create it, or clear it for ``--force``), and write
+    the options, the data splits, ``run.json`` (unfinished, at ``step``) and a LoRA run's ``base/``."""
     import yaml
 
-    error = None
+    out, error = Path(args.output_dir), None
     if accelerator.is_main_process:
         try:
             check_output_dir(out, resuming=checkpoint is not None, force=args.force)
             if args.force and checkpoint is None:
                 clear_output_dir(out)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "training_args.yaml").write_text(
-                yaml.safe_dump(args.to_dict(), sort_keys=False), encoding="utf-8"
-            )
-            if raw.was_split and checkpoint is None:
+            (out / ARGS_FILE).write_text(yaml.safe_dump(args.to_dict(), sort_keys=False), encoding="utf-8")
+            if raw.was_split and not (out / "data").exists():
                 write_splits(raw, out / "data", args.task)
-            if checkpoint is None:
-                write_run(out, finished=False, step=0)
-        except (FileExistsError, OSError) as e:
+            write_run(out, finished=False, step=step)
+            _truncate_log(out / "train_log.jsonl", step)
+            if write_base is not None and not (out / "base").exists():
+                write_base(out / "base")
+        except Exception as e:
             error = e
     failed = _any_process(accelerator, error is not None)
     if error is not None:
@@ -304,12 +347,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- fit
 
-    def fit(self, checkpoint: Path | None) -> dict | None:
+    def fit(self, resumed: bool) -> dict | None:
+        """Train from ``state.step`` (0, or the step :meth:`resume` restored) to the end or an early stop."""
         args, acc = self.args, self.accelerator
         acc.init_trackers("tensorboard")
-        if checkpoint is not None:
-            self._resume(checkpoint)
-        else:
+        if not resumed:
             self._evaluate_before()
         log.info(
             "Global batch %d = %d per process × %d process(es) × %d accumulation; %d optimizer steps (%d per epoch)",
@@ -475,7 +517,8 @@ class Trainer:
             return True
         raise NonFiniteError(
             f"{where}; training stopped before updating the weights and {self._last_checkpoint()}. "
-            "Lower --lr, check the data, or pass --on-nonfinite skip; continue with --resume-from latest."
+            "Check the data, or continue with --resume-from latest --on-nonfinite skip; a lower --lr is a "
+            "new run (another --output-dir, or --force without --resume-from)."
         )
 
     def _log_step(self, step: int, stats: dict) -> None:
@@ -621,11 +664,12 @@ class Trainer:
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         try:
-            acc.save_state(str(tmp / "state"))
+            with _quiet_tied_weights_warning():
+                acc.save_state(str(tmp / "state"))
             acc.wait_for_everyone()
             weights = self._gathered_weights()  # every process takes part
             if acc.is_main_process:
-                self._write_model(tmp / "model", weights)
+                self._write_model(tmp / "model", "../../base", weights)
                 injected("enospc_checkpoint", step)
                 final = finish_checkpoint(self.out, step, self._trainer_state())
                 removed = rotate_checkpoints(self.out, self.args.keep_checkpoints)
@@ -657,9 +701,11 @@ class Trainer:
             "window": dict(self.state.window),
             "total_steps": self.total_steps,
             "scheduler": self.scheduler.state_dict(),
+            "training_args": self.args.to_dict(),  # what a resume must keep (check_resume)
         }
 
-    def _resume(self, checkpoint: Path) -> None:
+    def resume(self, checkpoint: Path) -> None:
+        """Restore the model, optimizer, RNG and run state of ``checkpoint`` (reads only: nothing is written)."""
         import pickle
 
         try:  # Accelerate reads its .bin/.pkl files with torch.load(weights_only=True)
@@ -684,8 +730,6 @@ class Trainer:
         )
         self.state.before = saved.get("before", {})
         self.state.window = defaultdict(list, saved.get("window", {}))
-        if self.accelerator.is_main_process:
-            _truncate_log(self.out / "train_log.jsonl", self.state.step)
         log.info("resumed from %s at step %d", checkpoint, self.state.step)
 
     def _gathered_weights(self) -> dict | None:
@@ -697,8 +741,9 @@ class Trainer:
             return None
         return self.accelerator.get_state_dict(self.model)
 
-    def _write_model(self, folder: Path, weights: dict | None = None) -> None:
-        """A model folder (full, last-block, merged LoRA) or a PEFT adapter folder pointing at ``base/``;
+    def _write_model(self, folder: Path, base: str, weights: dict | None = None) -> None:
+        """A model folder (full, last-block) or a PEFT adapter folder naming its base ``base``: the path of
+        ``base/`` relative to where the folder ends up, so a moved or copied run folder still finds it.
         ``weights``: the gathered state dict under FSDP (:meth:`_gathered_weights`)."""
         from ..io import write_model_folder
         from ..tokenizer import save_tokenizer
@@ -708,8 +753,10 @@ class Trainer:
         if self.args.method != "lora":
             write_model_folder(model, folder, self.vocab, weights=weights.__getitem__ if weights else None)
             return
-        model.peft_config["default"].base_model_name_or_path = str((self.out / "base").resolve())
-        model.save_pretrained(str(folder), **({"state_dict": weights} if weights else {}))
+        model.peft_config["default"].base_model_name_or_path = base
+        # save_embedding_layers="auto" would look the (relative) base up from the working directory or the Hub
+        extra = {"state_dict": weights} if weights else {}
+        model.save_pretrained(str(folder), save_embedding_layers=False, **extra)
         save_tokenizer(self.vocab, folder, model_max_length=self.config.n_positions)
 
     def _pause(self, progress) -> None:
@@ -750,7 +797,7 @@ class Trainer:
 
             save_plots({k: list(v) for k, v in self.state.history.items()}, self.out)
             write_run(self.out, finished=True, step=self.state.step)
-            log.info("test metrics: %s", metrics.get("test"))
+            _log_final_metrics(metrics)
         acc.wait_for_everyone()
         acc.end_training()
         if acc.is_main_process:  # the model card; with --push-to-hub, the upload
@@ -790,7 +837,7 @@ class Trainer:
                 tmp.mkdir()
                 write_model_folder(merged, tmp, self.vocab)
             else:
-                self._write_model(tmp, weights)
+                self._write_model(tmp, "./base", weights)
             injected("enospc_final", self.state.step)
             fsync_tree(tmp)
         except BaseException as e:
@@ -821,6 +868,14 @@ def _token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return (loss * count).sum(-1), count.sum(-1)
 
 
+def _log_final_metrics(metrics: dict) -> None:
+    """One line with the test split's metrics, else the validation split's (lm runs have no test split)."""
+    split = next((name for name in ("test", "validation") if name in metrics), None)
+    if split is not None:
+        shown = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics[split].items())
+        log.info("%s metrics: %s", split, ", ".join(shown))
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
@@ -838,6 +893,27 @@ def _logged_step(line: str) -> float:
         return json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return math.inf
+
+
+class _TiedWeightsFilter(logging.Filter):
+    """Drops Accelerate's "Removed shared tensor {...lm_head.weight} while saving" warning: the causal-LM head
+    is tied to the token embeddings by design and comes back tied on loading. Other names still warn."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = re.search(r"Removed shared tensor \{([^}]*)\} while saving", record.getMessage())
+        names = found.group(1).split(", ") if found else []
+        return not names or not all(name.strip("'").endswith("lm_head.weight") for name in names)
+
+
+@contextmanager
+def _quiet_tied_weights_warning():
+    """:class:`_TiedWeightsFilter` on Accelerate's logger for the duration of a save."""
+    logger, quiet = logging.getLogger("accelerate.utils.other"), _TiedWeightsFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -1,0 +1,211 @@
+"""The life of a run folder beyond one uninterrupted run: moved or copied (a LoRA adapter still finds its
+``base/``), resumed (only with the settings it was started with, a finished run only with ``--force``, and a
+refused resume writes nothing), refused before its first write (a bad option leaves no half-made folder),
+its ``training_args.yaml`` given back with ``--config``, and what it logs at the end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_finetune import one_thread, sms_subset, train  # noqa: F401 (one_thread: autouse)
+
+from gpt2scratch.cli import main as cli_main
+from gpt2scratch.training.args import TrainArgs, load_yaml
+
+pytestmark = pytest.mark.xdist_group("run_lifecycle")
+
+
+@pytest.fixture(scope="module")
+def options(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
+    """20 ham + 20 spam → 28 training rows → 7 steps per epoch of 4; 3 steps, checkpoint-2."""
+    sms = sms_subset(shared_data, tmp_path_factory.mktemp("sms"), n_per_class=20)
+    return [
+        *("--train-file", str(sms), "--tokenizer-dir", str(vocab_dir), "--max-steps", "3"),
+        *("--batch-size", "4", "--lr", "3e-3", "--max-length", "32", "--save-every", "2"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished(options, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train(out, *options)
+    return out
+
+
+@pytest.fixture(scope="module")
+def paused(options, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("paused") / "run"
+    assert train(out, *options, "--stop-after", "2") is None
+    return out
+
+
+def finetune(out: Path, *options: str) -> int:
+    """``gpt2scratch finetune`` in this process (the same small settings as ``train``); the exit code."""
+    from accelerate.state import AcceleratorState, GradientState
+    from test_finetune import SMALL
+
+    try:
+        return cli_main(["finetune", "--output-dir", str(out), *SMALL, *options])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path → SHA-256 of every file under ``folder``."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ----------------------------------------------------------------------------------------- moving a LoRA run
+
+
+def test_moved_lora_run_loads_from_its_own_base(options, tmp_path, monkeypatch, capsys):
+    from peft import AutoPeftModelForSequenceClassification
+
+    from gpt2scratch.loading import load_model
+
+    out = tmp_path / "sms-lora"
+    train(out, *options, "--method", "lora", "--lora-r", "4")
+    ids = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load_model(out, task="classification").model(input_ids=ids).logits
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    assert json.loads((moved / "adapter_config.json").read_text())["base_model_name_or_path"] == "./base"
+    checkpoint = moved / "checkpoint-2" / "model"
+    assert (
+        json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == "../../base"
+    )
+    with torch.no_grad():
+        assert torch.equal(load_model(moved, task="classification").model(input_ids=ids).logits, expected)
+        assert load_model(moved / "checkpoint-2", task="classification").kind == "checkpoint"
+    assert cli_main(["classify", str(moved), "win a free prize now"]) == 0
+    assert "win a free prize now" in capsys.readouterr().out
+    monkeypatch.chdir(moved)  # plain PEFT takes the base path from the working directory
+    peft_model = AutoPeftModelForSequenceClassification.from_pretrained(".", trust_remote_code=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(peft_model(input_ids=ids).logits, expected, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- resuming
+
+
+@pytest.mark.parametrize(
+    "changed, shown",
+    [
+        (["--lr", "0.01"], "--lr 0.01 (the run: 0.003)"),
+        (["--batch-size", "2"], "--batch-size 2 (the run: 4)"),
+        (["--model", "init:gpt2"], "--model init:gpt2 (the run: init:tiny)"),
+        (["--task", "lm"], "--task lm (the run: classification)"),
+        (["--max-length", "16", "--seed", "7"], "--max-length 16 (the run: 32); --seed 7 (the run: 1)"),
+    ],
+)
+def test_resume_with_changed_settings_is_refused_and_writes_nothing(paused, options, changed, shown, capsys):
+    before = snapshot(paused)
+    assert finetune(paused, *options, "--resume-from", "latest", *changed) == 2
+    err = capsys.readouterr().err
+    assert shown in err and "another --output-dir" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert snapshot(paused) == before
+
+
+def test_resume_may_change_how_often_it_logs_and_saves(paused, options, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(paused, out)
+    changes = ["--save-every", "100", "--eval-every", "1", "--log-every", "2", "--on-nonfinite", "skip"]
+    assert finetune(out, *options, "--resume-from", "latest", *changes) == 0
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 3}
+    assert yaml.safe_load((out / "training_args.yaml").read_text())["eval_every"] == 1
+
+
+def test_finished_run_is_resumed_only_with_force(finished, options, tmp_path, capsys):
+    before = snapshot(finished)
+    assert finetune(finished, *options, "--resume-from", "latest") == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run" in err and "--force" in err
+    assert snapshot(finished) == before
+    out = tmp_path / "forced"
+    shutil.copytree(finished, out)
+    assert finetune(out, *options, "--resume-from", "latest", "--force") == 0
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 3}
+    assert (out / "model.safetensors").read_bytes() == (finished / "model.safetensors").read_bytes()
+
+
+def test_run_options_file_resumes_the_run(options, tmp_path):
+    """``finetune --config RUN/training_args.yaml --resume-from latest``: the file names the run's folder."""
+    out = tmp_path / "r2"
+    assert train(out, *options, "--stop-after", "2") is None
+    recorded = out / "training_args.yaml"
+    saved = yaml.safe_load(recorded.read_text())
+    assert not {"config", "resume_from", "stop_after", "force"} & set(
+        saved
+    )  # one invocation's, not the run's
+    assert TrainArgs(**load_yaml(recorded)).validate().to_dict() == saved
+    assert cli_main(["finetune", "--config", str(recorded), "--resume-from", "latest"]) == 0
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 3}
+
+
+# ----------------------------------------------------------------------------------------- refused at setup
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--method", "lora", "--lora-target-modules", "foo"], "--lora-target-modules ['foo']"),
+        (["--batch-size", "64"], "do not fill one global batch"),
+    ],
+)
+def test_setup_error_leaves_no_output_folder(options, bad, message, tmp_path, capsys):
+    out = tmp_path / "new"
+    assert finetune(out, *options, *bad) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_setup_error_with_force_keeps_the_finished_run(finished, options, capsys):
+    before = snapshot(finished)
+    assert finetune(finished, *options, "--force", "--method", "lora", "--lora-target-modules", "foo") == 2
+    assert "--lora-target-modules" in capsys.readouterr().err
+    assert snapshot(finished) == before
+
+
+# ----------------------------------------------------------------------------------------- what it logs
+
+
+def test_lm_run_logs_validation_metrics_and_no_tied_weight_warning(shared_data, vocab_dir, tmp_path, caplog):
+    text = tmp_path / "verdict.txt"
+    text.write_text((shared_data / "corpora/the-verdict.txt").read_text(encoding="utf-8")[:4000])
+    with caplog.at_level(logging.INFO):
+        train(tmp_path / "lm", "--task", "lm", "--train-file", str(text), "--tokenizer-dir", str(vocab_dir),
+              "--max-steps", "2", "--save-every", "1", "--max-length", "32", "--batch-size", "4",
+              "--eval-max-batches", "1", "--max-new-tokens", "2")  # fmt: skip
+    assert (tmp_path / "lm" / "checkpoint-1").is_dir()
+    assert "validation metrics: loss" in caplog.text and "metrics: None" not in caplog.text
+    assert "Removed shared tensor" not in caplog.text
+
+
+def test_only_the_tied_head_warning_is_dropped():
+    from gpt2scratch.training.loop import _TiedWeightsFilter
+
+    def record(names: str) -> logging.LogRecord:
+        message = f"[RANK 0] Removed shared tensor {names} while saving. This should be OK, but check …"
+        return logging.LogRecord("accelerate.utils.other", logging.WARNING, __file__, 1, message, None, None)
+
+    quiet = _TiedWeightsFilter()
+    assert not quiet.filter(record("{'lm_head.weight'}"))
+    assert not quiet.filter(record("{'base_model.model.lm_head.weight'}"))
+    assert quiet.filter(record("{'lm_head.weight', 'transformer.h.0.mlp.c_fc.weight'}"))
+    assert quiet.filter(record("{'score.weight'}"))
