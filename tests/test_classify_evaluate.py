@@ -102,7 +102,9 @@ def test_classify_streams_a_1000_row_csv_in_batches(capsys, monkeypatch, tmp_pat
     src = _write_csv(tmp_path / "in.csv", ["id", "text", "label"], rows)
 
     lines_read = {"n": 0}
-    real_lines = commands._decoded_lines
+    from gpt2scratch.training import data
+
+    real_lines = data._decoded_lines
 
     def counting_lines(raw, path):
         for line in real_lines(raw, path):
@@ -119,7 +121,7 @@ def test_classify_streams_a_1000_row_csv_in_batches(capsys, monkeypatch, tmp_pat
         done["batches"] += 1
         return real_probs(self, texts, where)
 
-    monkeypatch.setattr(commands, "_decoded_lines", counting_lines)
+    monkeypatch.setattr(data, "_decoded_lines", counting_lines)
     monkeypatch.setattr(commands.Classifier, "probabilities", checking_probs)
     out = tmp_path / "out.csv"
     code, _, err = _cli(

@@ -170,10 +170,6 @@ def classifier_dir(tmp_path_factory, vocab_dir):
     return save_model_folder(model, tmp_path_factory.mktemp("models") / "classifier", vocab_dir)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="training/commands.py still has its own CSV reader; it must call data.open_table (then drop this mark)",
-)
 def test_evaluate_and_classify_read_the_sms_layout(tmp_path, capsys, classifier_dir):
     path = tmp_path / "SMSSpamCollection"
     path.write_bytes(SMS_LINES.encode("utf-8"))

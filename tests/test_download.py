@@ -215,4 +215,5 @@ def test_offline_sms_download_in_finetune_is_one_line_exit_2(tmp_path, monkeypat
     assert code == 2 and last.startswith(
         "gpt2scratch finetune: error: Could not download sms_spam_collection.zip"
     )
+    assert "--train-file PATH/SMSSpamCollection" in last
     assert not (tmp_path / "cache").exists()

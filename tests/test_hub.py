@@ -27,7 +27,7 @@ from conftest import REPO, run_isolated
 from hub_server import LocalHub
 
 from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification, cli
-from gpt2scratch.hub import adapter_base, check_folder, files_to_upload, finish_run
+from gpt2scratch.hub import adapter_base, check_folder, files_to_upload, finish_run, recorded_base
 from gpt2scratch.io import save_model_folder
 from gpt2scratch.model_card import REPO_PLACEHOLDER, count_parameters, model_card
 from gpt2scratch.tokenizer import encode, load_encoding, save_tokenizer
@@ -604,6 +604,18 @@ def test_check_folder_names_each_missing_file(local, tmp_path):
     (bare / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="PEFT adapter folder: missing tokenizer.json"):
         check_folder(bare)
+
+
+def test_a_relative_base_is_taken_from_the_adapter_folder(tmp_path, monkeypatch):
+    """finetune writes ``./base``: the run's own base, even where the working directory has a base/ too."""
+    run = tmp_path / "run"
+    (run / "base").mkdir(parents=True)
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "./base"}))
+    (tmp_path / "elsewhere" / "base").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert recorded_base(run) == ("./base", str((run / "base").resolve()))
+    shutil.rmtree(run / "base")  # nothing beside the adapter: plain PEFT's reading, from the working directory
+    assert recorded_base(run)[1] == str((tmp_path / "elsewhere" / "base").resolve())
 
 
 def test_adapter_base_rules(local):

@@ -169,14 +169,14 @@ def test_training_loader_on_junk_rows_gives_rows_or_a_user_error(tmp_path_factor
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.binary(max_size=200), header=st.sampled_from([b"", b"text\n", b"id,text\n"]))
 def test_classify_reader_on_junk_bytes_gives_rows_or_a_user_error(tmp_path_factory, body, header):
-    from gpt2scratch.training.commands import _cell, open_table
+    from gpt2scratch.training.data import open_table
 
     path = tmp_path_factory.mktemp("junk") / "input.csv"
     path.write_bytes(header + body)
     try:
         with open_table(path) as table:
             index = table.column("text", "--text-column")
-            texts = [_cell(table, line, row, index) for line, row in table.rows]
+            texts = [table.cell(line, row, index) for line, row in table.rows]
     except USER_ERRORS:
         return
     assert all(isinstance(t, str) for t in texts)

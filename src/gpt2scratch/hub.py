@@ -123,9 +123,13 @@ def looks_local(name: str, folder: Path) -> bool:
 
 
 def _local_base(name: str, folder: Path) -> str:
-    """The recorded local base path, made absolute when it exists relative to the adapter folder."""
+    """The recorded local base path, absolute: a relative one is taken from the adapter folder (as finetune
+    writes it, ``./base``) and only where nothing is there from the working directory (as plain PEFT reads it)."""
     path = Path(name).expanduser()
-    return str((folder / name).resolve()) if not path.is_dir() and (folder / name).is_dir() else str(path)
+    if path.is_absolute():
+        return str(path)
+    beside = (folder / path).resolve()
+    return str(beside if beside.is_dir() or not path.is_dir() else path.resolve())
 
 
 def recorded_base(folder: Path) -> tuple[str | None, str | None]:

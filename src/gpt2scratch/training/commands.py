@@ -1,7 +1,7 @@
 """``gpt2scratch classify`` and ``gpt2scratch evaluate``: use and score a trained model from the shell.
 
 ``classify MODEL TEXT...`` prints the predicted label and its probability for each text;
-``--input-file`` streams a CSV/TSV in batches (constant memory) into ``--output-file``.
+``--input-file`` streams a CSV/TSV (or the SMS Spam Collection's ``label<TAB>text`` file) in batches (constant memory) into ``--output-file``.
 ``evaluate MODEL --task classification`` scores a labelled CSV/TSV (accuracy, precision, recall, F1);
 ``evaluate MODEL --task lm`` gives the loss and perplexity of a text file. MODEL is anything
 :func:`gpt2scratch.loading.load_model` opens (model folder, adapter, checkpoint, run folder, ...).
@@ -26,9 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-FIELD_LIMIT = (
-    1 << 24
-)  # characters in one CSV field (the csv module's default, 128 KiB, is too small for long texts)
+from .data import Table, open_table
 
 
 def register(subparsers) -> None:
@@ -64,7 +62,11 @@ def _add_classify(subparsers) -> None:
     )
     _add_common(p, "texts per forward pass (default 32)")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
-    p.add_argument("--input-file", default=None, help="CSV (or .tsv) with a header row; streamed in batches")
+    p.add_argument(
+        "--input-file",
+        default=None,
+        help="CSV/TSV with a header row, or an SMSSpamCollection file (label<TAB>text); streamed in batches",
+    )
     p.add_argument("--output-file", default=None, help="where to write the input rows plus label and score")
     p.add_argument(
         "--text-column", default="text", help="column of --input-file holding the text (default: text)"
@@ -84,7 +86,9 @@ def _add_evaluate(subparsers) -> None:
     )
     _add_common(p, "texts (classification, default 32) or blocks (lm, default 2) per forward pass")
     p.add_argument("--task", choices=("classification", "lm"), required=True)
-    p.add_argument("--data", required=True, help="CSV/TSV (classification) or text file (lm)")
+    p.add_argument(
+        "--data", required=True, help="CSV/TSV or SMSSpamCollection file (classification), text file (lm)"
+    )
     p.add_argument("--text-column", default="text", help="classification: the text column (default: text)")
     p.add_argument(
         "--label-column", default="label", help="classification: the label column (default: label)"
@@ -97,77 +101,6 @@ def _add_evaluate(subparsers) -> None:
 
 def _delimiter(path: Path) -> str:
     return "\t" if path.suffix.lower() == ".tsv" else ","
-
-
-def _decoded_lines(raw_lines, path: Path) -> Iterator[str]:
-    """Lines of a binary file decoded as UTF-8; a bad byte is an error naming the line."""
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(
-                f"{path}, line {number}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8. "
-                "Re-save the file as UTF-8."
-            ) from None
-        yield line.removeprefix("\ufeff") if number == 1 else line
-
-
-@dataclass
-class Table:
-    """A CSV/TSV being streamed: its header and an iterator of (line number, row)."""
-
-    path: Path
-    header: list[str]
-    rows: Iterator[tuple[int, list[str]]]
-
-    def column(self, name: str, option: str) -> int:
-        """Index of column ``name``; a clear error naming the file and its columns when absent."""
-        if name not in self.header:
-            raise ValueError(
-                f"{self.path} has no column {name!r} (its columns: {', '.join(self.header) or 'none'}); "
-                f"pass {option} with one of them."
-            )
-        return self.header.index(name)
-
-
-@contextmanager
-def open_table(path: str | os.PathLike) -> Iterator[Table]:
-    """Open a CSV (``.tsv``: tab-separated) with a header row, streamed row by row.
-
-    Parsing is strict: a quote left open, or text right after a closing quote, is an error naming the
-    line rather than rows silently merged into one.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Input file {path} does not exist (or is not a file).")
-    with path.open("rb") as fh:
-        csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
-        reader = csv.reader(_decoded_lines(fh, path), delimiter=_delimiter(path), strict=True)
-        rows = _csv_rows(reader, path)
-        _, header = next(rows, (0, None))
-        if not header:
-            raise ValueError(
-                f"{path} is empty: expected a header row naming the columns, then one row per text."
-            )
-        yield Table(path, header, rows)
-
-
-def _csv_rows(reader, path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, row) for each non-blank row; malformed CSV becomes an error naming the line."""
-    try:
-        for row in reader:
-            if row:
-                yield reader.line_num, row
-    except csv.Error as e:
-        raise ValueError(f"{path}, line {reader.line_num}: not valid CSV ({e}).") from None
-
-
-def _cell(table: Table, line: int, row: list[str], index: int) -> str:
-    if index >= len(row):
-        raise ValueError(
-            f"{table.path}, line {line}: the row has {len(row)} fields, no {table.header[index]!r} value."
-        )
-    return row[index]
 
 
 def _batches(table: Table, size: int) -> Iterator[list[tuple[int, list[str]]]]:
@@ -324,7 +257,7 @@ def _classify_file(args, batch_size: int) -> int:
             writer = csv.writer(fh, delimiter=_delimiter(out))
             writer.writerow(table.header + _output_columns(table.header))
             for batch in _batches(table, batch_size):
-                texts = [_cell(table, line, row, text_index) for line, row in batch]
+                texts = [table.cell(line, row, text_index) for line, row in batch]
                 probs = classifier.probabilities(texts, [f"{table.path}, line {line}" for line, _ in batch])
                 for (_, row), p in zip(batch, probs, strict=True):
                     score, class_id = p.max(dim=-1)
@@ -408,8 +341,8 @@ def evaluate_classification(args) -> dict:
         classifier = load_classifier(args)
         to_id = label_mapper(classifier.model.config, table)
         for batch in _batches(table, batch_size):
-            references += [to_id(_cell(table, line, row, label_index), line) for line, row in batch]
-            texts = [_cell(table, line, row, text_index) for line, row in batch]
+            references += [to_id(table.cell(line, row, label_index), line) for line, row in batch]
+            texts = [table.cell(line, row, text_index) for line, row in batch]
             probs = classifier.probabilities(texts, [f"{table.path}, line {line}" for line, _ in batch])
             predictions += probs.argmax(dim=-1).tolist()
     if not references:

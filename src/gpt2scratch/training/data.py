@@ -287,7 +287,8 @@ def download_sms_spam(dest_dir: str | os.PathLike, urls: Sequence[str] | None = 
     target = dest_dir / SMS_FILE
     if target.is_file():
         return target
-    archive = download_file(list(urls), dest_dir / "sms_spam_collection.zip")
+    hint = f"Check the network, or pass a local copy: --train-file PATH/{SMS_FILE} (unzipped from {urls[0]})"
+    archive = download_file(list(urls), dest_dir / "sms_spam_collection.zip", hint=hint)
     try:
         with zipfile.ZipFile(archive) as zf:
             member = next((n for n in zf.namelist() if Path(n).name == SMS_FILE), None)
