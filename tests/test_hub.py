@@ -614,7 +614,9 @@ def test_a_relative_base_is_taken_from_the_adapter_folder(tmp_path, monkeypatch)
     (tmp_path / "elsewhere" / "base").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert recorded_base(run) == ("./base", str((run / "base").resolve()))
-    shutil.rmtree(run / "base")  # nothing beside the adapter: plain PEFT's reading, from the working directory
+    shutil.rmtree(
+        run / "base"
+    )  # nothing beside the adapter: plain PEFT's reading, from the working directory
     assert recorded_base(run)[1] == str((tmp_path / "elsewhere" / "base").resolve())
 
 
