@@ -4,11 +4,10 @@ the one table reader (:func:`gpt2scratch.training.data.open_table`) that ``finet
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
-import torch
 from datasets import Dataset
+from test_classify_evaluate import classifier_dir  # noqa: F401 (a fixture)
+from test_data_finetune import _args
 
 from gpt2scratch.cli import main as cli_main
 from gpt2scratch.training import data
@@ -16,21 +15,6 @@ from gpt2scratch.training import data
 pytestmark = pytest.mark.xdist_group("finetune_data")
 
 SMS_LINES = 'ham\tSee you at 5 "sharp"\nspam\tWIN\ta prize, call now\r\n\nham\tok lor "\n'
-
-
-def _args(**kw) -> SimpleNamespace:
-    base = dict(
-        task="classification",
-        dataset=None,
-        train_file=None,
-        validation_file=None,
-        test_file=None,
-        text_column=None,
-        label_column="label",
-        balance=False,
-        split_seed=123,
-    )
-    return SimpleNamespace(**{**base, **kw})
 
 
 def _csv(path, n_rows: int):
@@ -157,20 +141,7 @@ def test_a_json_file_is_not_a_table_for_classify(tmp_path):
             pass
 
 
-@pytest.fixture(scope="module")
-def classifier_dir(tmp_path_factory, vocab_dir):
-    from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForSequenceClassification
-    from gpt2scratch.io import save_model_folder
-
-    torch.manual_seed(0)
-    config = GPT2ScratchConfig.from_preset(
-        "tiny", vocab_size=50257, num_labels=2, id2label={0: "ham", 1: "spam"}, label2id={"ham": 0, "spam": 1}
-    )
-    model = GPT2ScratchForSequenceClassification(config)
-    return save_model_folder(model, tmp_path_factory.mktemp("models") / "classifier", vocab_dir)
-
-
-def test_evaluate_and_classify_read_the_sms_layout(tmp_path, capsys, classifier_dir):
+def test_evaluate_and_classify_read_the_sms_layout(tmp_path, capsys, classifier_dir):  # noqa: F811
     path = tmp_path / "SMSSpamCollection"
     path.write_bytes(SMS_LINES.encode("utf-8"))
     code = cli_main(["evaluate", str(classifier_dir), "--task", "classification", "--data", str(path)])

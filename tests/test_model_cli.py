@@ -181,3 +181,19 @@ def test_info_needs_no_tokenizer(hf_folder, tmp_path, cli):
     info = json.loads(out)
     assert (info["kind"], info["class"], info["tokenizer_dir"]) == ("hf-gpt2", "GPT2ScratchForCausalLM", None)
     assert info["parameters"] == GPT2LMHeadModel.from_pretrained(bare).num_parameters()
+
+
+def test_an_adapter_whose_base_is_gone_is_one_clear_error(tmp_path, capsys):
+    """Loading and describing share one check: the missing base named, with how to point at it."""
+    from gpt2scratch.loading import load_model
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "./base"}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(
+        FileNotFoundError, match=r"base model of adapter .* is missing: set base_model_name_or_path"
+    ):
+        load_model(adapter)
+    assert main(["info", str(adapter)]) == 2
+    assert "is missing: set base_model_name_or_path" in capsys.readouterr().err

@@ -123,18 +123,23 @@ def _adapter_base(folder: Path) -> Path | None:
     return Path(base) if base else None
 
 
-def _load_adapter(folder: Path, task: str, extra: dict):
-    """A PEFT adapter on its base model, merged so callers get a plain model of this package."""
-    from peft import PeftModel
-
+def adapter_base_folder(folder: Path) -> Path:
+    """The existing base model folder of adapter ``folder`` (:func:`_adapter_base`); a clear error if missing."""
     base_dir = _adapter_base(folder)
-    if base_dir is None or not base_dir.exists():
+    if base_dir is None or not base_dir.is_dir():
         raise FileNotFoundError(
             f"The base model of adapter {folder} ({base_dir}) is missing: set base_model_name_or_path in "
             f"{folder / 'adapter_config.json'} to the base model folder (a relative path is taken from the "
             "adapter folder)."
         )
-    base = _task_class(task).from_pretrained(base_dir, **extra)
+    return base_dir
+
+
+def _load_adapter(folder: Path, task: str, extra: dict):
+    """A PEFT adapter on its base model, merged so callers get a plain model of this package."""
+    from peft import PeftModel
+
+    base = _task_class(task).from_pretrained(adapter_base_folder(folder), **extra)
     return PeftModel.from_pretrained(base, folder).merge_and_unload()
 
 

@@ -183,16 +183,10 @@ def _adapter_spec(folder: Path, kind: str) -> ModelSpec:
     """A PEFT adapter folder: its base model's config (the base ``load_model`` loads); a classifier when
     trained for SEQ_CLS."""
     from .configuration_gpt2scratch import GPT2ScratchConfig
-    from .loading import _adapter_base
+    from .loading import adapter_base_folder
 
     adapter = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    base = _adapter_base(folder)
-    if base is None or not base.is_dir():
-        raise FileNotFoundError(
-            f"The base model of adapter {folder} ({base}) is missing: set base_model_name_or_path in "
-            f"{folder / 'adapter_config.json'} to the base model folder (a relative path is taken from the "
-            "adapter folder)."
-        )
+    base = adapter_base_folder(folder)
     architecture = CLASSIFIER if adapter.get("task_type") == "SEQ_CLS" else CAUSAL_LM
     return ModelSpec(kind, base, GPT2ScratchConfig.from_pretrained(base), architecture, adapter)
 
