@@ -22,3 +22,10 @@ def test_module_reports_a_user_error_as_one_line(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "no-such-model" in result.stderr
+
+
+def test_version():
+    from gpt2scratch import __version__
+
+    result = run_module("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"gpt2scratch {__version__}"

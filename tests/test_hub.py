@@ -782,9 +782,17 @@ def test_model_card_settings_name_the_split_seed_and_only_the_tasks_own_options(
     }
     pipeline_tag = "text-classification" if task == "classification" else "text-generation"
     card = model_card(config, title="t", source="s", training=training, pipeline_tag=pipeline_tag)
-    assert "train/validation/test (split seed 7)" in card and "`split_seed`" not in card
+    shares = "70%/10%/20%" if task == "classification" else "85%/5%/10%"
+    assert f"train/validation/test {shares} (split seed 7)" in card and "`split_seed`" not in card
     assert ("| response_loss_only | True |" in card) == (task == "instruction")
     assert ("| balance | True |" in card) == (task == "classification")
+
+
+def test_model_card_says_how_an_lm_run_held_out_its_validation_blocks():
+    training = {"task": "lm", "train_file": "corpus.txt", "split_seed": 7}
+    card = model_card(GPT2ScratchConfig.from_preset("tiny"), title="t", source="s", training=training)
+    assert "`corpus.txt`, the last 10% of its packed blocks held out for validation." in card
+    assert "train/validation/test" not in card
 
 
 @pytest.mark.parametrize("pipeline_tag", ["text-classification", "text-generation"])

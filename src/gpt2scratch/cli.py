@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt2scratch", description="GPT-2 from scratch, as a Hugging Face model."
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"gpt2scratch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -127,16 +127,22 @@ def _data_line(training: Mapping[str, Any]) -> str:
     if not source:
         return ""
     held_out = [f"{s} `{training[f'{s}_file']}`" for s in ("validation", "test") if training.get(f"{s}_file")]
-    split = (
-        "with " + " and ".join(held_out)
-        if held_out
-        else "split deterministically into train/validation/test" + _seed_note(training.get("split_seed"))
-    )
+    split = "with " + " and ".join(held_out) if held_out else _split_note(training)
     return f"Training data: `{source}`, {split}. The options of the run:\n\n"
 
 
-def _seed_note(seed: Any) -> str:
-    return "" if seed is None else f" (split seed {seed})"
+def _split_note(training: Mapping[str, Any]) -> str:
+    """How finetune split a lone training source for this task (``training.data``'s rules)."""
+    from .training.data import HOLDOUT_FRACTION, SPLIT_FRACTIONS
+
+    task, seed = training.get("task"), training.get("split_seed")
+    if task == "lm":
+        return f"the last {HOLDOUT_FRACTION:.0%} of its packed blocks held out for validation"
+    seeded = "" if seed is None else f" (split seed {seed})"
+    if task in SPLIT_FRACTIONS:
+        shares = "/".join(f"{f:.0%}" for f in SPLIT_FRACTIONS[task])
+        return f"split deterministically into train/validation/test {shares}{seeded}"
+    return f"{HOLDOUT_FRACTION:.0%} held out deterministically for validation{seeded}"
 
 
 def meta_model(cls, config):
