@@ -130,6 +130,22 @@ def test_complete_file_is_not_downloaded_again(tmp_path):
         assert url.requests == [("HEAD", "/f", None)]  # the server's Content-Length settles it
 
 
+def test_finished_download_openai_runs_again_offline(tmp_path, capsys):
+    """Files that were downloaded whole are kept when no server can say their size."""
+    files = _openai_files("124M", prefix="/models")
+    dest = tmp_path / "124M"
+    with http_server(files) as url:
+        assert (
+            cli.main(["download-openai", "124M", str(dest), "--base-url", url + "/models", "--no-progress"])
+            == 0
+        )
+    offline = f"http://127.0.0.1:{_closed_port()}/models"
+    assert cli.main(["download-openai", "124M", str(dest), "--base-url", offline, "--no-progress"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert {f"/models/124M/{p.name}": p.read_bytes() for p in dest.iterdir()} == files
+
+
 def test_file_of_wrong_size_is_replaced(tmp_path):
     data = _bytes(5000, seed=5)
     dest = tmp_path / "f"

@@ -131,11 +131,13 @@ def _new_folders_removed_on_error(folder: Path) -> Iterator[None]:
 
 
 def _already_complete(urls: Sequence[str], dest: Path, expected_size: int | None) -> bool:
-    """Whether ``dest`` exists with the size expected or announced by the first server that answers."""
+    """Whether ``dest`` exists with the size expected or announced by the first server that answers; with no
+    size to compare (offline, or no server gives one) a file under its final name is complete, since a
+    download only gets that name once whole (``DEST.part`` → ``DEST``)."""
     if not dest.is_file():
         return False
     want = expected_size if expected_size is not None else _remote_size(urls)
-    return want is not None and dest.stat().st_size == want
+    return want is None or dest.stat().st_size == want
 
 
 def _remote_size(urls: Sequence[str]) -> int | None:
