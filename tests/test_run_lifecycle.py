@@ -131,6 +131,26 @@ def test_resume_may_change_how_often_it_logs_and_saves(paused, options, tmp_path
     assert yaml.safe_load((out / "training_args.yaml").read_text())["eval_every"] == 1
 
 
+def test_resume_takes_the_runs_own_options(paused, tmp_path):
+    """``--output-dir RUN --resume-from latest`` alone: the options the run recorded, none given again."""
+    out = tmp_path / "resumed"
+    shutil.copytree(paused, out)
+    assert cli_main(["finetune", "--output-dir", str(out), "--resume-from", "latest"]) == 0
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 3}
+    recorded = yaml.safe_load((paused / "training_args.yaml").read_text()) | {"output_dir": str(out)}
+    assert yaml.safe_load((out / "training_args.yaml").read_text()) == recorded
+
+
+def test_resume_at_or_past_stop_after_trains_nothing(paused, options, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(paused, out)
+    before = snapshot(out / "checkpoint-2")
+    assert finetune(out, *options, "--resume-from", "latest", "--stop-after", "1") == 0
+    assert json.loads((out / "run.json").read_text()) == {"finished": False, "step": 2}
+    assert not (out / "checkpoint-3").exists() and not (out / "model.safetensors").exists()
+    assert snapshot(out / "checkpoint-2") == before
+
+
 def test_finished_run_is_resumed_only_with_force(finished, options, tmp_path, capsys):
     before = snapshot(finished)
     assert finetune(finished, *options, "--resume-from", "latest") == 2

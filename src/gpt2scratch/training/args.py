@@ -227,8 +227,8 @@ def check_resume(args: TrainArgs, saved: dict, source: str) -> None:
     if changed:
         raise ValueError(
             f"--resume-from {args.resume_from}: changed from the run being resumed ({source}): {'; '.join(changed)}. "
-            "A resumed run keeps its settings: drop these options (or give the run's own, e.g. --config "
-            f"{Path(args.output_dir) / 'training_args.yaml'}), or start a new run in another --output-dir."
+            "A resumed run keeps its settings: drop these options (a resume takes the run's own), or start a "
+            "new run in another --output-dir."
         )
 
 
@@ -288,11 +288,23 @@ def build_parser(prog: str = "finetune") -> argparse.ArgumentParser:
 
 
 def from_namespace(ns: argparse.Namespace) -> TrainArgs:
-    """Defaults ← ``--config`` YAML ← options given on the command line; then validated."""
+    """Defaults ← (resuming) the options of the run being resumed ← ``--config`` YAML ← options given on
+    the command line; then validated. So ``--output-dir RUN --resume-from latest`` alone resumes a run."""
     given = {f.name: getattr(ns, f.name) for f in fields(TrainArgs) if hasattr(ns, f.name)}
     values = load_yaml(given["config"]) if given.get("config") else {}
     values.update(given)
-    return TrainArgs(**values).validate()
+    return TrainArgs(**{**_resumed_run_options(values), **values}).validate()
+
+
+def _resumed_run_options(values: dict) -> dict:
+    """When resuming, the options the resumed run recorded (less one invocation's and its output folder)."""
+    if not values.get("resume_from") or not values.get("output_dir"):
+        return {}
+    from .checkpoints import checkpoint_options, resolve_resume
+
+    saved, _ = checkpoint_options(resolve_resume(values["resume_from"], values["output_dir"]))
+    known = {f.name for f in fields(TrainArgs)} - set(PER_INVOCATION) - {"output_dir"}
+    return {name: value for name, value in (saved or {}).items() if name in known}
 
 
 def parse_args(argv: list[str] | None = None) -> TrainArgs:

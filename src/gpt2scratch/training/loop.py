@@ -363,6 +363,12 @@ class Trainer:
             self.steps_per_epoch,
         )
         progress = _progress(self.total_steps, self.state.step, acc.is_local_main_process)
+        if args.stop_after and args.stop_after <= self.state.step < self.total_steps:  # a resume past it
+            self._pause(progress)
+            log.info(
+                "step %d is --stop-after %d or past it: nothing to train", self.state.step, args.stop_after
+            )
+            return None
         start = time.perf_counter()
         remaining = self._optimizer_batches(self.state.step) if self.state.step < self.total_steps else ()
         with self._stop_requests():
@@ -384,7 +390,7 @@ class Trainer:
                 if step < self.total_steps and _any_process(acc, self.signal is not None):
                     self._pause(progress)
                     raise self._interrupted()
-                if args.stop_after and step == args.stop_after and step < self.total_steps:
+                if args.stop_after and step >= args.stop_after and step < self.total_steps:
                     self._pause(progress)
                     log.info("stopped after step %d (--stop-after); continue with --resume-from latest", step)
                     return None
