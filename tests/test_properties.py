@@ -192,3 +192,18 @@ def test_malformed_jsonl_line_is_named(tmp_path):
     path.write_text('{"text": "hi", "label": "ham"}\n[1, 2]\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"line 2: expected a JSON object"):
         read_table(path)
+
+
+def test_malformed_json_document_names_its_line_and_a_bom_is_read(tmp_path):
+    from gpt2scratch.training.data import read_table
+
+    path = tmp_path / "train.json"
+    records = ['  {"instruction": "a", "output": "b"},', '  {"instruction": "c" "output": "d"}']
+    path.write_text("[\n" + "\n".join(records) + "\n]\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train.json, line 3, column 23: not valid JSON \(Expecting ','"):
+        read_table(path)
+    path.write_text('{\n  "text": ["hi"],\n  "label" ["ham"]\n}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train.json, line 3, column"):
+        read_table(path)
+    path.write_text('\ufeff[{"text": "hi", "label": "ham"}]\n', encoding="utf-8")
+    assert read_table(path)["text"] == ["hi"]

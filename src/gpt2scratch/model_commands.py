@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -105,8 +106,8 @@ def check_sampling(args) -> None:
     """Refuse sampling options that cannot work, before the model is loaded."""
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
+    if not args.temperature >= 0 or math.isinf(args.temperature):
+        raise ValueError(f"--temperature must be a number >= 0 (0 = greedy), got {args.temperature}.")
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
     if args.top_p is not None and not 0 < args.top_p <= 1:

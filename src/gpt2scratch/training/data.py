@@ -247,10 +247,14 @@ def _load_with_datasets(path: Path, kind: str):
 def _check_json(path: Path) -> None:
     """Parse a .json/.jsonl file with Python's json first: a clear error naming the line, and pyarrow's reader
     (which crashed the process on one fuzzed file) never sees malformed input."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as e:
+        if _one_document(text):
+            raise ValueError(
+                f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})."
+            ) from None
         data = None
     if isinstance(data, dict) or (isinstance(data, list) and all(isinstance(r, dict) for r in data)):
         if not data:
@@ -271,6 +275,18 @@ def _check_json(path: Path) -> None:
             raise ValueError(
                 f"{path}, line {n}: expected a JSON object (a record), got {type(record).__name__}."
             )
+
+
+def _one_document(text: str) -> bool:
+    """Whether ``text`` is meant as one JSON document (an array, or an object spread over lines), not JSON lines."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if first.startswith("["):
+        return True
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return first.startswith("{")
+    return False
 
 
 def cache_dir() -> Path:
@@ -420,7 +436,7 @@ def balance(ds, seed: int):
     keep = np.concatenate(
         [rng.choice(np.flatnonzero(labels == c), counts.min(), replace=False) for c in classes]
     )
-    log.info("balanced classes %s to %d rows each", list(classes), counts.min())
+    log.info("balanced classes %s to %d rows each", [str(c) for c in classes], counts.min())
     return ds.select(np.sort(keep))
 
 
