@@ -88,13 +88,19 @@ def test_folders_written_atomically_get_the_mode_mkdir_gives(tmp_path, umask, mo
     import os
     import stat
 
+    import torch
+    from safetensors.torch import save_file
+
     from gpt2scratch.io import atomic_folder
 
     old = os.umask(umask)
     try:
         with atomic_folder(tmp_path / "model") as tmp:
             (tmp / "config.json").write_text("{}")
+            save_file({"w": torch.zeros(2)}, tmp / "model.safetensors")  # safetensors makes it 0o600
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == mode
+    for name in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE((tmp_path / "model" / name).stat().st_mode) == mode & 0o666
     assert [p.name for p in tmp_path.iterdir()] == ["model"]

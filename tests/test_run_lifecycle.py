@@ -229,3 +229,16 @@ def test_only_the_tied_head_warning_is_dropped():
     assert not quiet.filter(record("{'base_model.model.lm_head.weight'}"))
     assert quiet.filter(record("{'lm_head.weight', 'transformer.h.0.mlp.c_fc.weight'}"))
     assert quiet.filter(record("{'score.weight'}"))
+
+
+def test_every_file_of_a_run_has_the_mode_open_gives(finished):
+    """Weights too: safetensors writes 0o600, the run's checkpoints and final model are given the umask's mode."""
+    import stat
+
+    from gpt2scratch.io import current_umask
+
+    files = [p for p in finished.rglob("*") if p.is_file()]
+    assert any(p.name == "model.safetensors" and "checkpoint-" in str(p) for p in files)
+    assert {p.relative_to(finished).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files} == {
+        p.relative_to(finished).as_posix(): 0o666 & ~current_umask() for p in files
+    }

@@ -68,6 +68,7 @@ def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    default_file_modes(tmp)
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -89,6 +90,26 @@ def make_temp_dir(parent: Path, prefix: str) -> Path:
             continue
         return path
     raise FileExistsError(f"{parent}: could not create a temporary folder named {prefix}* (100 names taken).")
+
+
+def default_file_modes(folder: Path) -> None:
+    """Give every file under ``folder`` the mode ``open()`` gives (0o666 less the umask): safetensors writes its
+    files 0o600, which would leave the weights of a shared model folder unreadable to the rest of a group."""
+    mode = 0o666 & ~current_umask()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            os.chmod(os.path.join(root, name), mode)
+
+
+def current_umask() -> int:
+    """The process's umask (from /proc on Linux; elsewhere set and restored at once)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1], 8) for line in status.splitlines() if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def prepare_for_save(model: PreTrainedModel) -> None:

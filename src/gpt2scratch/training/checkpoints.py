@@ -29,6 +29,8 @@ import shutil
 import signal
 from pathlib import Path
 
+from ..io import default_file_modes
+
 RUN_FILE = "run.json"
 ARGS_FILE = "training_args.yaml"
 STATE_FILE = "trainer_state.json"
@@ -191,6 +193,7 @@ def finish_checkpoint(output_dir: str | os.PathLike, step: int, trainer_state: d
     tmp, final = temp_checkpoint_dir(out, step), out / f"{PREFIX}{step}"
     _write_json(tmp / STATE_FILE, trainer_state)
     injected("after_temp_write", step)
+    default_file_modes(tmp)
     fsync_tree(tmp)
     if final.exists():  # a partial checkpoint of an interrupted earlier attempt at this step
         shutil.rmtree(final)

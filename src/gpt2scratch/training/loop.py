@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ..cli import CommandError, DiskFullError, is_disk_full
 from ..fast import make_optimizer, peak_flops, reuse_freed_memory, training_flops_per_token
+from ..io import default_file_modes
 from .args import TrainArgs, check_resume
 from .checkpoints import (
     ARGS_FILE,
@@ -845,6 +846,7 @@ class Trainer:
             else:
                 self._write_model(tmp, "./base", weights)
             injected("enospc_final", self.state.step)
+            default_file_modes(tmp)
             fsync_tree(tmp)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
