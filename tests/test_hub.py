@@ -788,6 +788,15 @@ def test_model_card_settings_name_the_split_seed_and_only_the_tasks_own_options(
     assert ("| balance | True |" in card) == (task == "classification")
 
 
+@pytest.mark.parametrize("method", ["full", "lora", "last-block"])
+def test_model_card_settings_leave_out_other_methods_options(method):
+    training = {"task": "classification", "method": method, "lora_r": 8, "last_n_blocks": 1, "lr": 0.001}
+    card = model_card(GPT2ScratchConfig.from_preset("tiny"), title="t", source="s", training=training)
+    assert "| lr | 0.001 |" in card
+    assert ("| lora_r | 8 |" in card) == (method == "lora")
+    assert ("| last_n_blocks | 1 |" in card) == (method == "last-block")
+
+
 def test_model_card_says_how_an_lm_run_held_out_its_validation_blocks():
     training = {"task": "lm", "train_file": "corpus.txt", "split_seed": 7}
     card = model_card(GPT2ScratchConfig.from_preset("tiny"), title="t", source="s", training=training)

@@ -112,14 +112,27 @@ def _split_source(training: Mapping[str, Any], split: str) -> str:
     return str(own or training.get("dataset") or training.get("train_file") or "unknown")
 
 
-# training settings that apply to one task only: setting -> that task
-TASK_ONLY = {"response_loss_only": "instruction", "balance": "classification"}
+# training settings that apply to some tasks or methods only: setting -> those tasks / methods
+TASK_ONLY = {
+    "response_loss_only": ("instruction",),
+    "balance": ("classification",),
+    "max_new_tokens": ("instruction", "lm"),
+}
+METHOD_ONLY = {
+    **dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge"), ("lora",)),
+    "last_n_blocks": ("last-block",),
+}
 
 
 def _task_settings(training: Mapping[str, Any]) -> dict:
-    """The run's settings less those of another task (``response_loss_only`` means nothing to a classifier)."""
-    task = training.get("task")
-    return {k: v for k, v in training.items() if TASK_ONLY.get(k, task) == task}
+    """The run's settings less those of other tasks and methods (``response_loss_only`` means nothing to a
+    classifier, ``lora_r`` nothing to full fine-tuning)."""
+    task, method = training.get("task"), training.get("method")
+    return {
+        k: v
+        for k, v in training.items()
+        if task in TASK_ONLY.get(k, (task,)) and method in METHOD_ONLY.get(k, (method,))
+    }
 
 
 def _data_line(training: Mapping[str, Any]) -> str:

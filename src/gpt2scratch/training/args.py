@@ -298,8 +298,11 @@ def from_namespace(ns: argparse.Namespace) -> TrainArgs:
 
 def _resumed_run_options(values: dict) -> dict:
     """When resuming, the options the resumed run recorded (less one invocation's and its output folder)."""
-    if not values.get("resume_from") or not values.get("output_dir"):
+    resume_from = values.get("resume_from")
+    if not resume_from or not values.get("output_dir"):
         return {}
+    if resume_from != "latest" and not Path(resume_from).is_dir():
+        return {}  # validate() says there is no such folder
     from .checkpoints import checkpoint_options, resolve_resume
 
     saved, _ = checkpoint_options(resolve_resume(values["resume_from"], values["output_dir"]))
