@@ -788,6 +788,25 @@ def test_model_card_settings_name_the_split_seed_and_only_the_tasks_own_options(
     assert ("| balance | True |" in card) == (task == "classification")
 
 
+def test_instruction_card_prompts_with_the_template_it_was_trained_on():
+    from gpt2scratch.model_card import INSTRUCTION_EXAMPLE
+    from gpt2scratch.training.data import format_prompt
+
+    training = {"task": "instruction", "model": "gpt2-124m", "train_file": "data.json"}
+    card = model_card(GPT2ScratchConfig.from_preset("tiny"), title="t", source="s", training=training)
+    block = card.split("prompt = (", 1)[1].split("\n)\n", 1)[0]
+    assert eval("(" + block.split("\n", 1)[1] + ")") == format_prompt(*INSTRUCTION_EXAMPLE)
+    assert "### Response:" in card and "out[0, ids.shape[1] :]" in card
+    assert "GPT-2 was trained on WebText" in card
+
+
+def test_card_of_a_run_from_random_init_does_not_claim_webtext():
+    training = {"task": "lm", "model": "init:tiny", "train_file": "corpus.txt"}
+    card = model_card(GPT2ScratchConfig.from_preset("tiny"), title="t", source="s", training=training)
+    assert "WebText" in card and "trained on WebText" not in card
+    assert "from random initialisation on the data described above only" in card
+
+
 @pytest.mark.parametrize("method", ["full", "lora", "last-block"])
 def test_model_card_settings_leave_out_other_methods_options(method):
     training = {"task": "classification", "method": method, "lora_r": 8, "last_n_blocks": 1, "lr": 0.001}

@@ -44,7 +44,7 @@ def model_card(
     sections = [
         f"# {title}",
         _architecture(config),
-        _usage(pipeline_tag),
+        _usage(pipeline_tag, (training or {}).get("task")),
         "## Where the weights came from\n\n" + source.strip(),
     ]
     if training:
@@ -54,7 +54,7 @@ def model_card(
         sections.append("## Evaluation\n\n" + _metrics_table(metrics))
     if plots:
         sections.append("## Training curves\n\n" + "\n".join(f"![{PLOTS.get(p, p)}]({p})" for p in plots))
-    sections.append(_limitations())
+    sections.append(_limitations(str((training or {}).get("model") or "").startswith("init:")))
     meta = _front_matter(model_name or title, pipeline_tag, base_model, training or {}, metrics or {})
     return meta + "\n" + "\n\n".join(sections) + "\n"
 
@@ -210,8 +210,14 @@ def _architecture(config) -> str:
     return "## Model\n\n" + intro + "\n\n" + _key_value_table(rows, "architecture")
 
 
-def _usage(pipeline_tag: str) -> str:
-    if pipeline_tag == "text-classification":
+# an example request in the Alpaca template that instruction runs train on
+INSTRUCTION_EXAMPLE = ("Rewrite the sentence in the passive voice.", "The chef cooked the meal.")
+
+
+def _usage(pipeline_tag: str, task: str | None = None) -> str:
+    if task == "instruction":
+        code = _instruction_usage()
+    elif pipeline_tag == "text-classification":
         code = f"""from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 repo = "{REPO_PLACEHOLDER}"
@@ -237,6 +243,26 @@ print(generate("Every effort moves you", max_new_tokens=20)[0]["generated_text"]
     return "## How to use\n\n```python\n" + code + "\n```\n\n" + REMOTE_CODE_NOTE
 
 
+def _instruction_usage() -> str:
+    """Generation from the prompt template the model was fine-tuned on, decoding only the response."""
+    from .training.data import format_prompt
+
+    prompt = format_prompt(*INSTRUCTION_EXAMPLE)
+    lines = "\n".join(f"    {line!r}" for line in prompt.splitlines(keepends=True))
+    return f"""from transformers import AutoModelForCausalLM, AutoTokenizer
+
+repo = "{REPO_PLACEHOLDER}"
+revision = "main"  # better: the commit sha of the code you reviewed (see below)
+tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, trust_remote_code=True)
+prompt = (  # the Alpaca template this model was fine-tuned on; leave out "### Input:" when there is none
+{lines}
+)
+ids = tokenizer(prompt, return_tensors="pt").input_ids
+out = model.generate(ids, max_new_tokens=64, do_sample=False)
+print(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))"""
+
+
 REMOTE_CODE_NOTE = (
     "**Why `trust_remote_code=True`, and why pin `revision`.** The model type `gpt2scratch` is not part "
     "of transformers: its code is the two Python files in this repository (`configuration_gpt2scratch.py`, "
@@ -248,13 +274,20 @@ REMOTE_CODE_NOTE = (
 )
 
 
-def _limitations() -> str:
-    return (
-        "## Limitations and bias\n\n"
-        "GPT-2 was trained on WebText, text from outbound Reddit links, which is unfiltered and "
+def _limitations(from_random_init: bool = False) -> str:
+    origin = (
+        "This model was trained from random initialisation on the data described above only, not on "
+        "GPT-2's WebText: it knows nothing beyond that data and reflects its biases and errors."
+        if from_random_init
+        else "GPT-2 was trained on WebText, text from outbound Reddit links, which is unfiltered and "
         "reflects the biases, stereotypes and factual errors of that material; OpenAI's own card "
         "(https://github.com/openai/gpt-2/blob/master/model_card.md) documents biased completions "
-        "about gender, race and religion. It does not distinguish fact from fiction, so do not use it "
+        "about gender, race and religion."
+    )
+    return (
+        "## Limitations and bias\n\n"
+        + origin
+        + " It does not distinguish fact from fiction, so do not use it "
         "where generated text must be true, and do not deploy it to people without reviewing outputs "
         "for your use. A fine-tuned model inherits these limitations, and is only as good as the data "
         "and the evaluation described above. The context window is limited to the length given above."
