@@ -120,7 +120,6 @@ def resolve_resume(resume_from: str | None, output_dir: str | os.PathLike) -> Pa
             raise FileNotFoundError(
                 f"--resume-from latest: {output_dir} holds no complete checkpoint-<step> folder to resume from."
             )
-        log.warning("--resume-from latest: resuming from %s", found)
         return found
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file() or not (path / "state").is_dir():

@@ -207,6 +207,8 @@ def run(args: TrainArgs) -> dict | None:
     if args.reuse_freed_memory and accelerator.device.type == "cpu" and reuse_freed_memory():
         log.info("Freed memory is kept in the process for reuse (--reuse-freed-memory)")
     checkpoint = resolve_resume(args.resume_from, Path(args.output_dir))
+    if args.resume_from == "latest":
+        log.warning("--resume-from latest: resuming from %s", checkpoint)
     saved = _resume_options(args, checkpoint)
     with accelerator.main_process_first():
         raw = load_splits(args)
