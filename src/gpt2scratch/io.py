@@ -10,10 +10,10 @@ import json
 import math
 import multiprocessing
 import os
-import secrets
 import shutil
 import struct
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -79,17 +79,11 @@ def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
 
 
 def make_temp_dir(parent: Path, prefix: str) -> Path:
-    """A new uniquely named folder in ``parent`` with the mode ``mkdir`` gives (0o777 less the umask).
-
-    ``tempfile.mkdtemp`` makes 0o700 folders, which would leave every finished model folder private."""
-    for _ in range(100):
-        path = parent / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(f"{parent}: could not create a temporary folder named {prefix}* (100 names taken).")
+    """``tempfile.mkdtemp`` in ``parent``, given the mode ``mkdir`` gives (0o777 less the umask) instead of
+    0o700, which would leave every finished model folder private."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o777 & ~current_umask())
+    return path
 
 
 def default_file_modes(folder: Path) -> None:

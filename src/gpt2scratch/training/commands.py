@@ -19,13 +19,14 @@ import csv
 import json
 import math
 import os
-import secrets
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import current_umask
 from .data import Table, open_table
 
 
@@ -271,28 +272,16 @@ def _classify_file(args, batch_size: int) -> int:
 def _atomic_file(path: Path):
     """A text file written under a temporary name beside ``path``, renamed onto it only on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _new_temp_file(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            tmp.chmod(0o666 & ~current_umask())  # mkstemp's 0o600 would leave the final file private
             yield fh
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _new_temp_file(path: Path) -> tuple[int, Path]:
-    """(fd, name) of a new uniquely named file beside ``path`` with the mode ``open()`` gives (0o666 less
-    the umask): ``tempfile.mkstemp`` makes 0o600 files, which would leave the final file private."""
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(
-        f"{path.parent}: could not create a temporary file named .{path.name}.tmp-* (100 names taken)."
-    )
 
 
 # ----------------------------------------------------------------------------- evaluate
