@@ -62,6 +62,7 @@ def main() -> None:
         whole.save_pretrained(args.out)
         with open(os.path.join(args.out, "losses.json"), "w") as f:
             json.dump(losses, f)
+    dist.barrier()  # tear down together: a rank leaving while another still runs can abort in gloo
     dist.destroy_process_group()
 
 

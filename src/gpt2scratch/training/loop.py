@@ -776,6 +776,7 @@ class Trainer:
             self.save_checkpoint()
         if self.accelerator.is_main_process:
             write_run(self.out, finished=False, step=self.state.step)
+        self.accelerator.wait_for_everyone()  # no process tears down while another still writes
         self.accelerator.end_training()
 
     def _finish(self, train_seconds: float) -> dict:
