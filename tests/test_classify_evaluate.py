@@ -88,6 +88,15 @@ def test_classify_texts_match_an_in_process_forward(capsys, classifier_dir, refe
     assert labels == {"ham", "spam"}, "the fixture should give both labels, or the comparison is weak"
 
 
+def test_classify_options_between_model_and_texts(capsys, classifier_dir):
+    """``classify MODEL --batch-size 2 TEXT...``: the same lines as with the options after the texts."""
+    code, out, err = _cli(capsys, "classify", classifier_dir, "--batch-size", "2", *TEXTS[:3])
+    assert code == 0, err
+    code, mixed, _ = _cli(capsys, "classify", classifier_dir, TEXTS[0], "--max-length", "128", *TEXTS[1:3])
+    assert code == 0 and mixed == out
+    assert out == _cli(capsys, "classify", classifier_dir, *TEXTS[:3], "--batch-size", "2")[1]
+
+
 def test_classify_truncation_keeps_the_first_tokens_and_reports_the_count(capsys, classifier_dir, reference):
     code, out, err = _cli(capsys, "classify", classifier_dir, *TEXTS, "--max-length", "6")
     assert code == 0

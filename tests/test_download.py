@@ -220,6 +220,25 @@ def test_offline_download_openai_is_one_line_and_leaves_no_folder(tmp_path, caps
     assert not (tmp_path / "models").exists()
 
 
+def test_failed_download_with_progress_prints_only_the_error(tmp_path, capsys):
+    """No progress bar before a server has answered: unreachable or missing, the error is the only line."""
+    base = f"http://127.0.0.1:{_closed_port()}"
+    code = cli.main(["download-openai", "124M", str(tmp_path / "a"), "--base-url", base])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("gpt2scratch download-openai: error:"), err
+    with http_server({}) as url:
+        code = cli.main(["download-openai", "124M", str(tmp_path / "b"), "--base-url", url + "/nowhere"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("gpt2scratch download-openai: error:"), err
+
+
+def test_progress_bar_shows_the_file_once_it_arrives(tmp_path, capsys):
+    data = _bytes(1000, seed=3)
+    with http_server({"/f.bin": data}) as url:
+        download_file([url + "/f.bin"], tmp_path / "f.bin")
+    assert "f.bin: 100%" in capsys.readouterr().err
+
+
 def test_offline_sms_download_in_finetune_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     """Every command reports a failed download the way download-openai does (DownloadError is a user error)."""
     from gpt2scratch.training import data
@@ -227,7 +246,7 @@ def test_offline_sms_download_in_finetune_is_one_line_exit_2(tmp_path, monkeypat
     monkeypatch.setenv("GPT2SCRATCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(data, "SMS_URLS", (f"http://127.0.0.1:{_closed_port()}/sms.zip",))
     code = cli.main(["finetune", "--dataset", "uci:sms_spam", "--output-dir", str(tmp_path / "run")])
-    last = capsys.readouterr().err.splitlines()[-1]  # after the (empty) progress bar
+    last = capsys.readouterr().err.splitlines()[-1]  # after the run's own log lines
     assert code == 2 and last.startswith(
         "gpt2scratch finetune: error: Could not download sms_spam_collection.zip"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -171,6 +172,22 @@ def test_info_describes_each_model_as_its_own_class(ours_folders, cli):
     assert info["adapter"]["r"] == 4 and info["adapter"]["base_model"] == str(ours_folders["classifier"])
 
 
+def test_info_on_an_adapter_counts_its_trainable_parameters(ours_folders, cli):
+    """The base's parameters and, apart, the adapter's: what PEFT trains (LoRA matrices + the score copy)."""
+    from peft import PeftModel
+
+    from gpt2scratch import GPT2ScratchForSequenceClassification
+
+    code, out, err = cli("info", str(ours_folders["adapter"]))
+    assert code == 0, err
+    info = json.loads(out)
+    base = GPT2ScratchForSequenceClassification.from_pretrained(ours_folders["classifier"])
+    assert info["parameters"] == base.num_parameters()
+    peft = PeftModel.from_pretrained(base, ours_folders["adapter"], is_trainable=True)
+    trainable, _ = peft.get_nb_trainable_parameters()
+    assert info["adapter"]["parameters"] == trainable > 0
+
+
 def test_info_needs_no_tokenizer(hf_folder, tmp_path, cli):
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -181,6 +198,98 @@ def test_info_needs_no_tokenizer(hf_folder, tmp_path, cli):
     info = json.loads(out)
     assert (info["kind"], info["class"], info["tokenizer_dir"]) == ("hf-gpt2", "GPT2ScratchForCausalLM", None)
     assert info["parameters"] == GPT2LMHeadModel.from_pretrained(bare).num_parameters()
+
+
+def _spy_generate(monkeypatch) -> list:
+    """Record the prompt ids and the output of every ``GPT2ScratchForCausalLM.generate`` call."""
+    from gpt2scratch import GPT2ScratchForCausalLM
+
+    calls, original = [], GPT2ScratchForCausalLM.generate
+
+    def generate(self, inputs=None, *args, **kwargs):
+        out = original(self, inputs, *args, **kwargs)
+        calls.append((inputs.clone(), out))
+        return out
+
+    monkeypatch.setattr(GPT2ScratchForCausalLM, "generate", generate)
+    return calls
+
+
+INSTRUCTION = ("Rewrite the sentence in the passive voice.", "The chef cooked the meal.")
+
+
+@pytest.mark.parametrize("fields", [INSTRUCTION, INSTRUCTION[:1]])
+def test_generate_instruction_prompts_with_the_training_template(
+    fields, ours_folders, vocab_dir, cli, monkeypatch
+):
+    """The model gets exactly the tokens of training's Alpaca prompt; only the response is printed."""
+    from gpt2scratch.training.data import format_prompt
+
+    calls = _spy_generate(monkeypatch)
+    args = ["--instruction", fields[0], *(["--input", fields[1]] if len(fields) > 1 else [])]
+    code, out, err = cli("generate", str(ours_folders["lm"]), *args, "--max-new-tokens", "8")
+    assert code == 0, err
+    tok = hf_tokenizer(vocab_dir)
+    expected = tok(format_prompt(*fields), return_tensors="pt").input_ids
+    ((ids, generated),) = calls
+    assert torch.equal(ids, expected)
+    assert out == tok.decode(generated[0, ids.shape[1] :], skip_special_tokens=True) + "\n"
+
+
+def test_generate_instruction_option_errors(ours_folders, cli):
+    code, _, err = cli("generate", str(ours_folders["lm"]), "--prompt", "hi", "--input", "x")
+    assert code == 2 and err.count("\n") == 1 and "--input" in err and "--instruction" in err, err
+    with pytest.raises(SystemExit):  # argparse: one of the two, not both
+        cli("generate", str(ours_folders["lm"]), "--prompt", "hi", "--instruction", "x")
+    code, _, err = cli("generate", str(ours_folders["lm"]), "--instruction", " ")
+    assert code == 2 and err.count("\n") == 1 and "--instruction is empty" in err, err
+
+
+@pytest.fixture
+def transformers_log():
+    """The messages transformers logs (its handler writes to the stderr of its first import, not capsys')."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("name", ["classifier", "adapter"])
+def test_generate_from_a_classifier_uses_its_backbone_quietly(
+    name, ours_folders, vocab_dir, cli, transformers_log
+):
+    """A classifier's backbone with the LM head tied to its token embeddings: the same tokens as the
+    classifier's weights loaded into a causal LM, one note, and no transformers load report."""
+    from gpt2scratch import GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
+
+    code, out, err = cli(
+        "generate", str(ours_folders[name]), "--prompt", "Hello world", "--max-new-tokens", "6"
+    )
+    assert code == 0, err
+    assert not [m for m in transformers_log if "LOAD REPORT" in m], transformers_log
+    notes = [line for line in err.splitlines() if "gpt2scratch generate" in line]
+    assert len(notes) == 1 and "classifier" in notes[0] and "backbone" in notes[0], err
+    classifier = GPT2ScratchForSequenceClassification.from_pretrained(ours_folders["classifier"])
+    lm = GPT2ScratchForCausalLM(classifier.config).eval()
+    assert lm.load_state_dict(classifier.state_dict(), strict=False).missing_keys == ["lm_head.weight"]
+    tok = hf_tokenizer(vocab_dir)
+    ids = tok("Hello world", return_tensors="pt").input_ids
+    expected = lm.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=50256)
+    assert out == tok.decode(expected[0]) + "\n"
+
+
+def test_generate_refuses_a_classifier_without_tied_embeddings(tmp_path, vocab_dir, cli):
+    from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForSequenceClassification
+    from gpt2scratch.io import save_model_folder
+
+    config = GPT2ScratchConfig.from_preset("tiny", vocab_size=50257, tie_word_embeddings=False)
+    folder = save_model_folder(GPT2ScratchForSequenceClassification(config), tmp_path / "untied", vocab_dir)
+    code, out, err = cli("generate", str(folder), "--prompt", "Hello", "--max-new-tokens", "2")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "untied" in err and "no language-model head" in err
 
 
 def test_an_adapter_whose_base_is_gone_is_one_clear_error(tmp_path, capsys):

@@ -314,7 +314,8 @@ def test_code_carrying_pickle_in_a_checkpoint_is_refused(finished_copy, tmp_path
     marker["files"]["state/optimizer.bin"] = {"size": optimizer.stat().st_size, "sha256": digest}
     (newest / MARKER).write_text(json.dumps(marker))
     assert checkpoint_problem(newest) is None
-    assert finetune_cli(finished_copy, *options, "--resume-from", str(newest)) == 2
+    # --force: a finished run is otherwise refused before its checkpoint is opened
+    assert finetune_cli(finished_copy, *options, "--resume-from", str(newest), "--force") == 2
     err = capsys.readouterr().err
     assert "refused" in err and "weights_only=True" in err
     assert not side_effect.exists()

@@ -164,6 +164,21 @@ def test_finished_run_is_resumed_only_with_force(finished, options, tmp_path, ca
     assert (out / "model.safetensors").read_bytes() == (finished / "model.safetensors").read_bytes()
 
 
+def test_finished_run_is_refused_before_its_data_and_model_are_loaded(finished, options, monkeypatch, capsys):
+    from gpt2scratch.training import loop
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the data or the model was loaded before the refusal")
+
+    monkeypatch.setattr(loop, "load_splits", loaded)
+    monkeypatch.setattr(loop, "load_for_task", loaded)
+    before = snapshot(finished)
+    assert finetune(finished, *options, "--resume-from", "latest") == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert snapshot(finished) == before
+
+
 def test_run_options_file_resumes_the_run(options, tmp_path):
     """``finetune --config RUN/training_args.yaml --resume-from latest``: the file names the run's folder."""
     out = tmp_path / "r2"
@@ -193,6 +208,20 @@ def test_setup_error_leaves_no_output_folder(options, bad, message, tmp_path, ca
     assert finetune(out, *options, *bad) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_model_that_is_not_a_saved_model_is_refused_in_one_line(options, tmp_path, tiny_config, capsys):
+    """What a save cut short leaves (config.json, no weights: e.g. a decode-only ``quantized_for_cpu`` copy,
+    which refuses to be saved, saved past that refusal), or a pickled model file."""
+    from gpt2scratch import GPT2ScratchForCausalLM
+
+    tiny_config.save_pretrained(tmp_path / "no-weights")
+    torch.save(GPT2ScratchForCausalLM(tiny_config), tmp_path / "model.pt")
+    for model, message in [("no-weights", "has config.json but no weights"), ("model.pt", "is a file")]:
+        assert finetune(tmp_path / "out", *options, "--model", str(tmp_path / model)) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()
 
 
 def test_setup_error_with_force_keeps_the_finished_run(finished, options, capsys):

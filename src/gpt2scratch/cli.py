@@ -50,6 +50,23 @@ class DiskFullError(CommandError):
     exit_code = 4
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: its options may come anywhere among its positionals (``classify MODEL
+    --batch-size 4 TEXT...``), as ``parse_intermixed_args`` allows. argparse parses a subcommand through
+    its parser's ``parse_known_args``, so that is where intermixed parsing is switched on."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # the two passes of parse_known_intermixed_args (Python < 3.13)
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt2scratch", description="GPT-2 from scratch, as a Hugging Face model."
@@ -57,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"gpt2scratch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)

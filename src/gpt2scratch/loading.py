@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
 from .configuration_gpt2scratch import GPT2ScratchConfig
 from .modeling_gpt2scratch import GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
 from .tokenizer import default_vocab_dir, find_vocab_files, load_encoding
 
 TASK_CLASSES = {"causal-lm": GPT2ScratchForCausalLM, "classification": GPT2ScratchForSequenceClassification}
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 
 
 @dataclass
@@ -56,6 +58,10 @@ def resolve_folder(spec: str | os.PathLike) -> tuple[Path, str]:
     if not path.exists():
         raise FileNotFoundError(
             f"Model {spec} does not exist: give a model folder, a checkpoint, or init:PRESET."
+        )
+    if not path.is_dir():
+        raise NotADirectoryError(
+            f"Model {spec} is a file: give a model folder, a checkpoint, or init:PRESET."
         )
     if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         if (path / "model").is_dir():  # a training checkpoint-<step>/ folder
@@ -100,6 +106,8 @@ def load_model(
         return LoadedModel(model.eval(), vocab, "init")
     folder, kind = resolve_folder(spec)
     adapter = (folder / "adapter_config.json").exists()  # kind "adapter", or a LoRA run's checkpoint
+    if not adapter and kind != "openai":
+        _check_weights(folder)
     if adapter:
         model = _load_adapter(folder, task, extra)
     elif kind == "hf-gpt2":
@@ -112,6 +120,17 @@ def load_model(
         model = model.to(dtype)
     vocab = _tokenizer_dir([given_vocab, folder, _adapter_base(folder) if adapter else None])
     return LoadedModel(model.eval(), vocab, kind)
+
+
+def _check_weights(folder: Path) -> None:
+    """Refuse a folder with a config but no weights: what a failed save leaves, e.g. one of a
+    ``fast.quantized_for_cpu`` copy (decode-only, it cannot be saved) past its refusal."""
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(
+            f"{folder} has config.json but no weights ({SAFE_WEIGHTS_NAME}): an incomplete model folder. Save "
+            "the model again (a quantized_for_cpu copy is decode-only and cannot be saved: save, or fine-tune, "
+            "the float model it was made from)."
+        )
 
 
 def _adapter_base(folder: Path) -> Path | None:

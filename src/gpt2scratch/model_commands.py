@@ -63,16 +63,17 @@ def cmd_init(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    """Stream a continuation of ``--prompt``: the prompt keeps its LAST tokens when prompt + new tokens
-    exceed the model's context (a warning says how many were dropped); impossible options are errors."""
+    """Stream a continuation of ``--prompt``, or with ``--instruction`` only the response to it: the prompt
+    keeps its LAST tokens when prompt + new tokens exceed the model's context (a warning says how many were
+    dropped); impossible options are errors."""
     import torch
     from transformers import TextStreamer
 
-    from .loading import load_model
     from .tokenizer import encode, hf_tokenizer, load_encoding
 
     check_sampling(args)
-    loaded = load_model(args.model, tokenizer_dir=args.tokenizer_dir)
+    text = prompt_text(args)
+    loaded = load_generator(args.model, args.tokenizer_dir)
     model = loaded.model
     if args.weights != "fp32":
         from .fast import quantized_for_cpu
@@ -81,11 +82,11 @@ def cmd_generate(args) -> None:
         print(
             f"gpt2scratch generate: decoding with {args.weights} weights (a quantized copy)", file=sys.stderr
         )
-    ids = fit_prompt(
-        encode(load_encoding(loaded.tokenizer_dir), args.prompt), args.max_new_tokens, model.config
-    )
+    ids = fit_prompt(encode(load_encoding(loaded.tokenizer_dir), text), args.max_new_tokens, model.config)
     ids = torch.tensor([ids])
-    streamer = TextStreamer(hf_tokenizer(loaded.tokenizer_dir), skip_prompt=False)
+    response_only = args.instruction is not None  # as the model card's instruction example decodes
+    tokenizer = hf_tokenizer(loaded.tokenizer_dir)
+    streamer = TextStreamer(tokenizer, skip_prompt=response_only, skip_special_tokens=response_only)
     sample = args.temperature > 0
     if args.seed is not None:
         torch.manual_seed(args.seed)
@@ -100,6 +101,57 @@ def cmd_generate(args) -> None:
         pad_token_id=model.config.eos_token_id,
         streamer=streamer,
     )
+
+
+def prompt_text(args) -> str:
+    """``--prompt`` as given, or ``--instruction`` (and ``--input``) in the Alpaca template that instruction
+    fine-tuning trains on, ending where the model's response starts."""
+    if args.instruction is None:
+        if args.input is not None:
+            raise ValueError("--input fills the Alpaca template's input field: use it with --instruction.")
+        return args.prompt
+    if not args.instruction.strip():
+        raise ValueError('--instruction is empty; give the task, e.g. --instruction "Summarise the text."')
+    from .training.data import format_prompt  # light: torch and the tokenizer, no [train] extra
+
+    return format_prompt(args.instruction, args.input or "")
+
+
+def load_generator(spec: str, tokenizer_dir=None):
+    """``load_model`` for ``generate``. A classifier (folder, checkpoint or adapter) loads as the classifier it
+    is, so transformers reports no unused ``score`` head, and generates with its backbone under the LM head
+    tied to its token embeddings (GPT-2's LM head is ``wte``); a one-line note says so."""
+    from dataclasses import replace
+
+    from .loading import load_model
+
+    found = model_spec(spec)
+    if found.architecture != CLASSIFIER:
+        return load_model(spec, tokenizer_dir=tokenizer_dir)
+    if not found.config.tie_word_embeddings:
+        raise ValueError(
+            f"{spec} is a classifier with untied embeddings (tie_word_embeddings=false): it has no "
+            "language-model head to generate with. Generate with the model it was fine-tuned from."
+        )
+    loaded = load_model(spec, task="classification", tokenizer_dir=tokenizer_dir)
+    print(
+        f"gpt2scratch generate: note: {spec} is a sequence classifier; generating with its backbone and the "
+        "LM head tied to its token embeddings (its score head is not used).",
+        file=sys.stderr,
+    )
+    return replace(loaded, model=backbone_lm(loaded.model))
+
+
+def backbone_lm(classifier):
+    """A causal LM on ``classifier``'s own transformer (shared, not copied), its head tied to the token
+    embeddings; the rest is built on the meta device, so nothing is allocated or initialised."""
+    from .model_card import meta_model
+    from .modeling_gpt2scratch import GPT2ScratchForCausalLM
+
+    lm = meta_model(GPT2ScratchForCausalLM, classifier.config)
+    lm.transformer = classifier.transformer
+    lm.tie_weights()
+    return lm.eval()
 
 
 def check_sampling(args) -> None:
@@ -151,6 +203,7 @@ class ModelSpec:
     config: object  # the GPT2ScratchConfig of the model it loads as (an adapter's: its base's)
     architecture: str  # the class it loads as: CAUSAL_LM, or CLASSIFIER when it has a trained head
     adapter: dict | None = None  # an adapter's adapter_config.json
+    adapter_dir: Path | None = None  # the folder holding it
 
 
 def model_spec(spec: str | os.PathLike) -> ModelSpec:
@@ -189,12 +242,13 @@ def _adapter_spec(folder: Path, kind: str) -> ModelSpec:
     adapter = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     base = adapter_base_folder(folder)
     architecture = CLASSIFIER if adapter.get("task_type") == "SEQ_CLS" else CAUSAL_LM
-    return ModelSpec(kind, base, GPT2ScratchConfig.from_pretrained(base), architecture, adapter)
+    return ModelSpec(kind, base, GPT2ScratchConfig.from_pretrained(base), architecture, adapter, folder)
 
 
 def describe_model(spec: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None) -> dict:
     """``gpt2scratch info``: what ``spec`` is, as the class it loads as, counted on the meta device (no
-    weights read, so any size describes at once); the tokenizer folder is reported when there is one."""
+    weights read, so any size describes at once); the tokenizer folder is reported when there is one. An
+    adapter counts as its base (the size of the merged model it loads as), its own trained parameters apart."""
     from .model_card import meta_model
     from .modeling_gpt2scratch import GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
 
@@ -212,8 +266,28 @@ def describe_model(spec: str | os.PathLike, tokenizer_dir: str | os.PathLike | N
     }
     if found.adapter is not None:
         keys = ("peft_type", "task_type", "r", "lora_alpha", "target_modules", "modules_to_save")
-        info["adapter"] = {k: found.adapter.get(k) for k in keys} | {"base_model": str(found.folder)}
+        info["adapter"] = {k: found.adapter.get(k) for k in keys} | {
+            "base_model": str(found.folder),
+            "parameters": adapter_parameters(found.adapter_dir),
+        }
     return info
+
+
+def adapter_parameters(folder: Path) -> int | None:
+    """The parameters an adapter trains and saves (its LoRA matrices, and modules saved whole such as a
+    classifier's ``score``), counted from its safetensors header alone; None without that file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / "adapter_model.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as f:
+            return sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    except SafetensorError as e:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({e}); save the adapter again."
+        ) from None
 
 
 def _vocab_candidates(spec, found: ModelSpec) -> list:
@@ -266,7 +340,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model", help="model folder, checkpoint, OpenAI folder, transformers GPT-2 folder or init:PRESET"
     )
-    p.add_argument("--prompt", required=True)
+    text = p.add_mutually_exclusive_group(required=True)
+    text.add_argument("--prompt", help="text to continue")
+    text.add_argument(
+        "--instruction",
+        metavar="TEXT",
+        help="prompt an instruction-tuned model with the Alpaca template its fine-tuning used, and print "
+        "only its response",
+    )
+    p.add_argument("--input", metavar="TEXT", help="with --instruction: the template's optional input field")
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int)

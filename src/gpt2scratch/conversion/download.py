@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from ..cli import CommandError
@@ -164,10 +164,8 @@ def _download_from(
     url: str, part: Path, dest: Path, expected_size: int | None, progress: bool, retries: int
 ) -> None:
     """Fill ``part`` from ``url``, resuming after breaks; raise :class:`_Unavailable` to move on."""
-    from tqdm.auto import tqdm
-
     failures = 0
-    with tqdm(desc=dest.name, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress) as bar:
+    with closing(_Progress(dest.name, progress)) as bar:
         while True:
             before = _size_on_disk(part)
             try:
@@ -186,14 +184,39 @@ def _download_from(
             time.sleep(RETRY_DELAY_S * (2 ** (failures - 1)) if failures else 0)
 
 
-def _attempt(url: str, part: Path, dest: Path, expected_size: int | None, bar) -> bool:
+class _Progress:
+    """The progress bar of one download, opened at the first response: a URL that never answers (offline,
+    missing) prints no empty bar before its error."""
+
+    def __init__(self, name: str, enabled: bool):
+        self.name, self.enabled, self.bar = name, enabled, None
+
+    def restart(self, total: int | None, done: int) -> None:
+        """A response arrived: the bar shows ``done`` of ``total`` bytes."""
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                desc=self.name, unit="B", unit_scale=True, unit_divisor=1024, disable=not self.enabled
+            )
+        self.bar.reset(total=total)
+        self.bar.update(done)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _attempt(url: str, part: Path, dest: Path, expected_size: int | None, bar: _Progress) -> bool:
     """One GET from the bytes already in ``part`` onwards; True once ``part`` holds the whole file."""
     have = _size_on_disk(part)
     with urllib.request.urlopen(_request(url, have), timeout=TIMEOUT_S) as resp:
         start, total = _span_of(resp, have)
         _check_size(total, expected_size, url, dest, part, what="the server announces")
-        bar.reset(total=total)
-        bar.update(start)
+        bar.restart(total, start)
         with open(part, "ab" if start else "wb") as f:
             while chunk := resp.read(CHUNK):
                 f.write(chunk)

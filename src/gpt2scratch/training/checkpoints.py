@@ -3,6 +3,8 @@
 Layout of ``--output-dir``::
 
     run.json                 {"finished": bool, "step": int} — written last, so a crash leaves "unfinished"
+    .run.lock                held (an OS lock, released when the process ends, even killed) by the one run
+                             that may write here (:func:`lock_output_dir`); hidden, so never pushed
     training_args.yaml       the resolved options (loadable with ``--config``)
     checkpoint-<step>/       model/ (a model folder, or a PEFT adapter folder naming ``../../base``), state/
                              (Accelerate state), trainer_state.json (step, history, scheduler, options),
@@ -20,6 +22,7 @@ their marker and names, in a warning, every newer one it skips. Older checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -27,11 +30,13 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from ..io import default_file_modes
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".run.lock"
 ARGS_FILE = "training_args.yaml"
 STATE_FILE = "trainer_state.json"
 MARKER = "complete.json"
@@ -142,13 +147,60 @@ def write_run(output_dir: str | os.PathLike, finished: bool, step: int) -> None:
     write_json_durably(Path(output_dir, RUN_FILE), {"finished": finished, "step": step})
 
 
+def lock_output_dir(output_dir: str | os.PathLike) -> Callable[[], None]:
+    """Lock ``output_dir`` (created if missing) for this run, first thing: an OS lock on its ``.run.lock``, so
+    a run killed even by SIGKILL leaves no stale lock. Refuses while another live run holds it. Returns the
+    function that releases it, which also removes the folder if it was created here and the run left it empty."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(output_dir)
+    _check_folder(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FileExistsError(
+            f"--output-dir {folder} is in use by another run{_lock_holder(folder / LOCK_FILE)}; wait for it to "
+            "end or stop it (Ctrl-C saves a checkpoint), or choose another folder."
+        ) from None
+
+    def release() -> None:
+        if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            (folder / LOCK_FILE).unlink()  # while held: a run starting now makes a new lock file
+            with contextlib.suppress(OSError):  # not empty any more: that run's folder now
+                folder.rmdir()
+        lock.release()
+
+    return release
+
+
+def _lock_holder(lock_file: Path) -> str:
+    """`` (process PID)`` holding ``lock_file``, where the OS lists its locks (Linux); else nothing."""
+    try:
+        st = lock_file.stat()
+        where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if fields[1] == "FLOCK" and fields[5] == where:
+                return f" (process {fields[4]})"
+    except (OSError, IndexError, AttributeError):  # no /proc (or os.major) here
+        pass
+    return ""
+
+
+def _check_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"--output-dir {folder} is a file; give a folder.")
+
+
 def check_output_dir(output_dir: str | os.PathLike, resuming: bool, force: bool) -> None:
     """Refuse an output folder that holds something, unless ``force`` or resuming the unfinished run in it
     (checked before any write). Resuming a finished run would retrain its last steps and replace its model."""
     folder = Path(output_dir)
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"--output-dir {folder} is a file; give a folder.")
-    if force or not folder.exists() or not any(folder.iterdir()):
+    _check_folder(folder)
+    if force or not folder.exists() or not any(p.name != LOCK_FILE for p in folder.iterdir()):
         return
     run = read_run(folder)
     if run and run.get("finished") and resuming:
@@ -173,10 +225,12 @@ def check_output_dir(output_dir: str | os.PathLike, resuming: bool, force: bool)
 
 
 def clear_output_dir(output_dir: str | os.PathLike) -> None:
-    """Empty the folder (``--force`` on a new run), keeping the folder itself."""
+    """Empty the folder (``--force`` on a new run), keeping the folder itself and its lock."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for item in folder.iterdir():
+        if item.name == LOCK_FILE:
+            continue
         shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
 
 
@@ -250,12 +304,17 @@ def checkpoint_options(checkpoint: str | os.PathLike) -> tuple[dict | None, str]
 
 
 def write_json_durably(path: Path, data: dict, hook_step: int | None = None) -> None:
-    """Write ``path`` via a temporary file, fsynced, renamed into place, and the folder fsynced."""
+    """Write ``path`` via a temporary file, fsynced, renamed into place, and the folder fsynced. Interrupted
+    (an exception, Ctrl-C), it leaves ``path`` as it was and no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    _write_json(tmp, data)
-    if hook_step is not None:
-        injected("before_marker", hook_step)
-    tmp.replace(path)
+    try:
+        _write_json(tmp, data)
+        if hook_step is not None:
+            injected("before_marker", hook_step)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 

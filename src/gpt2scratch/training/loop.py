@@ -51,6 +51,7 @@ from .checkpoints import (
     fsync_tree,
     injected,
     list_checkpoints,
+    lock_output_dir,
     read_trainer_state,
     resolve_resume,
     rotate_checkpoints,
@@ -195,21 +196,31 @@ def make_loader(ds, batch_size: int, train: bool, pad_id: int):
 def run(args: TrainArgs) -> dict | None:
     """Train as ``args`` say; return the final metrics (None when stopped early by ``--stop-after``).
 
-    Everything that can refuse the run (the options, a resume's settings and state, the data, the model) is
-    settled before the first write into the output folder, so a refused command leaves it as it was."""
+    The output folder is locked for the whole run (one live run per folder). Everything that can refuse the
+    run (the folder, the options, a resume's settings and state, the data, the model) is settled before the
+    first write into it, so a refused command leaves it as it was; the folder's own refusals come first."""
     import datasets
-    from accelerate.utils import set_seed
 
     datasets.disable_progress_bars()
     accelerator = make_accelerator(args)
     _setup_logging(accelerator)
     log.info("Training on %d process(es) (%s)", accelerator.num_processes, accelerator.distributed_type)
+    with _output_locked(accelerator, args):
+        return _train(args, accelerator)
+
+
+def _train(args: TrainArgs, accelerator) -> dict | None:
+    """:func:`run` once the output folder is locked."""
+    from accelerate.utils import set_seed
+
     if args.reuse_freed_memory and accelerator.device.type == "cpu" and reuse_freed_memory():
         log.info("Freed memory is kept in the process for reuse (--reuse-freed-memory)")
     checkpoint = resolve_resume(args.resume_from, Path(args.output_dir))
     if args.resume_from == "latest":
         log.warning("--resume-from latest: resuming from %s", checkpoint)
     saved = _resume_options(args, checkpoint)
+    out = Path(args.output_dir)
+    _on_main(accelerator, out, partial(check_output_dir, out, checkpoint is not None, args.force))
     with accelerator.main_process_first():
         raw = load_splits(args)
     set_seed(args.seed)
@@ -231,9 +242,23 @@ def run(args: TrainArgs) -> dict | None:
     trainer.counts = {"trainable_parameters": trainable, "parameters": total}
     if checkpoint is not None:
         trainer.resume(checkpoint)
-    _prepare_output(accelerator, args, checkpoint, trainer.state.step, raw, write_base)
+    _on_main(
+        accelerator, out, partial(_prepare_output, args, checkpoint, trainer.state.step, raw, write_base)
+    )
     del write_base  # its references keep the base's host copy alive on a GPU run
     return trainer.fit(resumed=checkpoint is not None)
+
+
+@contextmanager
+def _output_locked(accelerator, args: TrainArgs):
+    """The output folder locked by the main process for the block (:func:`lock_output_dir`); every process
+    stops when another run holds it."""
+    release = _on_main(accelerator, Path(args.output_dir), partial(lock_output_dir, args.output_dir))
+    try:
+        yield
+    finally:
+        if release is not None:
+            release()
 
 
 def _setup_logging(accelerator) -> None:
@@ -275,27 +300,31 @@ def _base_writer(model, vocab: Path):
     )
 
 
-def _prepare_output(
-    accelerator, args: TrainArgs, checkpoint: Path | None, step: int, raw, write_base
-) -> None:
-    """On the main process: check the output folder (then create it, or clear it for ``--force``), and write
-    the options, the data splits, ``run.json`` (unfinished, at ``step``) and a LoRA run's ``base/``."""
+def _prepare_output(args: TrainArgs, checkpoint: Path | None, step: int, raw, write_base) -> None:
+    """Create the output folder (or clear it for ``--force``), and write the options, the data splits,
+    ``run.json`` (unfinished, at ``step``) and a LoRA run's ``base/`` (main process, every check passed)."""
     import yaml
 
-    out, error = Path(args.output_dir), None
+    out = Path(args.output_dir)
+    if args.force and checkpoint is None:
+        clear_output_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ARGS_FILE).write_text(yaml.safe_dump(args.to_dict(), sort_keys=False), encoding="utf-8")
+    if raw.was_split and not (out / "data").exists():
+        write_splits(raw, out / "data", args.task)
+    write_run(out, finished=False, step=step)
+    _truncate_log(out / "train_log.jsonl", step)
+    if write_base is not None and not (out / "base").exists():
+        write_base(out / "base")
+
+
+def _on_main(accelerator, out: Path, action):
+    """``action()`` on the main process only, its result there (None elsewhere). When it fails, every
+    process raises: the main process its own error, the others one that points to it."""
+    result, error = None, None
     if accelerator.is_main_process:
         try:
-            check_output_dir(out, resuming=checkpoint is not None, force=args.force)
-            if args.force and checkpoint is None:
-                clear_output_dir(out)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / ARGS_FILE).write_text(yaml.safe_dump(args.to_dict(), sort_keys=False), encoding="utf-8")
-            if raw.was_split and not (out / "data").exists():
-                write_splits(raw, out / "data", args.task)
-            write_run(out, finished=False, step=step)
-            _truncate_log(out / "train_log.jsonl", step)
-            if write_base is not None and not (out / "base").exists():
-                write_base(out / "base")
+            result = action()
         except Exception as e:
             error = e
     failed = _any_process(accelerator, error is not None)
@@ -303,6 +332,7 @@ def _prepare_output(
         raise error
     if failed:
         raise FileExistsError(f"--output-dir {out}: refused by the main process (see its message).")
+    return result
 
 
 def _any_process(accelerator, flag: bool) -> bool:
@@ -345,6 +375,7 @@ class Trainer:
         # Saved in trainer_state.json, not registered with Accelerate, whose custom states load with weights_only=False.
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, args)
         self.signal: int | None = None  # SIGINT/SIGTERM received, acted on at the next step boundary
+        self.stopping = False  # saving to stop (signal, --stop-after): further signals wait for the save
         on_gpu = accelerator.device.type == "cuda"
         self.peak_flops = peak_flops(torch.cuda.get_device_name(accelerator.device)) if on_gpu else None
 
@@ -405,18 +436,25 @@ class Trainer:
 
     @contextmanager
     def _stop_requests(self):
-        """While training, SIGINT/SIGTERM only set ``self.signal``; a second one stops at once (KeyboardInterrupt)."""
+        """While training, SIGINT/SIGTERM only set ``self.signal``; a second one stops at once (KeyboardInterrupt),
+        unless the run is already saving to stop (``self.stopping``): that save is never cut short."""
         if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
             yield
             return
 
         def request(signum, frame):
+            name = signal.Signals(signum).name
+            if self.stopping:
+                log.warning(
+                    "%s received: already stopping; finishing the checkpoint and run.json first", name
+                )
+                return
             if self.signal is not None:
                 raise KeyboardInterrupt
             self.signal = signum
             log.warning(
                 "%s received: saving a checkpoint after this step, then stopping (send it again to stop now)",
-                signal.Signals(signum).name,
+                name,
             )
 
         previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -770,6 +808,7 @@ class Trainer:
 
     def _pause(self, progress) -> None:
         """Checkpoint the current step (unless just saved) and mark the run unfinished (--stop-after, signals)."""
+        self.stopping = True
         progress.close()
         kept = list_checkpoints(self.out)
         if not kept or kept[-1].name != f"checkpoint-{self.state.step}":
