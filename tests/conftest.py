@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -91,3 +92,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
         timeout=timeout,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
+
+
+@pytest.fixture
+def transformers_log():
+    """The messages transformers logs (its handler writes to the stderr of its first import, not capsys')."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)

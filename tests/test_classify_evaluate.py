@@ -195,12 +195,43 @@ def test_evaluate_lm_loss_and_perplexity_match_the_model(capsys, tmp_path, vocab
     assert code == 0, err
     got = json.loads(out)
 
-    ids = encode(load_encoding(vocab_dir), text)
-    blocks = [ids[i : i + 16] for i in range(0, len(ids), 16)]
+    _assert_lm_metrics(got, model, encode(load_encoding(vocab_dir), text), block=16)
+
+
+def test_evaluate_lm_on_a_classifier_scores_its_backbone_quietly(
+    capsys, tmp_path, classifier_dir, vocab_dir, transformers_log
+):
+    """The classifier's backbone under the LM head tied to its embeddings (as ``generate`` uses it): no
+    transformers load report about the unused ``score`` head, one note, the backbone's own loss."""
+    text = "\n".join(TEXTS * 3)
+    (tmp_path / "data.txt").write_text(text, encoding="utf-8")
+    code, out, err = _cli(
+        capsys,
+        "evaluate",
+        classifier_dir,
+        "--task",
+        "lm",
+        "--data",
+        tmp_path / "data.txt",
+        "--max-length",
+        16,
+    )
+    assert code == 0, err
+    assert not [m for m in transformers_log if "LOAD REPORT" in m], transformers_log
+    assert err.count("gpt2scratch evaluate: note:") == 1 and "backbone" in err, err
+    classifier = GPT2ScratchForSequenceClassification.from_pretrained(classifier_dir)
+    lm = GPT2ScratchForCausalLM(classifier.config).eval()
+    lm.load_state_dict(classifier.state_dict(), strict=False)
+    _assert_lm_metrics(json.loads(out), lm, encode(load_encoding(vocab_dir), text), block=16)
+
+
+def _assert_lm_metrics(got: dict, model, ids: list[int], block: int) -> None:
+    """``evaluate --task lm``'s figures equal each block's own (mean) loss, token-weighted, from ``model``."""
+    blocks = [ids[i : i + block] for i in range(0, len(ids), block)]
     blocks = [b for b in blocks if len(b) >= 2]
     total = count = 0
     with torch.no_grad():
-        for b in blocks:  # each block alone, with the model's own (mean) loss
+        for b in blocks:
             t = torch.tensor([b])
             total += float(model(input_ids=t, labels=t).loss) * (len(b) - 1)
             count += len(b) - 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -243,18 +242,6 @@ def test_generate_instruction_option_errors(ours_folders, cli):
         cli("generate", str(ours_folders["lm"]), "--prompt", "hi", "--instruction", "x")
     code, _, err = cli("generate", str(ours_folders["lm"]), "--instruction", " ")
     assert code == 2 and err.count("\n") == 1 and "--instruction is empty" in err, err
-
-
-@pytest.fixture
-def transformers_log():
-    """The messages transformers logs (its handler writes to the stderr of its first import, not capsys')."""
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = logging.getLogger("transformers")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
 
 
 @pytest.mark.parametrize("name", ["classifier", "adapter"])

@@ -75,6 +75,22 @@ def test_full_disk_and_ctrl_c_print_one_line(monkeypatch, capsys, vocab_dir):
         assert err.count("\n") == 1 and err.startswith("gpt2scratch info: error:")
 
 
+def test_reader_that_closes_the_pipe_early_stops_the_command_quietly():
+    """``gpt2scratch info M | head -1``: no BrokenPipeError traceback, the exit code of a pipe closed early."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2scratch", "info", "init:tiny"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before the command prints
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert err == ""
+
+
 def test_readme_lists_every_exit_code():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     listed = {int(c) for c in re.findall(r"^\| `(\d+)` \|", readme, re.M)}

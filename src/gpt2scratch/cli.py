@@ -34,6 +34,7 @@ EXIT_CODES = {
     3: "training stopped: non-finite loss or gradients (--on-nonfinite stop); the last good checkpoint is kept",
     4: "no space left on device: the partial write was removed, the previous checkpoint or file is intact",
     130: "interrupted (SIGINT, Ctrl-C); finetune saved a checkpoint first: resume with --resume-from latest",
+    141: "stdout's reader closed the pipe early (e.g. `| head`); nothing more is printed",
     143: "terminated (SIGTERM); finetune saved a checkpoint first: resume with --resume-from latest",
 }
 
@@ -95,7 +96,11 @@ def run_reporting(command: str, call) -> int:
     """``call()``'s return value as an exit status; an error a user can act on becomes one line on stderr and
     its ``EXIT_CODES`` code (a bug keeps its traceback). Shared by ``gpt2scratch`` and ``scripts/finetune.py``."""
     try:
-        return int(call() or 0)
+        code = int(call() or 0)
+        sys.stdout.flush()  # a reader that stopped early (``| head``) shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except KeyboardInterrupt:
         return _fail(command, "interrupted.", 130)
     except Exception as e:
@@ -119,6 +124,15 @@ def exit_code(error: BaseException) -> int | None:
 
 def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (``gpt2scratch info M | head -1``): stop quietly, as a program killed by
+    SIGPIPE would; stdout goes to /dev/null so that Python's exit flush has nowhere to fail."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 def _fail(command: str, message, code: int) -> int:

@@ -73,7 +73,7 @@ def cmd_generate(args) -> None:
 
     check_sampling(args)
     text = prompt_text(args)
-    loaded = load_generator(args.model, args.tokenizer_dir)
+    loaded = load_language_model(args.model, args.tokenizer_dir)
     model = loaded.model
     if args.weights != "fp32":
         from .fast import quantized_for_cpu
@@ -117,10 +117,11 @@ def prompt_text(args) -> str:
     return format_prompt(args.instruction, args.input or "")
 
 
-def load_generator(spec: str, tokenizer_dir=None):
-    """``load_model`` for ``generate``. A classifier (folder, checkpoint or adapter) loads as the classifier it
-    is, so transformers reports no unused ``score`` head, and generates with its backbone under the LM head
-    tied to its token embeddings (GPT-2's LM head is ``wte``); a one-line note says so."""
+def load_language_model(spec: str, tokenizer_dir=None, command: str = "generate"):
+    """``load_model`` as a causal LM (``generate``, ``evaluate --task lm``). A classifier (folder, checkpoint
+    or adapter) loads as the classifier it is, so transformers reports no unused ``score`` head, and runs as
+    its backbone under the LM head tied to its token embeddings (GPT-2's LM head is ``wte``); a one-line note
+    says so."""
     from dataclasses import replace
 
     from .loading import load_model
@@ -131,11 +132,11 @@ def load_generator(spec: str, tokenizer_dir=None):
     if not found.config.tie_word_embeddings:
         raise ValueError(
             f"{spec} is a classifier with untied embeddings (tie_word_embeddings=false): it has no "
-            "language-model head to generate with. Generate with the model it was fine-tuned from."
+            "language-model head. Use the model it was fine-tuned from."
         )
     loaded = load_model(spec, task="classification", tokenizer_dir=tokenizer_dir)
     print(
-        f"gpt2scratch generate: note: {spec} is a sequence classifier; generating with its backbone and the "
+        f"gpt2scratch {command}: note: {spec} is a sequence classifier; using its backbone with the "
         "LM head tied to its token embeddings (its score head is not used).",
         file=sys.stderr,
     )

@@ -358,11 +358,11 @@ def read_text(path: str | os.PathLike) -> str:
 
 def evaluate_lm(args) -> dict:
     """Token-weighted mean next-token loss and perplexity over consecutive blocks of the text."""
-    from gpt2scratch.loading import load_model
+    from gpt2scratch.model_commands import load_language_model
     from gpt2scratch.tokenizer import encode, load_encoding
 
     text = read_text(args.data)
-    loaded = load_model(args.model, task="causal-lm", tokenizer_dir=args.tokenizer_dir)
+    loaded = load_language_model(args.model, args.tokenizer_dir, command="evaluate")
     block = _max_length(loaded.model.config, args.max_length)
     ids = encode(load_encoding(loaded.tokenizer_dir), text)
     blocks = [ids[i : i + block] for i in range(0, len(ids), block)]
