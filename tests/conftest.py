@@ -104,3 +104,13 @@ def transformers_log():
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)
+
+
+def training_forkserver(test_module: str):
+    """A multiprocessing context whose runs are forked from a server that has imported torch, the training
+    code and ``test_module`` (the children's targets) once."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "gpt2scratch.training.loop", "datasets", "accelerate", test_module])
+    return ctx

@@ -6,7 +6,6 @@ the folder checks, the checkpoint listing or what is pushed."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import training_forkserver
 from test_finetune import SMALL, one_thread, sms_subset  # noqa: F401 (one_thread: autouse)
 from test_run_lifecycle import finetune, snapshot
 
@@ -87,12 +87,7 @@ def text(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def forkserver():
-    """Runs are forked from a server that has imported torch and the training code once."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(
-        ["torch", "gpt2scratch.training.loop", "datasets", "accelerate", "test_run_lock"]
-    )
-    return ctx
+    return training_forkserver("test_run_lock")
 
 
 def test_live_run_holds_its_folder_until_killed(forkserver, options, tmp_path, capsys):

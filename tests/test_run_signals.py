@@ -5,13 +5,13 @@ folder resumes to the end. The signals are real, sent by the run to itself at th
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import training_forkserver
 from test_finetune import SMALL, one_thread, sms_subset, train  # noqa: F401 (one_thread: autouse)
 
 from gpt2scratch.cli import main as cli_main
@@ -57,12 +57,7 @@ def _interrupted_twice(argv: list[str], second_during: str, log: str) -> None:
 
 @pytest.fixture(scope="module")
 def forkserver():
-    """Runs are forked from a server that has imported torch and the training code once."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(
-        ["torch", "gpt2scratch.training.loop", "datasets", "accelerate", "test_run_signals"]
-    )
-    return ctx
+    return training_forkserver("test_run_signals")
 
 
 @pytest.mark.parametrize("second_during", ["trainer_state.json", ".run.json.tmp"])
