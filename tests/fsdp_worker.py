@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -62,8 +63,14 @@ def main() -> None:
         whole.save_pretrained(args.out)
         with open(os.path.join(args.out, "losses.json"), "w") as f:
             json.dump(losses, f)
-    dist.barrier()  # tear down together: a rank leaving while another still runs can abort in gloo
+    dist.barrier()
     dist.destroy_process_group()
+    # Exit without the interpreter's teardown: after FSDP2 on gloo, a C++ static destructor at exit sometimes
+    # finds a thread still joinable and aborts (SIGABRT, "terminate called without an active exception"; ~5 of
+    # ~130 runs under load, every write done and the process group destroyed before it).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
