@@ -114,3 +114,10 @@ def training_forkserver(test_module: str):
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "gpt2scratch.training.loop", "datasets", "accelerate", test_module])
     return ctx
+
+
+def output_into(log: str) -> None:
+    """In a forked child: its stdout and stderr into the file ``log``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import output_into
 from safetensors.torch import load_file
 from test_finetune import SMALL, one_thread, sms_subset, train  # noqa: F401 (one_thread: autouse)
 from test_finetune_resume import train_losses
@@ -73,9 +74,7 @@ def finetune_cli(out: Path, *options: str) -> int:
 
 def _finetune_main(argv: list[str], fault: str | None, log: str) -> None:
     """Target of a forked child: ``gpt2scratch finetune ARGV`` with the fault hook set, output into ``log``."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    output_into(log)
     os.environ.pop(FAULT_ENV, None)
     os.environ.update({FAULT_ENV: fault} if fault else {})
     torch.set_num_threads(1)

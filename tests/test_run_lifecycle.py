@@ -24,11 +24,16 @@ pytestmark = pytest.mark.xdist_group("run_lifecycle")
 
 @pytest.fixture(scope="module")
 def options(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
-    """20 ham + 20 spam → 28 training rows → 7 steps per epoch of 4; 3 steps, checkpoint-2."""
+    """:func:`three_step_run`, checkpoint-2."""
+    return [*three_step_run(shared_data, vocab_dir, tmp_path_factory), "--save-every", "2"]
+
+
+def three_step_run(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
+    """20 ham + 20 spam → 28 training rows → 7 steps per epoch of 4; 3 steps, no periodic checkpoint."""
     sms = sms_subset(shared_data, tmp_path_factory.mktemp("sms"), n_per_class=20)
     return [
         *("--train-file", str(sms), "--tokenizer-dir", str(vocab_dir), "--max-steps", "3"),
-        *("--batch-size", "4", "--lr", "3e-3", "--max-length", "32", "--save-every", "2"),
+        *("--batch-size", "4", "--lr", "3e-3", "--max-length", "32"),
     ]
 
 

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import training_forkserver
-from test_finetune import SMALL, one_thread, sms_subset  # noqa: F401 (one_thread: autouse)
-from test_run_lifecycle import finetune, snapshot
+from conftest import output_into, training_forkserver
+from test_finetune import SMALL, one_thread  # noqa: F401 (one_thread: autouse)
+from test_run_lifecycle import finetune, snapshot, three_step_run
 
 from gpt2scratch.cli import main as cli_main
 from gpt2scratch.training.checkpoints import LOCK_FILE, list_checkpoints
@@ -27,12 +27,7 @@ pytestmark = pytest.mark.xdist_group("run_lock")
 
 @pytest.fixture(scope="module")
 def options(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
-    """20 ham + 20 spam → 28 training rows → 7 steps per epoch of 4; 3 steps."""
-    sms = sms_subset(shared_data, tmp_path_factory.mktemp("sms"), n_per_class=20)
-    return [
-        *("--train-file", str(sms), "--tokenizer-dir", str(vocab_dir), "--max-steps", "3"),
-        *("--batch-size", "4", "--lr", "3e-3", "--max-length", "32"),
-    ]
+    return three_step_run(shared_data, vocab_dir, tmp_path_factory)
 
 
 @contextmanager
@@ -75,9 +70,7 @@ def test_run_into_a_folder_in_use_is_refused_and_writes_nothing(options, tmp_pat
 
 def _finetune_main(argv: list[str], log: str) -> None:
     """Target of a forked child: ``gpt2scratch finetune ARGV``, its output into ``log``."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    output_into(log)
     sys.exit(cli_main(["finetune", *argv]))
 
 

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import training_forkserver
-from test_finetune import SMALL, one_thread, sms_subset, train  # noqa: F401 (one_thread: autouse)
+from conftest import output_into, training_forkserver
+from test_finetune import SMALL, one_thread, train  # noqa: F401 (one_thread: autouse)
+from test_run_lifecycle import three_step_run
 
 from gpt2scratch.cli import main as cli_main
 from gpt2scratch.training.checkpoints import checkpoint_problem
@@ -22,12 +23,7 @@ pytestmark = pytest.mark.xdist_group("run_signals")
 
 @pytest.fixture(scope="module")
 def options(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
-    """20 ham + 20 spam → 28 training rows → 7 steps per epoch of 4; 3 steps, no periodic checkpoint."""
-    sms = sms_subset(shared_data, tmp_path_factory.mktemp("sms"), n_per_class=20)
-    return [
-        *("--train-file", str(sms), "--tokenizer-dir", str(vocab_dir), "--max-steps", "3"),
-        *("--batch-size", "4", "--lr", "3e-3", "--max-length", "32"),
-    ]
+    return three_step_run(shared_data, vocab_dir, tmp_path_factory)
 
 
 def _interrupted_twice(argv: list[str], second_during: str, log: str) -> None:
@@ -35,9 +31,7 @@ def _interrupted_twice(argv: list[str], second_during: str, log: str) -> None:
     and again once the stop path has written the file ``second_during`` of step 1 (before it is renamed)."""
     from gpt2scratch.training import checkpoints, loop
 
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    output_into(log)
     train_step, write_json = loop.Trainer.train_step, checkpoints._write_json
 
     def first_signal(self, batches):
