@@ -121,3 +121,16 @@ def output_into(log: str) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate's process-wide state is reset after every test: a run refused in this process after its
+    ``Accelerator`` was made would otherwise leave a single-process state that later in-process runs, and the
+    processes a later test forks (``debug_launcher``), inherit."""
+    yield
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
