@@ -293,3 +293,17 @@ def test_an_adapter_whose_base_is_gone_is_one_clear_error(tmp_path, capsys):
         load_model(adapter)
     assert main(["info", str(adapter)]) == 2
     assert "is missing: set base_model_name_or_path" in capsys.readouterr().err
+
+
+def test_an_adapter_or_its_base_without_weights_is_one_clear_error(tmp_path, vocab_dir, tiny_config, cli):
+    """What a save cut short leaves, in the adapter folder or in its ``base/``: one line naming the folder."""
+    adapter = tmp_path / "adapter"
+    lora = {"peft_type": "LORA", "target_modules": ["c_attn"], "r": 2, "lora_alpha": 4}
+    (adapter / "base").mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({**lora, "base_model_name_or_path": "base"}))
+    tiny_config.save_pretrained(adapter / "base")
+    for folder, config in [(adapter, "adapter_config.json"), (adapter / "base", "config.json")]:
+        code, out, err = cli("generate", str(adapter), "--tokenizer-dir", str(vocab_dir), "--prompt", "Hi")
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert f"{folder} has {config} but no weights" in err
+        (adapter / "adapter_model.safetensors").write_bytes(b"")  # the adapter's weights now "exist"

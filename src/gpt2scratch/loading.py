@@ -22,6 +22,7 @@ from .tokenizer import default_vocab_dir, find_vocab_files, load_encoding
 
 TASK_CLASSES = {"causal-lm": GPT2ScratchForCausalLM, "classification": GPT2ScratchForSequenceClassification}
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # PEFT's file names
 
 
 @dataclass
@@ -123,13 +124,18 @@ def load_model(
 
 
 def _check_weights(folder: Path) -> None:
-    """Refuse a folder with a config but no weights: what a failed save leaves, e.g. one of a
+    """Refuse a model folder with a config but no weights: what a failed save leaves, e.g. one of a
     ``fast.quantized_for_cpu`` copy (decode-only, it cannot be saved) past its refusal."""
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+    _refuse_weightless(
+        folder, WEIGHT_FILES, "config.json", "Save the model again (a quantized_for_cpu copy is decode-only and "
+        "cannot be saved: save, or fine-tune, the float model it was made from)."
+    )  # fmt: skip
+
+
+def _refuse_weightless(folder: Path, names: tuple[str, ...], config: str, advice: str) -> None:
+    if not any((folder / name).is_file() for name in names):
         raise FileNotFoundError(
-            f"{folder} has config.json but no weights ({SAFE_WEIGHTS_NAME}): an incomplete model folder. Save "
-            "the model again (a quantized_for_cpu copy is decode-only and cannot be saved: save, or fine-tune, "
-            "the float model it was made from)."
+            f"{folder} has {config} but no weights ({names[0]}): an incomplete folder. {advice}"
         )
 
 
@@ -158,7 +164,10 @@ def _load_adapter(folder: Path, task: str, extra: dict):
     """A PEFT adapter on its base model, merged so callers get a plain model of this package."""
     from peft import PeftModel
 
-    base = _task_class(task).from_pretrained(adapter_base_folder(folder), **extra)
+    _refuse_weightless(folder, ADAPTER_WEIGHT_FILES, "adapter_config.json", "Save the adapter again.")
+    base_dir = adapter_base_folder(folder)
+    _check_weights(base_dir)
+    base = _task_class(task).from_pretrained(base_dir, **extra)
     return PeftModel.from_pretrained(base, folder).merge_and_unload()
 
 
