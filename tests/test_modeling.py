@@ -283,6 +283,21 @@ def test_gradient_checkpointing_same_gradients():
         assert torch.allclose(a, p.grad, atol=1e-6)
 
 
+def test_peft_wraps_the_model_without_a_deprecation_warning(tiny_config):
+    """PEFT reads transformers' deprecated ``is_gradient_checkpointing`` on every wrap; ours answers it quietly."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    model = GPT2ScratchForCausalLM(tiny_config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert not model.is_gradient_checkpointing
+        model.activation_checkpointing_enable()
+        assert model.is_gradient_checkpointing
+        get_peft_model(model, LoraConfig(target_modules=["c_attn"], r=2))
+
+
 def test_weights_tied_and_initialised_like_gpt2():
     torch.manual_seed(0)
     model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny", vocab_size=1000, n_layer=8))

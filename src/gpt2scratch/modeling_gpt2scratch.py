@@ -541,6 +541,12 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
         super().__init__(config, *args, **kwargs)
         self.register_state_dict_post_hook(_contiguous_state)
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """transformers' deprecated alias of ``is_activation_checkpointing``, without its FutureWarning: PEFT
+        reads it each time it wraps a model, where the user can do nothing about the warning."""
+        return self.is_activation_checkpointing
+
     def train(self, mode: bool = True):
         """``nn.Module.train``; training mode also holds the weights row-major again if ``generate`` made
         them column-major (``set_weight_layout``)."""
