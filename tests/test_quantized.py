@@ -62,6 +62,18 @@ def test_inplace_converts_the_model_itself_to_the_same_copy(model, ids, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("weights", ["int8", "fp16"])
+def test_the_copys_state_dict_loads_into_another_copy(model, tiny_config, ids, weights):
+    """torch's own way to keep a quantized model: its state dict (quantized params and their dtypes)."""
+    quantized = fast.quantized_for_cpu(model, weights)
+    torch.manual_seed(1)
+    other = fast.quantized_for_cpu(GPT2ScratchForCausalLM(tiny_config).eval(), weights)
+    with torch.no_grad():
+        assert not torch.equal(other(ids).logits, quantized(ids).logits)
+        other.load_state_dict(quantized.state_dict())
+        assert torch.equal(other(ids).logits, quantized(ids).logits)
+
+
 def test_int8_weights_are_symmetric_per_output_channel_roundings(model):
     quantized = fast.quantized_for_cpu(model, "int8")
     originals = _linears(model)

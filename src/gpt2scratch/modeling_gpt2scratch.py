@@ -400,11 +400,16 @@ def _contiguous_state(module, state_dict, prefix, local_metadata) -> None:
         return
     copies: dict[tuple, torch.Tensor] = {}
     for name, tensor in state_dict.items():
-        if name.startswith(prefix) and not isinstance(tensor, nn.Parameter) and not tensor.is_contiguous():
+        if name.startswith(prefix) and _plain_tensor(tensor) and not tensor.is_contiguous():
             key = (tensor.data_ptr(), tensor.shape, tensor.stride())
             if key not in copies:
                 copies[key] = tensor.contiguous()
             state_dict[name] = copies[key]
+
+
+def _plain_tensor(value) -> bool:
+    """A tensor that is not a Parameter (a quantized module's state also holds dtypes and packed params)."""
+    return isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)
 
 
 class GPT2ScratchAttention(nn.Module):
