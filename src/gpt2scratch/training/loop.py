@@ -11,9 +11,10 @@ losses; it equals the single-process loss of the same global batch exactly for c
 process holds the same number of examples), and only approximately for token-level losses (lm,
 instruction), whose per-process token counts differ.
 
-Faults: SIGINT/SIGTERM save a checkpoint at the next step boundary and raise ``RunInterrupted`` (exit
-128 + signal); a non-finite loss or gradient stops before the weights change (``NonFiniteError``, exit 3)
-or, with ``--on-nonfinite skip``, skips that update; a full disk while saving removes the partial write
+Faults: SIGINT/SIGTERM save a checkpoint at the next step boundary (in the final evaluation: at the next
+batch) and raise ``RunInterrupted`` (exit 128 + signal); the final save, once begun, is never cut short;
+a non-finite loss or gradient stops before the weights change (``NonFiniteError``, exit 3) or, with
+``--on-nonfinite skip``, skips that update; a full disk while saving removes the partial write
 (``DiskFullError``, exit 4). Checkpoint atomicity and the fault-injection hook live in ``checkpoints.py``.
 """
 
@@ -68,6 +69,12 @@ LAUNCH_HELP = (
     "--multi_gpu does not connect them): every process would train the same model alone. On CPU launch "
     "with: ACCELERATE_USE_CPU=yes accelerate launch --multi_gpu --num_processes {n} scripts/finetune.py ..."
 )
+
+
+SAVES = {  # Trainer.phase: what a signal waits for
+    "stopping": "stopping; finishing the checkpoint and run.json",
+    "final save": "saving the finished run; finishing the model, metrics and run.json",
+}
 
 
 class LaunchError(ValueError):
@@ -375,7 +382,8 @@ class Trainer:
         # Saved in trainer_state.json, not registered with Accelerate, whose custom states load with weights_only=False.
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, args)
         self.signal: int | None = None  # SIGINT/SIGTERM received, acted on at the next step boundary
-        self.stopping = False  # saving to stop (signal, --stop-after): further signals wait for the save
+        # "training", "final evaluation", or one of the SAVES, which signals wait for: "stopping", "final save"
+        self.phase = "training"
         on_gpu = accelerator.device.type == "cuda"
         self.peak_flops = peak_flops(torch.cuda.get_device_name(accelerator.device)) if on_gpu else None
 
@@ -406,56 +414,66 @@ class Trainer:
         start = time.perf_counter()
         remaining = self._optimizer_batches(self.state.step) if self.state.step < self.total_steps else ()
         with self._stop_requests():
-            for batches in remaining:
-                stats = self.train_step(batches)
-                self.state.step += 1
-                step = self.state.step
-                if not stats.pop("skipped", False):
-                    for key, value in stats.items():
-                        self.state.window[key].append(value)
-                self._log_step(step, stats)
-                progress.update(1)
-                progress.set_postfix(loss=f"{stats['loss']:.4f}")
-                if step == self.total_steps or (args.eval_every and step % args.eval_every == 0):
-                    self._evaluate_during(step, self.state.window)
-                    self.state.window = defaultdict(list)
-                if step < self.total_steps and args.save_every and step % args.save_every == 0:
-                    self.save_checkpoint()
-                if step < self.total_steps and _any_process(acc, self.signal is not None):
-                    self._pause(progress)
-                    raise self._interrupted()
-                if args.stop_after and step >= args.stop_after and step < self.total_steps:
-                    self._pause(progress)
-                    log.info("stopped after step %d (--stop-after); continue with --resume-from latest", step)
-                    return None
-                if step >= self.total_steps:
-                    break
+            metrics = self._train(remaining, progress, start)
+        if metrics is not None and acc.is_main_process:  # the run is saved: a signal now stops at once
+            from ..hub import finish_run
+
+            finish_run(self.out, args.push_to_hub)  # the model card; with --push-to-hub, the upload
+        return metrics
+
+    def _train(self, remaining, progress, start: float) -> dict | None:
+        """:meth:`fit`'s steps from ``state.step``, then the final evaluation and save (:meth:`_finish`)."""
+        args, acc = self.args, self.accelerator
+        for batches in remaining:
+            stats = self.train_step(batches)
+            self.state.step += 1
+            step = self.state.step
+            if not stats.pop("skipped", False):
+                for key, value in stats.items():
+                    self.state.window[key].append(value)
+            self._log_step(step, stats)
+            progress.update(1)
+            progress.set_postfix(loss=f"{stats['loss']:.4f}")
+            if step == self.total_steps or (args.eval_every and step % args.eval_every == 0):
+                self._evaluate_during(step, self.state.window)
+                self.state.window = defaultdict(list)
+            if step < self.total_steps and args.save_every and step % args.save_every == 0:
+                self.save_checkpoint()
+            if step < self.total_steps and _any_process(acc, self.signal is not None):
+                self._pause(progress)
+                raise self._interrupted()
+            if args.stop_after and step >= args.stop_after and step < self.total_steps:
+                self._pause(progress)
+                log.info("stopped after step %d (--stop-after); continue with --resume-from latest", step)
+                return None
+            if step >= self.total_steps:
+                break
         progress.close()
-        train_seconds = time.perf_counter() - start
-        return self._finish(train_seconds)
+        return self._finish(time.perf_counter() - start, progress)
 
     @contextmanager
     def _stop_requests(self):
-        """While training, SIGINT/SIGTERM only set ``self.signal``; a second one stops at once (KeyboardInterrupt),
-        unless the run is already saving to stop (``self.stopping``): that save is never cut short."""
+        """While training and in the final evaluation, SIGINT/SIGTERM only set ``self.signal``: the run stops at
+        the next step boundary, or evaluation batch, with a checkpoint; a second one stops at once
+        (KeyboardInterrupt), unless the run is already saving (to stop, or the finished run): that save is
+        never cut short."""
         if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
             yield
             return
 
         def request(signum, frame):
             name = signal.Signals(signum).name
-            if self.stopping:
-                log.warning(
-                    "%s received: already stopping; finishing the checkpoint and run.json first", name
-                )
+            if self.phase in SAVES:
+                log.warning("%s received: already %s first", name, SAVES[self.phase])
                 return
             if self.signal is not None:
                 raise KeyboardInterrupt
             self.signal = signum
-            log.warning(
-                "%s received: saving a checkpoint after this step, then stopping (send it again to stop now)",
-                name,
+            when = (
+                "this step" if self.phase == "training" else f"this evaluation batch (step {self.state.step})"
             )
+            log.warning("%s received: saving a checkpoint after %s, then stopping (send it again to stop now)",
+                        name, when)  # fmt: skip
 
         previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -607,14 +625,18 @@ class Trainer:
             self.state.before = {"response_loss": self.evaluate("test")["loss"]}
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict:
-        """Loss (per example for classification, per target token otherwise) and the task's metrics on ``split``."""
+    def evaluate(self, split: str, stoppable: bool = False) -> dict | None:
+        """Loss (per example for classification, per target token otherwise) and the task's metrics on ``split``;
+        ``stoppable``: None as soon as a signal has reached any process (checked before each batch)."""
         acc, limit = self.accelerator, self.args.eval_max_batches
         self.model.eval()
         sums, counts, preds, refs = [], [], [], []
         for i, batch in enumerate(self.eval_loaders[split]):
             if limit and i >= limit:
                 break
+            if stoppable and _any_process(acc, self.signal is not None):
+                self.model.train()
+                return None
             logits = self.model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits.float()
@@ -675,8 +697,9 @@ class Trainer:
             results.append(row[: row.index(eot)] if eot in row else row)
         return results
 
-    def instruction_responses(self) -> tuple[list[dict], float]:
-        """Responses of the model to the test prompts, beside the references, and their ROUGE-L."""
+    def instruction_responses(self) -> tuple[list[dict], float] | None:
+        """Responses of the model to the test prompts, beside the references, and their ROUGE-L; None when a
+        signal arrives meanwhile (checked before each batch of prompts, in this process)."""
         from .metrics import rouge_l
 
         records = self.raw.splits["test"].remove_columns(["_row"]).to_list()
@@ -687,6 +710,8 @@ class Trainer:
             )
         responses = []
         for i in range(0, len(records), self.args.batch_size):
+            if self.signal is not None:
+                return None
             chunk = records[i : i + self.args.batch_size]
             prompts = [
                 self.encoding.encode(format_prompt(r["instruction"], r["input"]), allowed_special="all")[
@@ -808,7 +833,7 @@ class Trainer:
 
     def _pause(self, progress) -> None:
         """Checkpoint the current step (unless just saved) and mark the run unfinished (--stop-after, signals)."""
-        self.stopping = True
+        self.phase = "stopping"
         progress.close()
         kept = list_checkpoints(self.out)
         if not kept or kept[-1].name != f"checkpoint-{self.state.step}":
@@ -818,24 +843,26 @@ class Trainer:
         self.accelerator.wait_for_everyone()  # no process tears down while another still writes
         self.accelerator.end_training()
 
-    def _finish(self, train_seconds: float) -> dict:
-        """Final metrics on every split, the model at the top of the output folder, metrics.json and plots."""
-        acc, args = self.accelerator, self.args
-        metrics = {name: self.evaluate(name) for name in self.eval_loaders}
-        extra = {}
-        if args.task == "instruction" and "test" in self.eval_loaders and acc.is_main_process:
-            records, rouge = self.instruction_responses()
-            (self.out / "test-responses.json").write_text(
-                json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8"
-            )
-            metrics["test"].update(
-                response_loss_before=self.state.before.get("response_loss"),
-                response_loss_after=metrics["test"]["loss"],
-                rouge_l=rouge,
-            )
+    def _finish(self, train_seconds: float, progress) -> dict:
+        """Final metrics on every split, the model at the top of the output folder, metrics.json and plots. A
+        signal during the evaluation stops the run with a checkpoint of the last step (a resume evaluates and
+        saves); once saving has begun, it waits."""
+        acc = self.accelerator
+        self.phase = "final evaluation"
+        evaluated = self._final_evaluation()
+        if evaluated is None:
+            self._pause(progress)
+            raise self._interrupted()
+        metrics, responses = evaluated
+        self.phase = "final save"
         acc.wait_for_everyone()
         weights = self._gathered_weights()  # every process takes part
+        extra = {}
         if acc.is_main_process:
+            if responses is not None:
+                (self.out / "test-responses.json").write_text(
+                    json.dumps(responses, indent=1, ensure_ascii=False), encoding="utf-8"
+                )
             extra = self._summary(train_seconds)
             self._save_final(weights)
             (self.out / "metrics.json").write_text(
@@ -849,11 +876,32 @@ class Trainer:
             _log_final_metrics(metrics)
         acc.wait_for_everyone()
         acc.end_training()
-        if acc.is_main_process:  # the model card; with --push-to-hub, the upload
-            from ..hub import finish_run
-
-            finish_run(self.out, args.push_to_hub)
         return {**metrics, **extra}
+
+    def _final_evaluation(self) -> tuple[dict, list[dict] | None] | None:
+        """Metrics on every split and, for instruction, the test responses (main process); None when a signal
+        stops it (every process together)."""
+        acc, metrics = self.accelerator, {}
+        if _any_process(acc, self.signal is not None):  # received during the last step
+            return None
+        for name in self.eval_loaders:
+            metrics[name] = self.evaluate(name, stoppable=True)
+            if metrics[name] is None:
+                return None
+        if self.args.task != "instruction" or "test" not in self.eval_loaders:
+            return metrics, None
+        responses = self.instruction_responses() if acc.is_main_process else None
+        if _any_process(acc, acc.is_main_process and responses is None):
+            return None
+        if responses is None:  # another process than the main one
+            return metrics, None
+        records, rouge = responses
+        metrics["test"].update(
+            response_loss_before=self.state.before.get("response_loss"),
+            response_loss_after=metrics["test"]["loss"],
+            rouge_l=rouge,
+        )
+        return metrics, records
 
     def _summary(self, train_seconds: float) -> dict:
         logged = [json.loads(line) for line in (self.out / "train_log.jsonl").read_text().splitlines()]
