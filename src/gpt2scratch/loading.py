@@ -126,13 +126,15 @@ def load_model(
 def _check_weights(folder: Path) -> None:
     """Refuse a model folder with a config but no weights: what a failed save leaves, e.g. one of a
     ``fast.quantized_for_cpu`` copy (decode-only, it cannot be saved) past its refusal."""
-    _refuse_weightless(
-        folder, WEIGHT_FILES, "config.json", "Save the model again (a quantized_for_cpu copy is decode-only and "
-        "cannot be saved: save, or fine-tune, the float model it was made from)."
-    )  # fmt: skip
+    advice = (
+        "Save the model again (a quantized_for_cpu copy is decode-only and cannot be saved: save, or fine-tune, "
+        "the float model it was made from)."
+    )
+    _refuse_weightless(folder, WEIGHT_FILES, "config.json", advice)
 
 
 def _refuse_weightless(folder: Path, names: tuple[str, ...], config: str, advice: str) -> None:
+    """A one-line error when ``folder`` holds none of the weight files ``names`` beside its ``config``."""
     if not any((folder / name).is_file() for name in names):
         raise FileNotFoundError(
             f"{folder} has {config} but no weights ({names[0]}): an incomplete folder. {advice}"

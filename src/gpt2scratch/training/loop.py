@@ -472,8 +472,11 @@ class Trainer:
             when = (
                 "this step" if self.phase == "training" else f"this evaluation batch (step {self.state.step})"
             )
-            log.warning("%s received: saving a checkpoint after %s, then stopping (send it again to stop now)",
-                        name, when)  # fmt: skip
+            log.warning(
+                "%s received: saving a checkpoint after %s, then stopping (send it again to stop now)",
+                name,
+                when,
+            )
 
         previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
