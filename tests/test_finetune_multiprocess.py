@@ -53,11 +53,10 @@ def losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one_with_the_same_global_batch(shared_data, vocab_dir, tmp_path):
-    """Dropout off (each process has its own dropout stream); classification's per-example mean loss makes
-    the DDP-averaged gradient equal to the single-process one, so losses agree to float rounding."""
-    sms = sms_subset(shared_data, tmp_path, n_per_class=40)
-    common = [
+@pytest.fixture(scope="module")
+def common(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
+    sms = sms_subset(shared_data, tmp_path_factory.mktemp("sms"), n_per_class=40)
+    return [
         "--train-file",
         str(sms),
         "--tokenizer-dir",
@@ -77,6 +76,11 @@ def test_two_processes_match_one_with_the_same_global_batch(shared_data, vocab_d
         "--log-every",
         "1",
     ]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(common, tmp_path):
+    """Dropout off (each process has its own dropout stream); classification's per-example mean loss makes
+    the DDP-averaged gradient equal to the single-process one, so losses agree to float rounding."""
     two = launch([*common, "--output-dir", str(tmp_path / "two"), "--batch-size", "4"], use_cpu=True)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "Training on 2 process(es)" in two.stderr
@@ -89,6 +93,28 @@ def test_two_processes_match_one_with_the_same_global_batch(shared_data, vocab_d
     )
     metrics = json.loads((tmp_path / "two/metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["global_batch"] == 8
+
+
+def test_a_one_process_run_resumes_on_two_with_the_same_global_batch(common, tmp_path):
+    """Refused while the global batch would double (writing nothing); with --batch-size halved, the resumed
+    steps see the same examples and the losses agree with the uninterrupted run's to float rounding."""
+    from test_run_lifecycle import snapshot
+
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    train(out, *common, "--batch-size", "8", "--stop-after", "2")
+    before = snapshot(out)
+    resume = [*common, "--output-dir", str(out), "--resume-from", "latest"]
+    refused = launch(resume, use_cpu=True)
+    assert refused.returncode != 0 and snapshot(out) == before
+    assert "the run's global batch is 8 (8 per process × 1 process(es) × 1 accumulation)" in refused.stderr
+    resumed = launch([*resume, "--batch-size", "4"], use_cpu=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming as 4 per process × 2 process(es) × 1 accumulation" in resumed.stderr
+    train(straight, *common, "--batch-size", "8")
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 5}
+    got, expected = losses(out), losses(straight)
+    assert len(got) == len(expected) == 5
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-5, (got, expected)
 
 
 def test_unconnected_processes_are_refused(tmp_path):

@@ -5,6 +5,7 @@ holding a run are refused unless resumed or forced."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,41 @@ def test_resume_from_nothing_is_an_error(resume, options, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--resume-from" in err and (resume in err)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_resume_may_make_the_global_batch_otherwise_but_not_change_it(
+    options, tmp_path, capsys, caplog, monkeypatch
+):
+    """4 per process × 2 accumulation → 8 × 1 (on one process here; with two processes in
+    test_finetune_multiprocess): the same global batch, allowed with a warning; a global batch of 16 refused,
+    writing nothing. A checkpoint that does not record its number of processes (before this rule) keeps the
+    batch options as they were."""
+    from test_run_lifecycle import snapshot
+
+    from gpt2scratch.training import loop
+    from gpt2scratch.training.checkpoints import read_trainer_state
+
+    out = tmp_path / "run"
+    train(out, *options, "--stop-after", "5")
+    resume = ["finetune", "--output-dir", str(out), *options, "--resume-from", "latest", "--batch-size", "8"]
+    before = snapshot(out)
+    assert cli_main(resume) == 2
+    err = capsys.readouterr().err
+    assert (
+        "the run's global batch is 8 (4 per process × 1 process(es) × 2 accumulation); this launch's would be "
+        "16 (8 per process × 1 process(es) × 2 accumulation)"
+    ) in err
+    assert snapshot(out) == before
+    with monkeypatch.context() as m:  # as read from a checkpoint written before the rule
+        m.setattr(loop, "read_trainer_state", lambda c: {**read_trainer_state(c), "processes": None})
+        assert cli_main([*resume, "--gradient-accumulation-steps", "1"]) == 2
+    assert "changed from the run being resumed" in capsys.readouterr().err
+    assert snapshot(out) == before
+    with caplog.at_level(logging.WARNING):
+        assert cli_main([*resume, "--gradient-accumulation-steps", "1"]) == 0
+    assert (
+        "resuming as 8 per process × 1 process(es) × 1 accumulation, where the run had 4 per process × "
+        "1 process(es) × 2 accumulation" in caplog.text
+    )
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 10}
+    assert len(train_losses(out)) == 10

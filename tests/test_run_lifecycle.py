@@ -112,7 +112,11 @@ def test_moved_lora_run_loads_from_its_own_base(options, tmp_path, monkeypatch, 
     "changed, shown",
     [
         (["--lr", "0.01"], "--lr 0.01 (the run: 0.003)"),
-        (["--batch-size", "2"], "--batch-size 2 (the run: 4)"),
+        (
+            ["--batch-size", "2"],
+            "the run's global batch is 4 (4 per process × 1 process(es) × 1 accumulation); "
+            "this launch's would be 2 (2 per process",
+        ),
         (["--model", "init:gpt2"], "--model init:gpt2 (the run: init:tiny)"),
         (["--task", "lm"], "--task lm (the run: classification)"),
         (["--max-length", "16", "--seed", "7"], "--max-length 16 (the run: 32); --seed 7 (the run: 1)"),

@@ -5,13 +5,15 @@ steps; ``batch_size`` is per process, so the global batch is batch × processes 
 
 A run records its options in ``training_args.yaml`` (:meth:`TrainArgs.to_dict`), less the ones that only
 concern one invocation, so the file can be given back with ``--config``. Resuming keeps the recorded
-options: only those in ``RESUME_MAY_CHANGE`` may differ (:func:`check_resume`).
+options: only those in ``RESUME_MAY_CHANGE`` may differ (:func:`check_resume`), and the per-process batch
+and accumulation as long as the global batch stays (another number of processes).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,6 +44,8 @@ RESUME_MAY_CHANGE = frozenset(
         "push_to_hub",
     }
 )
+# May change on a resume whose checkpoint records its number of processes, if the global batch stays.
+GLOBAL_BATCH = frozenset({"batch_size", "gradient_accumulation_steps"})
 PATH_OPTIONS = ("model", "train_file", "validation_file", "test_file", "tokenizer_dir")
 
 
@@ -212,14 +216,17 @@ class TrainArgs:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in PER_INVOCATION}
 
 
-def check_resume(args: TrainArgs, saved: dict, source: str) -> None:
+def check_resume(args: TrainArgs, saved: dict, source: str, processes: tuple[int, int] | None = None) -> None:
     """Refuse to resume with options that differ from ``saved``, the options of the checkpoint's run
     (``source`` names where they were read): the resumed run would not be the run it continues.
-    An unresolved ``max_length`` (None: the model's n_positions) is not compared yet."""
+    An unresolved ``max_length`` (None: the model's n_positions) is not compared yet. ``processes``: the
+    run's and this launch's number of processes, where the checkpoint records the run's: then the batch
+    per process and the accumulation may change, the global batch may not."""
+    may_change = RESUME_MAY_CHANGE | (GLOBAL_BATCH if processes else frozenset())
     changed = [
         f"{option_name(name)} {_shown(getattr(args, name))} (the run: {_shown(saved[name])})"
         for name in saved
-        if name not in RESUME_MAY_CHANGE
+        if name not in may_change
         and hasattr(args, name)
         and not (name == "max_length" and args.max_length is None)
         and _normalised(name, getattr(args, name)) != _normalised(name, saved[name])
@@ -229,6 +236,26 @@ def check_resume(args: TrainArgs, saved: dict, source: str) -> None:
             f"--resume-from {args.resume_from}: changed from the run being resumed ({source}): {'; '.join(changed)}. "
             "A resumed run keeps its settings: drop these options (a resume takes the run's own), or start a "
             "new run in another --output-dir."
+        )
+    if processes:
+        _check_global_batch(args, saved, *processes)
+
+
+def batch_layout(batch_size: int, processes: int, accumulation: int) -> str:
+    """How a global batch is made: ``B per process × P process(es) × A accumulation``."""
+    return f"{batch_size} per process × {processes} process(es) × {accumulation} accumulation"
+
+
+def _check_global_batch(args: TrainArgs, saved: dict, saved_processes: int, processes: int) -> None:
+    """Refuse a resume whose global batch (batch × processes × accumulation) differs from the run's."""
+    run = (saved["batch_size"], saved_processes, saved["gradient_accumulation_steps"])
+    now = (args.batch_size, processes, args.gradient_accumulation_steps)
+    if math.prod(run) != math.prod(now):
+        raise ValueError(
+            f"--resume-from {args.resume_from}: the run's global batch is {math.prod(run)} ({batch_layout(*run)}); "
+            f"this launch's would be {math.prod(now)} ({batch_layout(*now)}). Keep the global batch: launch {saved_processes} process(es) as the "
+            f"run did, or set --batch-size and --gradient-accumulation-steps so that batch × processes × "
+            f"accumulation = {math.prod(run)}; or start a new run in another --output-dir."
         )
 
 

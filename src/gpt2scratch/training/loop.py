@@ -4,7 +4,8 @@ Contract (see also ``args.py``): ``--batch-size`` is per process; every step cou
 steps; the learning-rate schedule (linear warm-up, then cosine to ``min_lr_ratio × lr``) is stepped
 once per optimizer step by this loop, never by Accelerate, so it does not depend on the number of
 processes. Resuming is bitwise exact on CPU: the data order comes from a seedable sampler keyed by
-``--seed`` and the epoch, and the global RNGs are re-seeded with ``seed + step`` before every step.
+``--seed`` and the epoch, and the global RNGs are re-seeded with ``seed + step`` before every step. A resume
+may make the same global batch otherwise (processes × batch × accumulation): the same examples per step.
 
 Per-step loss: with several processes the logged loss is the mean of the processes' micro-batch
 losses; it equals the single-process loss of the same global batch exactly for classification (each
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from ..cli import CommandError, DiskFullError, is_disk_full
 from ..fast import make_optimizer, peak_flops, reuse_freed_memory, training_flops_per_token
 from ..io import default_file_modes
-from .args import TrainArgs, check_resume
+from .args import TrainArgs, batch_layout, check_resume
 from .checkpoints import (
     ARGS_FILE,
     check_output_dir,
@@ -225,7 +226,7 @@ def _train(args: TrainArgs, accelerator) -> dict | None:
     checkpoint = resolve_resume(args.resume_from, Path(args.output_dir))
     if args.resume_from == "latest":
         log.warning("--resume-from latest: resuming from %s", checkpoint)
-    saved = _resume_options(args, checkpoint)
+    saved = _resume_options(args, checkpoint, accelerator)
     out = Path(args.output_dir)
     _on_main(accelerator, out, partial(check_output_dir, out, checkpoint is not None, args.force))
     with accelerator.main_process_first():
@@ -275,9 +276,11 @@ def _setup_logging(accelerator) -> None:
     logging.getLogger("gpt2scratch").setLevel(level)
 
 
-def _resume_options(args: TrainArgs, checkpoint: Path | None) -> tuple[dict, str] | None:
-    """The options of the checkpoint's run and where they were read, after refusing any that this command
-    changes (:func:`check_resume`); None when not resuming or the checkpoint records none."""
+def _resume_options(args: TrainArgs, checkpoint: Path | None, accelerator) -> tuple | None:
+    """The arguments of :func:`check_resume` for ``checkpoint`` (the options of its run, where they were read,
+    the run's and this launch's number of processes), after refusing any that this command changes; None
+    when not resuming or the checkpoint records no options."""
+    processes = accelerator.num_processes
     if checkpoint is None:
         return None
     saved, source = checkpoint_options(checkpoint)
@@ -286,8 +289,19 @@ def _resume_options(args: TrainArgs, checkpoint: Path | None) -> tuple[dict, str
             "%s: no record of the run's options; resuming without comparing them to this command's", source
         )
         return None
-    check_resume(args, saved, source)
-    return saved, source
+    run_processes = read_trainer_state(checkpoint).get("processes")  # recorded since 2026-12-03
+    layouts = (run_processes, processes) if run_processes else None
+    check_resume(args, saved, source, layouts)
+    run = (saved["batch_size"], run_processes, saved["gradient_accumulation_steps"])
+    now = (args.batch_size, processes, args.gradient_accumulation_steps)
+    if layouts and run != now and accelerator.is_main_process:
+        log.warning(
+            "resuming as %s, where the run had %s: the same global batch and the same examples in each step, "
+            "but not bitwise the updates of an uninterrupted run",
+            batch_layout(*now),
+            batch_layout(*run),
+        )
+    return saved, source, layouts
 
 
 def _base_writer(model, vocab: Path):
@@ -777,6 +791,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "scheduler": self.scheduler.state_dict(),
             "training_args": self.args.to_dict(),  # what a resume must keep (check_resume)
+            "processes": self.accelerator.num_processes,  # the global batch is batch × processes × accumulation
         }
 
     def resume(self, checkpoint: Path) -> None:
