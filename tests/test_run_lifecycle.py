@@ -131,6 +131,28 @@ def test_resume_with_changed_settings_is_refused_and_writes_nothing(paused, opti
     assert snapshot(paused) == before
 
 
+def test_resume_on_changed_data_is_refused_and_writes_nothing(options, tmp_path, capsys):
+    """The same --train-file path, other contents (a row edited, one added): the resumed run would train on
+    other data under the run's name."""
+    data, out = tmp_path / "SMSSpamCollection", tmp_path / "run"
+    source = Path(options[options.index("--train-file") + 1]).read_text(encoding="utf-8")
+    data.write_text(source, encoding="utf-8")
+    assert finetune(out, *options, "--train-file", str(data), "--stop-after", "2") == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    resume = [*options, "--train-file", str(data), "--resume-from", "latest"]
+    for edited in (source.replace("ham\t", "spam\t", 1), source + "ham\tone more message\n"):
+        data.write_text(edited, encoding="utf-8")
+        assert finetune(out, *resume) == 2
+        err = capsys.readouterr().err
+        assert "the data differ from those the run started with: train (28 rows then" in err, err
+        assert f"read from {data}" in err and len(err.strip().splitlines()) == 1
+        assert snapshot(out) == before
+    data.write_text(source, encoding="utf-8")
+    assert finetune(out, *resume) == 0
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 3}
+
+
 def test_resume_may_change_how_often_it_logs_and_saves(paused, options, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(paused, out)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -65,6 +66,35 @@ class RawSplits:
     sources: dict[str, str]
     was_split: bool = False
     label_names: list[str] = field(default_factory=list)
+
+
+def splits_digest(raw: RawSplits) -> dict[str, dict]:
+    """Each split's row count and the SHA-256 of its rows: what a resume compares (:func:`check_same_data`)."""
+    digest = {}
+    for name, ds in raw.splits.items():
+        h = hashlib.sha256()
+        for rows in ds.iter(batch_size=1000):
+            h.update(json.dumps(rows, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
+        digest[name] = {"rows": len(ds), "sha256": h.hexdigest()}
+    return digest
+
+
+def check_same_data(recorded: dict | None, raw: RawSplits, resume_from: str) -> dict[str, dict]:
+    """The digest of ``raw`` (:func:`splits_digest`), after refusing a resume whose data differ from
+    ``recorded``, those its run started with (None: a checkpoint written before they were recorded)."""
+    digest = splits_digest(raw)
+    changed = [
+        f"{name} ({recorded[name]['rows']} rows then, {digest[name]['rows'] if name in digest else 'none'} now, "
+        f"read from {raw.sources.get(name, raw.sources['train'])})"
+        for name in (recorded or {})
+        if recorded[name] != digest.get(name)
+    ]
+    if changed:
+        raise ValueError(
+            f"--resume-from {resume_from}: the data differ from those the run started with: {'; '.join(changed)}. "
+            "A resumed run trains on its own data: restore them, or start a new run in another --output-dir."
+        )
+    return digest
 
 
 # ----------------------------------------------------------------------------------------- reading files

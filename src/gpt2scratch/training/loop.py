@@ -60,7 +60,15 @@ from .checkpoints import (
     temp_checkpoint_dir,
     write_run,
 )
-from .data import IGNORE_INDEX, collate, format_prompt, load_splits, tokenize_splits, write_splits
+from .data import (
+    IGNORE_INDEX,
+    check_same_data,
+    collate,
+    format_prompt,
+    load_splits,
+    tokenize_splits,
+    write_splits,
+)
 
 log = logging.getLogger("gpt2scratch.finetune")
 
@@ -231,6 +239,8 @@ def _train(args: TrainArgs, accelerator) -> dict | None:
     _on_main(accelerator, out, partial(check_output_dir, out, checkpoint is not None, args.force))
     with accelerator.main_process_first():
         raw = load_splits(args)
+    recorded = read_trainer_state(checkpoint).get("data") if checkpoint is not None else None
+    data = check_same_data(recorded, raw, args.resume_from)
     set_seed(args.seed)
     model, vocab = load_for_task(args, raw.label_names)
     if saved is not None:
@@ -246,7 +256,7 @@ def _train(args: TrainArgs, accelerator) -> dict | None:
     model = apply_method(model, args.method, args.task, args)
     trainable, total = count_parameters(model)
     log.info("Parameters: %d trainable of %d (%s)", trainable, total, args.method)
-    trainer = Trainer(args, accelerator, model, tokens, raw, encoding, vocab)
+    trainer = Trainer(args, accelerator, model, tokens, raw, encoding, vocab, data)
     trainer.counts = {"trainable_parameters": trainable, "parameters": total}
     if checkpoint is not None:
         trainer.resume(checkpoint)
@@ -367,7 +377,9 @@ def _any_process(accelerator, flag: bool) -> bool:
 class Trainer:
     """Holds the prepared objects of one run; ``fit`` trains, evaluates, checkpoints and saves."""
 
-    def __init__(self, args: TrainArgs, accelerator, model, tokens: dict, raw, encoding, vocab: Path):
+    def __init__(
+        self, args: TrainArgs, accelerator, model, tokens: dict, raw, encoding, vocab: Path, data: dict
+    ):
         self.args, self.accelerator, self.encoding, self.vocab, self.raw = (
             args,
             accelerator,
@@ -376,6 +388,7 @@ class Trainer:
             raw,
         )
         self.out = Path(args.output_dir)
+        self.data = data  # each split's rows and digest (check_same_data)
         self.config = model.config
         self.num_labels = len(raw.label_names)
         self.state = RunState()
@@ -792,6 +805,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "training_args": self.args.to_dict(),  # what a resume must keep (check_resume)
             "processes": self.accelerator.num_processes,  # the global batch is batch × processes × accumulation
+            "data": self.data,  # each split's rows and digest: a resume must read the same (check_same_data)
         }
 
     def resume(self, checkpoint: Path) -> None:
