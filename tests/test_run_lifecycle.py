@@ -153,6 +153,27 @@ def test_resume_on_changed_data_is_refused_and_writes_nothing(options, tmp_path,
     assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 3}
 
 
+def test_resume_with_another_tokenizer_in_the_same_folder_is_refused(
+    options, small_vocab, shared_data, tmp_path, capsys
+):
+    """Same --tokenizer-dir path and vocabulary size, other tokens: the resumed run would read other ids."""
+    from gpt2scratch.tokenizer_training import train_tokenizer
+
+    plays = (shared_data / "corpora/tinyshakespeare.txt").read_text(encoding="utf-8")[:20000]
+    other = train_tokenizer([plays], 300, tmp_path / "other")  # small_vocab: 300 tokens of the-verdict.txt
+    tokenizer, out = tmp_path / "tokenizer", tmp_path / "run"
+    shutil.copytree(small_vocab, tokenizer)
+    assert finetune(out, *options, "--tokenizer-dir", str(tokenizer), "--stop-after", "2") == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(other / name, tokenizer / name)
+    assert finetune(out, *options, "--tokenizer-dir", str(tokenizer), "--resume-from", "latest") == 2
+    err = capsys.readouterr().err
+    assert f"the tokenizer in {tokenizer} (300 tokens) is not the one the run started with" in err, err
+    assert len(err.strip().splitlines()) == 1 and snapshot(out) == before
+
+
 def test_resume_may_change_how_often_it_logs_and_saves(paused, options, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(paused, out)

@@ -7,6 +7,7 @@ checks then run on every line of every corpus in ``../shared/data``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,22 @@ def test_train_tokenizer_command(shared_data, tmp_path, capsys):
         == 2
     )
     assert "missing.txt" in capsys.readouterr().err
+
+
+def test_a_tokenizer_trained_again_into_its_folder_is_read_anew(shared_data, tmp_path, monkeypatch):
+    """tiktoken's loader keeps a copy of each file it reads, found again by path (also in a later process):
+    the vocabulary files' contents, not their path, decide what is loaded."""
+    from gpt2scratch import tokenizer
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken-cache"))
+    folder, corpora = tmp_path / "bpe", sorted((shared_data / "corpora").glob("*.txt"))
+    texts = [p.read_text(encoding="utf-8")[:20000] for p in corpora]
+    text = "the king and the queen"
+    first = encode(load_encoding(train_tokenizer([texts[0]], 300, folder)), text)
+    train_tokenizer([texts[1]], 280, folder, force=True)
+    tokenizer._encoding.cache_clear()  # as in a new process: only tiktoken's copies are left
+    again, fresh = load_encoding(folder), load_encoding(shutil.copytree(folder, tmp_path / "copy"))
+    assert again.n_vocab == 280 and encode(again, text) == encode(fresh, text) != first
 
 
 def test_mismatched_vocab_files_are_a_clear_error(trained, tmp_path):

@@ -9,6 +9,7 @@ same two files with fewer merges; its ``<|endoftext|>`` is its last id, read fro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -63,12 +64,19 @@ def read_vocab(path: Path) -> dict:
 
 
 @lru_cache(maxsize=8)
-def _encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
+def _encoding(encoder_json: str, vocab_bpe: str, encoder_sha256: str, bpe_sha256: str) -> tiktoken.Encoding:
+    """Built once per pair of files and contents. The hashes also make tiktoken re-read a file that changed:
+    its loader keeps a copy of every file it reads in the temp folder, found again by the file's path."""
     eot = read_vocab(Path(encoder_json)).get(ENDOFTEXT)
     if eot is None:
         raise ValueError(f"{encoder_json} has no {ENDOFTEXT} token; every GPT-2-style vocabulary needs it.")
     try:
-        ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json)
+        ranks = data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=vocab_bpe,
+            encoder_json_file=encoder_json,
+            vocab_bpe_hash=bpe_sha256,
+            encoder_json_hash=encoder_sha256,
+        )
     except AssertionError:
         raise ValueError(
             f"{encoder_json} and {vocab_bpe} do not match: ids must be the 256 bytes in GPT-2's order, then "
@@ -87,7 +95,26 @@ def load_encoding(folder: str | os.PathLike) -> tiktoken.Encoding:
     """tiktoken's ``gpt2`` encoding built from the vocabulary files in ``folder`` (no network); for a
     trained vocabulary, the same byte-level BPE with its own ranks (``n_vocab``, ``eot_token`` from the files)."""
     enc, bpe = find_vocab_files(folder)
-    return _encoding(str(enc.resolve()), str(bpe.resolve()))
+    return _encoding(str(enc.resolve()), str(bpe.resolve()), _sha256(enc), _sha256(bpe))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def encoding_digest(encoding: tiktoken.Encoding) -> dict:
+    """The vocabulary's size and the SHA-256 of every token's bytes in id order and of the special tokens:
+    equal for the same vocabulary in either file format."""
+    h = hashlib.sha256()
+    for i in range(encoding.n_vocab):
+        try:
+            token = encoding.decode_single_token_bytes(i)
+        except KeyError:  # a special token's id
+            continue
+        h.update(len(token).to_bytes(4, "little") + token)
+    for name in sorted(encoding.special_tokens_set):
+        h.update(f"{name}={encoding.encode_single_token(name)}".encode())
+    return {"tokens": encoding.n_vocab, "sha256": h.hexdigest()}
 
 
 def encode(encoding: tiktoken.Encoding, text: str) -> list[int]:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ..tokenizer import ENDOFTEXT_ID, encode_batch
+from ..tokenizer import ENDOFTEXT_ID, encode_batch, encoding_digest
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,19 @@ def check_same_data(recorded: dict | None, raw: RawSplits, resume_from: str) -> 
         raise ValueError(
             f"--resume-from {resume_from}: the data differ from those the run started with: {'; '.join(changed)}. "
             "A resumed run trains on its own data: restore them, or start a new run in another --output-dir."
+        )
+    return digest
+
+
+def check_same_tokenizer(recorded: dict | None, encoding, resume_from: str, folder: Path) -> dict:
+    """The digest of ``encoding`` (:func:`..tokenizer.encoding_digest`), after refusing a resume whose
+    vocabulary differs from ``recorded``, the one its run started with (None: not recorded)."""
+    digest = encoding_digest(encoding)
+    if recorded is not None and recorded != digest:
+        raise ValueError(
+            f"--resume-from {resume_from}: the tokenizer in {folder} ({digest['tokens']} tokens) is not the one "
+            f"the run started with ({recorded['tokens']} tokens, other tokens or ranks). A resumed run keeps its "
+            "tokenizer: restore those files, or start a new run in another --output-dir."
         )
     return digest
 

@@ -63,6 +63,7 @@ from .checkpoints import (
 from .data import (
     IGNORE_INDEX,
     check_same_data,
+    check_same_tokenizer,
     collate,
     format_prompt,
     load_splits,
@@ -239,8 +240,8 @@ def _train(args: TrainArgs, accelerator) -> dict | None:
     _on_main(accelerator, out, partial(check_output_dir, out, checkpoint is not None, args.force))
     with accelerator.main_process_first():
         raw = load_splits(args)
-    recorded = read_trainer_state(checkpoint).get("data") if checkpoint is not None else None
-    data = check_same_data(recorded, raw, args.resume_from)
+    recorded = read_trainer_state(checkpoint) if checkpoint is not None else {}
+    inputs = {"data": check_same_data(recorded.get("data"), raw, args.resume_from)}
     set_seed(args.seed)
     model, vocab = load_for_task(args, raw.label_names)
     if saved is not None:
@@ -248,6 +249,7 @@ def _train(args: TrainArgs, accelerator) -> dict | None:
     from ..tokenizer import load_encoding
 
     encoding = load_encoding(vocab)
+    inputs["tokenizer"] = check_same_tokenizer(recorded.get("tokenizer"), encoding, args.resume_from, vocab)
     with accelerator.main_process_first():
         tokens = tokenize_splits(raw, args.task, encoding, args.max_length, args.response_loss_only)
     write_base = _base_writer(model, vocab) if args.method == "lora" else None
@@ -256,7 +258,7 @@ def _train(args: TrainArgs, accelerator) -> dict | None:
     model = apply_method(model, args.method, args.task, args)
     trainable, total = count_parameters(model)
     log.info("Parameters: %d trainable of %d (%s)", trainable, total, args.method)
-    trainer = Trainer(args, accelerator, model, tokens, raw, encoding, vocab, data)
+    trainer = Trainer(args, accelerator, model, tokens, raw, encoding, vocab, inputs)
     trainer.counts = {"trainable_parameters": trainable, "parameters": total}
     if checkpoint is not None:
         trainer.resume(checkpoint)
@@ -378,7 +380,7 @@ class Trainer:
     """Holds the prepared objects of one run; ``fit`` trains, evaluates, checkpoints and saves."""
 
     def __init__(
-        self, args: TrainArgs, accelerator, model, tokens: dict, raw, encoding, vocab: Path, data: dict
+        self, args: TrainArgs, accelerator, model, tokens: dict, raw, encoding, vocab: Path, inputs: dict
     ):
         self.args, self.accelerator, self.encoding, self.vocab, self.raw = (
             args,
@@ -388,7 +390,7 @@ class Trainer:
             raw,
         )
         self.out = Path(args.output_dir)
-        self.data = data  # each split's rows and digest (check_same_data)
+        self.inputs = inputs  # the data's and the tokenizer's digests, which a resume compares
         self.config = model.config
         self.num_labels = len(raw.label_names)
         self.state = RunState()
@@ -805,7 +807,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "training_args": self.args.to_dict(),  # what a resume must keep (check_resume)
             "processes": self.accelerator.num_processes,  # the global batch is batch × processes × accumulation
-            "data": self.data,  # each split's rows and digest: a resume must read the same (check_same_data)
+            **self.inputs,  # "data", "tokenizer": a resume must read the same (check_same_data, check_same_tokenizer)
         }
 
     def resume(self, checkpoint: Path) -> None:
