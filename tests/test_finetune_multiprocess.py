@@ -117,6 +117,28 @@ def test_a_one_process_run_resumes_on_two_with_the_same_global_batch(common, tmp
     assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-5, (got, expected)
 
 
+def test_a_two_process_lora_run_resumes_from_checkpoints_without_the_base(common, tmp_path):
+    """Under DDP too a LoRA checkpoint's state holds the adapters and the head (the names Accelerate saves have
+    no DDP prefix); the resumed run's losses agree with one process's uninterrupted run to float rounding."""
+    from safetensors import safe_open
+
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    lora = ["--method", "lora", "--lora-r", "4", "--lora-dropout", "0"]
+    paused = launch(
+        [*common, *lora, "--output-dir", str(out), "--batch-size", "4", "--stop-after", "2"], True
+    )
+    assert paused.returncode == 0, paused.stderr[-3000:]
+    with safe_open(out / "checkpoint-2/state/model.safetensors", "pt") as f:
+        assert all("lora_" in k or "modules_to_save" in k for k in f.keys()), list(f.keys())
+    resume = [*common, *lora, "--output-dir", str(out), "--batch-size", "4", "--resume-from", "latest"]
+    resumed = launch(resume, use_cpu=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    train(straight, *common, *lora, "--batch-size", "8")
+    got, expected = losses(out), losses(straight)
+    assert len(got) == len(expected) == 5
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-5, (got, expected)
+
+
 def test_unconnected_processes_are_refused(tmp_path):
     result = launch(
         ["--train-file", "x.csv", "--output-dir", str(tmp_path / "out")], use_cpu=False, timeout=180

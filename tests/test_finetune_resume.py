@@ -78,6 +78,61 @@ def test_stopped_and_resumed_run_is_bitwise_identical(options, uninterrupted, tm
     )
 
 
+@pytest.mark.parametrize("method", ["lora", "last-block"])
+def test_a_partial_method_resumes_bitwise_with_checkpoints_that_hold_what_it_trains(
+    options, method, tmp_path
+):
+    """LoRA and last-block train a part of the model: stopped and resumed, the same adapter / model files,
+    losses and history as uninterrupted; a checkpoint's state holds the trained weights, not the frozen ones
+    (they are the base's, recorded by a digest)."""
+    from safetensors import safe_open
+
+    extra = ["--method", method, *(["--lora-r", "4"] if method == "lora" else [])]
+    straight, out = tmp_path / "straight", tmp_path / "resumed"
+    train(straight, *options, *extra, "--max-steps", "6")
+    train(out, *options, *extra, "--max-steps", "6", "--stop-after", "3")
+    with safe_open(out / "checkpoint-3/state/model.safetensors", "pt") as f:
+        saved = list(f.keys())
+    trained = {"lora": ("lora_", "score.modules_to_save"), "last-block": (".h.1.", "ln_f", "score")}[method]
+    assert saved and all(any(part in k for part in trained) for k in saved), saved  # init:tiny: 2 blocks
+    train(out, *options, *extra, "--max-steps", "6", "--resume-from", "latest")
+    names = ["adapter_model.safetensors"] if method == "lora" else ["model.safetensors"]
+    for name in [*names, "history.json"]:
+        assert (out / name).read_bytes() == (straight / name).read_bytes(), name
+    assert train_losses(out) == train_losses(straight)
+
+
+def test_a_partial_method_refuses_a_base_model_that_changed(options, vocab_dir, tmp_path, capsys):
+    """The frozen weights are not in the checkpoints: resuming on other ones under the same --model path is
+    refused (and writes nothing); on the same ones it goes on."""
+    from test_run_lifecycle import snapshot
+
+    from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM
+    from gpt2scratch.io import save_model_folder
+
+    def base(seed: int) -> None:
+        torch.manual_seed(seed)
+        config = GPT2ScratchConfig.from_preset("tiny", vocab_size=50257)
+        save_model_folder(GPT2ScratchForCausalLM(config), tmp_path / "base", vocab_dir, force=True)
+
+    out, lora = tmp_path / "run", [*options, "--model", str(tmp_path / "base"), "--method", "lora"]
+    base(0)
+    train(out, *lora, "--max-steps", "4", "--stop-after", "2")
+    base(1)
+    before = snapshot(out)
+    capsys.readouterr()
+    assert (
+        cli_main(["finetune", "--output-dir", str(out), *lora, "--max-steps", "4", "--resume-from", "latest"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert f"the frozen weights of --model {tmp_path / 'base'} are not those the run trained on top of" in err
+    assert snapshot(out) == before
+    base(0)
+    train(out, *lora, "--max-steps", "4", "--resume-from", "latest")
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 4}
+
+
 def train_losses(folder: Path) -> list[float]:
     return [json.loads(x)["loss"] for x in (folder / "train_log.jsonl").read_text().splitlines()]
 

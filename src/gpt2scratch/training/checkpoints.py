@@ -284,6 +284,18 @@ def rotate_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> list[
     return old
 
 
+def saved_weight_names(state_dir: str | os.PathLike) -> frozenset[str] | None:
+    """The tensor names in an Accelerate state's ``model.safetensors`` (read from its header); None without
+    one (a ``.bin`` state, or FSDP's sharded folder)."""
+    path = Path(state_dir, "model.safetensors")
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return frozenset(f.keys())
+
+
 def read_trainer_state(checkpoint: str | os.PathLike) -> dict:
     return json.loads(Path(checkpoint, STATE_FILE).read_text(encoding="utf-8"))
 

@@ -57,6 +57,7 @@ from .checkpoints import (
     read_trainer_state,
     resolve_resume,
     rotate_checkpoints,
+    saved_weight_names,
     temp_checkpoint_dir,
     write_run,
 )
@@ -70,6 +71,7 @@ from .data import (
     tokenize_splits,
     write_splits,
 )
+from .lora import frozen_names, weights_digest
 
 log = logging.getLogger("gpt2scratch.finetune")
 
@@ -368,6 +370,20 @@ def _on_main(accelerator, out: Path, action):
     return result
 
 
+def _frozen_outside_checkpoints(accelerator, model, method: str) -> frozenset[str]:
+    """LoRA and last-block: the names of the frozen weights, which checkpoints leave out (the base model's;
+    a 124M LoRA checkpoint is then megabytes, not 500 MB). Not under FSDP or DeepSpeed, which save their
+    own way."""
+    from accelerate.utils import DistributedType
+
+    whole = accelerator.distributed_type in (
+        DistributedType.NO,
+        DistributedType.MULTI_CPU,
+        DistributedType.MULTI_GPU,
+    )
+    return frozen_names(model) if method != "full" and whole else frozenset()
+
+
 def _any_process(accelerator, flag: bool) -> bool:
     """True on every process when ``flag`` is true on any (so all processes stop together)."""
     if accelerator.num_processes == 1:
@@ -400,6 +416,12 @@ class Trainer:
         optimizer = build_optimizer(model, args)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         self.eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
+        # names as in the unwrapped model, as Accelerate saves and loads its state (no DDP "module." prefix)
+        self.frozen = _frozen_outside_checkpoints(
+            accelerator, accelerator.unwrap_model(self.model), args.method
+        )
+        if self.frozen:
+            accelerator.register_save_state_pre_hook(self._drop_frozen)
         self.steps_per_epoch = len(self.train_loader) // args.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -808,6 +830,7 @@ class Trainer:
             "training_args": self.args.to_dict(),  # what a resume must keep (check_resume)
             "processes": self.accelerator.num_processes,  # the global batch is batch × processes × accumulation
             **self.inputs,  # "data", "tokenizer": a resume must read the same (check_same_data, check_same_tokenizer)
+            **({"frozen": self._frozen_digest()} if self.frozen else {}),  # the weights the state leaves out
         }
 
     def resume(self, checkpoint: Path) -> None:
@@ -815,7 +838,7 @@ class Trainer:
         import pickle
 
         try:  # Accelerate reads its .bin/.pkl files with torch.load(weights_only=True)
-            self.accelerator.load_state(str(checkpoint / "state"))
+            self._load_state(checkpoint)
         except pickle.UnpicklingError as e:
             raise ValueError(
                 f"--resume-from {checkpoint}: refused: a file in state/ is not plain tensor data and was not "
@@ -837,6 +860,40 @@ class Trainer:
         self.state.before = saved.get("before", {})
         self.state.window = defaultdict(list, saved.get("window", {}))
         log.info("resumed from %s at step %d", checkpoint, self.state.step)
+
+    def _drop_frozen(self, models, weights: list[dict], output_dir) -> None:
+        """Accelerate's save hook: the checkpoint's state keeps the weights that train (the frozen ones are
+        the base model's, recorded by :meth:`_frozen_digest`)."""
+        for state in weights:
+            for name in self.frozen:
+                state.pop(name, None)
+
+    def _frozen_digest(self) -> str:
+        if not hasattr(self, "_frozen_sha256"):  # the frozen weights never change: hashed once
+            self._frozen_sha256 = weights_digest(self.accelerator.unwrap_model(self.model), self.frozen)
+        return self._frozen_sha256
+
+    def _load_state(self, checkpoint: Path) -> None:
+        """``accelerator.load_state``; a state without the frozen weights (:meth:`_drop_frozen`) loads over
+        the model's own once they are known to be the run's, and must hold every weight that trains."""
+        state, saved = checkpoint / "state", saved_weight_names(checkpoint / "state")
+        slim = bool(self.frozen) and saved is not None and not self.frozen & saved
+        if slim:
+            model = self.accelerator.unwrap_model(self.model)
+            trained = {n for n, _ in model.named_parameters(remove_duplicate=False)} - self.frozen
+            if trained - saved:
+                raise ValueError(
+                    f"--resume-from {checkpoint}: state/model.safetensors lacks trained weights "
+                    f"({', '.join(sorted(trained - saved)[:3])}, …): it is not this run's checkpoint."
+                )
+            if read_trainer_state(checkpoint).get("frozen") != self._frozen_digest():
+                raise ValueError(
+                    f"--resume-from {checkpoint}: the frozen weights of --model {self.args.model} are not those "
+                    "the run trained on top of (their digest is in trainer_state.json): resume with the model it "
+                    "started from (a LoRA run keeps a copy in its base/ folder), or start a new run in another "
+                    "--output-dir."
+                )
+        self.accelerator.load_state(str(state), **({"strict": False} if slim else {}))
 
     def _gathered_weights(self) -> dict | None:
         """Under FSDP, the whole state dict gathered from the shards (a collective: every process must call

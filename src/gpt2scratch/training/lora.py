@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 HEADS = ("score", "lm_head")
@@ -60,6 +62,24 @@ def add_lora(
         modules_to_save=["score"] if task == "classification" else None,
     )
     return get_peft_model(model, config)
+
+
+def frozen_names(model: nn.Module) -> frozenset[str]:
+    """The state-dict names of the parameters that do not train, each name of a shared tensor included."""
+    return frozenset(
+        name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad
+    )
+
+
+def weights_digest(model: nn.Module, names: frozenset[str]) -> str:
+    """SHA-256 of the parameters ``names`` (name, dtype, shape and bytes, in name order)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    h = hashlib.sha256()
+    for name in sorted(names):
+        t = params[name].detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def trainable_names(model: nn.Module) -> list[str]:
