@@ -889,9 +889,9 @@ class Trainer:
             if read_trainer_state(checkpoint).get("frozen") != self._frozen_digest():
                 raise ValueError(
                     f"--resume-from {checkpoint}: the frozen weights of --model {self.args.model} are not those "
-                    "the run trained on top of (their digest is in trainer_state.json): resume with the model it "
-                    "started from (a LoRA run keeps a copy in its base/ folder), or start a new run in another "
-                    "--output-dir."
+                    "the run trained on top of (their digest is in trainer_state.json): put the model it started "
+                    "from back at that path (a LoRA run keeps a copy in its base/ folder), or start a new run in "
+                    "another --output-dir."
                 )
         self.accelerator.load_state(str(state), **({"strict": False} if slim else {}))
 
