@@ -270,6 +270,7 @@ def test_compiled_static_generate_traces_one_graph_and_matches(model, ids):
     """torch.compile(fullgraph=True) with the 'eager' backend: proves the decode step is one graph with no
     breaks (the thread policy and input checks stay outside) without minutes of inductor codegen on CPU."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # reset() keeps them: an earlier test's graph breaks would count here
     expected = model.generate(ids[:1], max_new_tokens=5, do_sample=False)
     generate = fast.static_compiled(model, backend="eager")
     out = generate(ids[:1], max_new_tokens=5, do_sample=False)
