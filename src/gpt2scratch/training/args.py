@@ -252,10 +252,11 @@ def _check_global_batch(args: TrainArgs, saved: dict, saved_processes: int, proc
     now = (args.batch_size, processes, args.gradient_accumulation_steps)
     if math.prod(run) != math.prod(now):
         raise ValueError(
-            f"--resume-from {args.resume_from}: the run's global batch is {math.prod(run)} ({batch_layout(*run)}); "
-            f"this launch's would be {math.prod(now)} ({batch_layout(*now)}). Keep the global batch: launch {saved_processes} process(es) as the "
-            f"run did, or set --batch-size and --gradient-accumulation-steps so that batch × processes × "
-            f"accumulation = {math.prod(run)}; or start a new run in another --output-dir."
+            f"--resume-from {args.resume_from}: the run's global batch is {math.prod(run)} "
+            f"({batch_layout(*run)}); this launch's would be {math.prod(now)} ({batch_layout(*now)}). Keep "
+            f"the global batch: launch {saved_processes} process(es) as the run did, or set --batch-size and "
+            f"--gradient-accumulation-steps so that batch × processes × accumulation = {math.prod(run)}; or "
+            "start a new run in another --output-dir."
         )
 
 
