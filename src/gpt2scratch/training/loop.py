@@ -237,12 +237,12 @@ def _train(args: TrainArgs, accelerator) -> dict | None:
     checkpoint = resolve_resume(args.resume_from, Path(args.output_dir))
     if args.resume_from == "latest":
         log.warning("--resume-from latest: resuming from %s", checkpoint)
-    saved = _resume_options(args, checkpoint, accelerator)
+    recorded = read_trainer_state(checkpoint) if checkpoint is not None else {}  # what the run recorded
+    saved = _resume_options(args, checkpoint, accelerator, recorded.get("processes"))
     out = Path(args.output_dir)
     _on_main(accelerator, out, partial(check_output_dir, out, checkpoint is not None, args.force))
     with accelerator.main_process_first():
         raw = load_splits(args)
-    recorded = read_trainer_state(checkpoint) if checkpoint is not None else {}
     inputs = {"data": check_same_data(recorded.get("data"), raw, args.resume_from)}
     set_seed(args.seed)
     model, vocab = load_for_task(args, raw.label_names)
@@ -263,7 +263,7 @@ def _train(args: TrainArgs, accelerator) -> dict | None:
     trainer = Trainer(args, accelerator, model, tokens, raw, encoding, vocab, inputs)
     trainer.counts = {"trainable_parameters": trainable, "parameters": total}
     if checkpoint is not None:
-        trainer.resume(checkpoint)
+        trainer.resume(checkpoint, recorded)
     _on_main(
         accelerator, out, partial(_prepare_output, args, checkpoint, trainer.state.step, raw, write_base)
     )
@@ -290,10 +290,13 @@ def _setup_logging(accelerator) -> None:
     logging.getLogger("gpt2scratch").setLevel(level)
 
 
-def _resume_options(args: TrainArgs, checkpoint: Path | None, accelerator) -> tuple | None:
+def _resume_options(
+    args: TrainArgs, checkpoint: Path | None, accelerator, run_processes: int | None
+) -> tuple | None:
     """The arguments of :func:`check_resume` for ``checkpoint`` (the options of its run, where they were read,
     the run's and this launch's number of processes), after refusing any that this command changes; None
-    when not resuming or the checkpoint records no options."""
+    when not resuming or the checkpoint records no options. ``run_processes``: as the checkpoint records it
+    (None in checkpoints written before 2026-12-03)."""
     processes = accelerator.num_processes
     if checkpoint is None:
         return None
@@ -303,7 +306,6 @@ def _resume_options(args: TrainArgs, checkpoint: Path | None, accelerator) -> tu
             "%s: no record of the run's options; resuming without comparing them to this command's", source
         )
         return None
-    run_processes = read_trainer_state(checkpoint).get("processes")  # recorded since 2026-12-03
     layouts = (run_processes, processes) if run_processes else None
     check_resume(args, saved, source, layouts)
     run = (saved["batch_size"], run_processes, saved["gradient_accumulation_steps"])
@@ -833,19 +835,19 @@ class Trainer:
             **({"frozen": self._frozen_digest()} if self.frozen else {}),  # the weights the state leaves out
         }
 
-    def resume(self, checkpoint: Path) -> None:
-        """Restore the model, optimizer, RNG and run state of ``checkpoint`` (reads only: nothing is written)."""
+    def resume(self, checkpoint: Path, saved: dict) -> None:
+        """Restore the model, optimizer, RNG and run state of ``checkpoint``, whose ``trainer_state.json`` holds
+        ``saved`` (reads only: nothing is written)."""
         import pickle
 
         try:  # Accelerate reads its .bin/.pkl files with torch.load(weights_only=True)
-            self._load_state(checkpoint)
+            self._load_state(checkpoint, saved.get("frozen"))
         except pickle.UnpicklingError as e:
             raise ValueError(
                 f"--resume-from {checkpoint}: refused: a file in state/ is not plain tensor data and was not "
                 f"loaded (torch.load(weights_only=True): {str(e).splitlines()[0]}). Only resume from "
                 "checkpoints you wrote yourself."
             ) from None
-        saved = read_trainer_state(checkpoint)
         if saved["total_steps"] != self.total_steps:
             log.warning(
                 "resuming a run planned for %d steps with a plan of %d",
@@ -873,7 +875,7 @@ class Trainer:
             self._frozen_sha256 = weights_digest(self.accelerator.unwrap_model(self.model), self.frozen)
         return self._frozen_sha256
 
-    def _load_state(self, checkpoint: Path) -> None:
+    def _load_state(self, checkpoint: Path, frozen_sha256: str | None) -> None:
         """``accelerator.load_state``; a state without the frozen weights (:meth:`_drop_frozen`) loads over
         the model's own once they are known to be the run's, and must hold every weight that trains."""
         state, saved = checkpoint / "state", saved_weight_names(checkpoint / "state")
@@ -886,7 +888,7 @@ class Trainer:
                     f"--resume-from {checkpoint}: state/model.safetensors lacks trained weights "
                     f"({', '.join(sorted(trained - saved)[:3])}, …): it is not this run's checkpoint."
                 )
-            if read_trainer_state(checkpoint).get("frozen") != self._frozen_digest():
+            if frozen_sha256 != self._frozen_digest():
                 raise ValueError(
                     f"--resume-from {checkpoint}: the frozen weights of --model {self.args.model} are not those "
                     "the run trained on top of (their digest is in trainer_state.json): put the model it started "
