@@ -53,6 +53,13 @@ def losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
 
 
+def same_losses(run: Path, reference: Path, steps: int = 5) -> None:
+    """The logged losses of ``run`` and ``reference`` agree step by step to float rounding (1e-5)."""
+    got, expected = losses(run), losses(reference)
+    assert len(got) == len(expected) == steps
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-5, (got, expected)
+
+
 @pytest.fixture(scope="module")
 def common(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
     sms = sms_subset(shared_data, tmp_path_factory.mktemp("sms"), n_per_class=40)
@@ -85,12 +92,7 @@ def test_two_processes_match_one_with_the_same_global_batch(common, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert "Training on 2 process(es)" in two.stderr
     train(tmp_path / "one", *common, "--batch-size", "8")
-    one_losses, two_losses = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert len(one_losses) == len(two_losses) == 5
-    assert max(abs(a - b) for a, b in zip(one_losses, two_losses, strict=True)) < 1e-5, (
-        one_losses,
-        two_losses,
-    )
+    same_losses(tmp_path / "two", tmp_path / "one")
     metrics = json.loads((tmp_path / "two/metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["global_batch"] == 8
 
@@ -112,9 +114,7 @@ def test_a_one_process_run_resumes_on_two_with_the_same_global_batch(common, tmp
     assert "resuming as 4 per process × 2 process(es) × 1 accumulation" in resumed.stderr
     train(straight, *common, "--batch-size", "8")
     assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 5}
-    got, expected = losses(out), losses(straight)
-    assert len(got) == len(expected) == 5
-    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-5, (got, expected)
+    same_losses(out, straight)
 
 
 def test_a_two_process_lora_run_resumes_from_checkpoints_without_the_base(common, tmp_path):
@@ -134,9 +134,7 @@ def test_a_two_process_lora_run_resumes_from_checkpoints_without_the_base(common
     resumed = launch(resume, use_cpu=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     train(straight, *common, *lora, "--batch-size", "8")
-    got, expected = losses(out), losses(straight)
-    assert len(got) == len(expected) == 5
-    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-5, (got, expected)
+    same_losses(out, straight)
 
 
 def test_unconnected_processes_are_refused(tmp_path):
