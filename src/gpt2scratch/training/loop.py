@@ -374,7 +374,7 @@ def _on_main(accelerator, out: Path, action):
 
 def _frozen_outside_checkpoints(accelerator, model, method: str) -> frozenset[str]:
     """LoRA and last-block: the names of the frozen weights, which checkpoints leave out (the base model's;
-    a 124M LoRA checkpoint is then megabytes, not 500 MB). Not under FSDP or DeepSpeed, which save their
+    a 124M LoRA checkpoint is then 24 MB, not 498 MB). Not under FSDP or DeepSpeed, which save their
     own way."""
     from accelerate.utils import DistributedType
 
