@@ -467,14 +467,14 @@ class Trainer:
         start = time.perf_counter()
         remaining = self._optimizer_batches(self.state.step) if self.state.step < self.total_steps else ()
         with self._stop_requests():
-            metrics = self._train(remaining, progress, start)
+            metrics = self._run_steps(remaining, progress, start)
         if metrics is not None and acc.is_main_process:  # the run is saved: a signal now stops at once
             from ..hub import finish_run
 
             finish_run(self.out, args.push_to_hub)  # the model card; with --push-to-hub, the upload
         return metrics
 
-    def _train(self, remaining, progress, start: float) -> dict | None:
+    def _run_steps(self, remaining, progress, start: float) -> dict | None:
         """:meth:`fit`'s steps from ``state.step``, then the final evaluation and save (:meth:`_finish`)."""
         args, acc = self.args, self.accelerator
         for batches in remaining:
