@@ -225,6 +225,29 @@ def test_inputs_embeds_hidden_states_attentions(odd_pair):
     assert out.attentions[0][0, 0].triu(1).abs().max() == 0
 
 
+def test_token_type_ids_match_transformers(odd_pair):
+    hf, ours = odd_pair
+    x = torch.randint(0, 50257, (2, 9))
+    types = torch.tensor([[0] * 4 + [1] * 5, [2] * 9])
+    with torch.no_grad():
+        a, b = hf(x, token_type_ids=types).logits, ours(x, token_type_ids=types).logits
+        plain = ours(x).logits
+    assert (a - b).abs().max().item() <= TOL
+    assert (b - plain).abs().max().item() > 1e-2  # the types took effect
+    prompt, prompt_types = x[:1, :5], types[:1, :5]
+    kwargs = dict(token_type_ids=prompt_types, max_new_tokens=6, do_sample=False, pad_token_id=50256)
+    assert torch.equal(hf.generate(prompt, **kwargs), ours.generate(prompt, **kwargs))
+
+
+@pytest.mark.parametrize(
+    "types, message",
+    [(torch.zeros(2, 8, dtype=torch.long), "shape"), (torch.full((2, 9), 50257), r"\[0, 50257\)")],
+)
+def test_bad_token_type_ids_are_a_clear_error(odd_pair, types, message):
+    with pytest.raises(ValueError, match=message):
+        odd_pair[1](torch.randint(0, 50257, (2, 9)), token_type_ids=types)
+
+
 def test_logits_to_keep(odd_pair):
     _, ours = odd_pair
     x = torch.randint(0, 50257, (2, 11))
@@ -362,7 +385,7 @@ def test_classifier_pools_last_real_token_where_transformers_does_not():
     left_ids = torch.cat([torch.full((1, 2), 50256), left_ids], 1)
     left_mask = torch.cat([torch.zeros(1, 2, dtype=torch.long), left_mask], 1)
     with torch.no_grad():
-        alone = ours(torch.tensor([text])).logits
+        alone = ours(torch.tensor([text]), attention_mask=torch.ones(1, 3, dtype=torch.long)).logits
         right = ours(ids, attention_mask=mask).logits
         left = ours(left_ids, attention_mask=left_mask).logits
         theirs = hf(ids, attention_mask=mask).logits
@@ -370,6 +393,23 @@ def test_classifier_pools_last_real_token_where_transformers_does_not():
     assert (left - alone).abs().max().item() <= TOL
     # transformers pools the rightmost non-pad id (position 1 here), not the real last token
     assert (theirs - alone).abs().max().item() > 1e-3
+
+
+def test_classifier_without_a_mask_pools_as_transformers_does():
+    """No attention_mask: the last token that is not the pad id, on either padding side (transformers'
+    rule); without a pad id, the last position."""
+    hf, ours = make_classifier_pair()
+    right = torch.tensor([[464, 3290, 318, 257, 1332], [40, 1101, 7, 50256, 50256]])
+    left = torch.tensor([[464, 3290, 318, 257, 1332], [50256, 50256, 40, 1101, 7]])
+    with torch.no_grad():
+        for ids in (right, left):
+            assert (hf(ids).logits - ours(ids).logits).abs().max().item() <= TOL
+        masked = ours(right, attention_mask=(right != 50256).long()).logits
+        assert (ours(right).logits - masked).abs().max().item() <= TOL
+        ours.config.pad_token_id = None
+        last = ours(right[:1]).logits
+        ours.config.pad_token_id = 50256
+    assert (last - hf(right[:1]).logits).abs().max().item() <= TOL
 
 
 def test_classifier_problem_types():

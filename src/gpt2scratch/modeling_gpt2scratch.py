@@ -639,6 +639,20 @@ def _check_inputs(
         )
 
 
+def _token_types(token_type_ids: torch.Tensor, shape: tuple[int, int], vocab_size: int) -> torch.Tensor:
+    """``token_type_ids`` as (batch, new tokens), or a ValueError naming the shape or ids it must have."""
+    if token_type_ids.numel() != shape[0] * shape[1] or token_type_ids.shape[-1] != shape[1]:
+        raise ValueError(
+            f"token_type_ids has shape {tuple(token_type_ids.shape)} but must be (batch, new tokens) = {shape}."
+        )
+    if not torch.compiler.is_compiling() and (token_type_ids.min() < 0 or token_type_ids.max() >= vocab_size):
+        raise ValueError(
+            f"token_type_ids must be token ids in [0, {vocab_size}) (GPT-2 embeds them with its token "
+            f"embeddings), got values from {token_type_ids.min().item()} to {token_type_ids.max().item()}."
+        )
+    return token_type_ids.view(shape)
+
+
 # CPU thread policy. A forward over few new tokens (a decode step, a short prompt) is dozens of small ops;
 # where starting a parallel region costs more than such an op takes (~1 ms per region on small VMs),
 # these calls run on one thread. That cost depends on what else the machine runs, so it is measured per
@@ -811,13 +825,15 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         positions_to_keep: int | torch.Tensor = 0,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
         """``positions_to_keep``: the positions ``last_hidden_state`` holds (as transformers'
         ``logits_to_keep``: 0 for all, n for the last n, or a tensor of indices: 1-D for the same positions in
         every row, (batch, k) for each row's own); every position still fills
         the cache and ``hidden_states``, and unless those are requested the last block computes its
-        attention projection and MLP for the kept positions only."""
+        attention projection and MLP for the kept positions only. ``token_type_ids`` (batch, new tokens), as
+        in transformers' GPT-2: their token embeddings are added to the input's."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         output_attentions = bool(
@@ -848,12 +864,12 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
             else:
                 position_ids = (torch.arange(T, device=inputs_embeds.device) + past_length).unsqueeze(0)
         if self.wpe is not None:
-            x, rotary = self.drop(inputs_embeds + self.wpe(position_ids)), None
+            x, rotary = inputs_embeds + self.wpe(position_ids), None
         else:
-            x, rotary = (
-                self.drop(inputs_embeds),
-                rotary_cos_sin(self.config, position_ids, inputs_embeds.dtype),
-            )
+            x, rotary = inputs_embeds, rotary_cos_sin(self.config, position_ids, inputs_embeds.dtype)
+        if token_type_ids is not None:  # added after the positions, as transformers' GPT-2 does
+            x = x + self.wte(_token_types(token_type_ids, (B, T), self.config.vocab_size))
+        x = self.drop(x)
 
         make_mask = (
             create_causal_mask if self.config.sliding_window is None else create_sliding_window_causal_mask
@@ -926,6 +942,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         out = self.transformer(
@@ -938,6 +955,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             positions_to_keep=logits_to_keep,
+            token_type_ids=token_type_ids,
             **kwargs,
         )
         logits = self.lm_head(out.last_hidden_state)  # (B, T_keep, V)
@@ -1015,7 +1033,8 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
 
     The pooled token is the last position where ``attention_mask`` is 1, so left and right padding both
     work, even when the pad id equals a token inside the text (such as ``<|endoftext|>``). Without an
-    attention_mask the last position is pooled.
+    attention_mask, as in transformers' GPT-2: the last token that is not ``config.pad_token_id`` (the
+    last position when no pad id is set, or with ``inputs_embeds``).
     """
 
     def __init__(self, config: GPT2ScratchConfig):
@@ -1039,10 +1058,10 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast | tuple:
-        tokens = input_ids if input_ids is not None else inputs_embeds
-        pool = None if tokens is None else last_token_index(attention_mask, tokens.shape[1])
+        pool = pooled_index(attention_mask, input_ids, inputs_embeds, self.config.pad_token_id)
         out = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -1053,6 +1072,7 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             positions_to_keep=1 if pool is None else pool,  # the last block runs its MLP for these only
+            token_type_ids=token_type_ids,
             **kwargs,
         )
         pooled = out.last_hidden_state[:, -1]  # (B, C): each row's one kept position
@@ -1084,14 +1104,22 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-def last_token_index(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
-    """Index (B, 1) of the last real token of each row: the last 1 in a 2-D mask (any padding side); None
-    without a mask (then the last position)."""
-    if attention_mask is None:
+def pooled_index(attention_mask, input_ids, inputs_embeds, pad_token_id) -> torch.Tensor | None:
+    """Index (B, 1) of the token a classifier pools in each row: the last 1 of a 2-D ``attention_mask``
+    (any padding side); without a mask the last token of ``input_ids`` that is not ``pad_token_id``
+    (transformers' rule); None (the last position) when neither applies."""
+    if attention_mask is not None:
+        new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        return last_one(attention_mask[:, -new_tokens:])
+    if input_ids is None or pad_token_id is None:
         return None
-    mask = attention_mask[:, -seq_len:].long()
-    idx = torch.arange(seq_len, device=mask.device)
-    return (mask * (idx + 1)).argmax(-1, keepdim=True)
+    return last_one(input_ids != pad_token_id)
+
+
+def last_one(mask: torch.Tensor) -> torch.Tensor:
+    """Index (B, 1) of the last nonzero entry of each row of ``mask`` (0 where a row has none)."""
+    idx = torch.arange(mask.shape[1], device=mask.device)
+    return (mask.long() * (idx + 1)).argmax(-1, keepdim=True)
 
 
 __all__ = [
