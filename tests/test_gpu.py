@@ -80,3 +80,50 @@ def test_greedy_loop_is_a_cuda_graph_and_matches_generate_on_gpu(pair, ids):
         assert torch.equal(generate(ids, max_new_tokens=new, eos_token_id=None), expected)
     assert counters["stats"]["unique_graphs"] == 1, "calls of another length recompiled the step"
     assert [d.graph is not None for d in generate.decoders.values()] == [True], "no CUDA graph was captured"
+
+
+@pytest.fixture
+def lm_and_classifier(tmp_path, vocab_dir):
+    from gpt2scratch import GPT2ScratchForSequenceClassification
+    from gpt2scratch.io import save_model_folder
+
+    torch.manual_seed(0)
+    config = GPT2ScratchConfig.from_preset("tiny", vocab_size=50257, num_labels=2)
+    lm = save_model_folder(GPT2ScratchForCausalLM(config), tmp_path / "lm", vocab_dir)
+    classifier = GPT2ScratchForSequenceClassification(config)
+    with torch.no_grad():
+        classifier.score.weight.mul_(30)  # predictions that differ between texts
+    return lm, save_model_folder(classifier, tmp_path / "classifier", vocab_dir)
+
+
+def test_commands_on_the_gpu_match_the_cpu(lm_and_classifier, tmp_path, capsys):
+    """generate, classify and evaluate with --device cuda (and auto, which takes it) print what --device cpu
+    prints: the same tokens and labels, scores and loss up to float rounding."""
+    from gpt2scratch.cli import main
+
+    lm, classifier = lm_and_classifier
+    (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    commands = {
+        "generate": ["generate", str(lm), "--prompt", "Hello world", "--max-new-tokens", "12"],
+        "classify": ["classify", str(classifier), "Hello there", "WINNER!! Call now", "ok"],
+        "evaluate": ["evaluate", str(lm), "--task", "lm", "--data", str(tmp_path / "text.txt")],
+    }
+    for name, args in commands.items():
+        outputs = []
+        for device in ("cpu", "cuda", "auto"):
+            assert main([*args, "--device", device]) == 0, name
+            outputs.append(capsys.readouterr().out)
+        cpu, *gpu = outputs
+        for out in gpu:
+            if name == "generate":
+                assert out == cpu
+            elif name == "classify":
+                rows = [
+                    (line.split("\t"), ref.split("\t"))
+                    for line, ref in zip(out.splitlines(), cpu.splitlines(), strict=True)
+                ]
+                assert all(a[0] == b[0] and abs(float(a[1]) - float(b[1])) < 1e-4 for a, b in rows), out
+            else:
+                import json
+
+                assert abs(json.loads(out)["loss"] - json.loads(cpu)["loss"]) < 1e-4, out

@@ -32,6 +32,34 @@ class LoadedModel:
     kind: str  # what the spec pointed at: folder, adapter, checkpoint, hf-gpt2, openai, init
 
 
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """The device a command runs on: ``auto`` (or None) takes CUDA where available, else Apple's MPS, else the
+    CPU; a named device (``cpu``, ``cuda``, ``cuda:1``, ``mps``) must exist here, or a ValueError says why."""
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ValueError(
+                f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu (or auto)."
+            )
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple's MPS is not available here; use --device cpu (or auto).")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: use auto, cpu, cuda, cuda:N or mps.")
+    return device
+
+
 def _task_class(task: str):
     if task not in TASK_CLASSES:
         raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASK_CLASSES)}.")
@@ -93,8 +121,10 @@ def load_model(
     tokenizer_dir: str | os.PathLike | None = None,
     num_labels: int | None = None,
     dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
 ) -> LoadedModel:
-    """Load ``spec`` as a model for ``task`` ("causal-lm" or "classification"), in eval mode."""
+    """Load ``spec`` as a model for ``task`` ("causal-lm" or "classification"), in eval mode, on ``device``
+    (a name for :func:`resolve_device`; None: where it loads, the CPU)."""
     cls = _task_class(task)
     extra = {} if num_labels is None else {"num_labels": num_labels}
     given_vocab = Path(tokenizer_dir) if tokenizer_dir else None
@@ -104,7 +134,7 @@ def load_model(
         eot = encoding.eot_token
         sizes = dict(vocab_size=encoding.n_vocab, bos_token_id=eot, eos_token_id=eot)
         model = cls(GPT2ScratchConfig.from_preset(str(spec)[5:], **sizes, **extra))
-        return LoadedModel(model.eval(), vocab, "init")
+        return LoadedModel(_placed(model, None, device), vocab, "init")
     folder, kind = resolve_folder(spec)
     adapter = (folder / "adapter_config.json").exists()  # kind "adapter", or a LoRA run's checkpoint
     if not adapter and kind != "openai":
@@ -117,10 +147,17 @@ def load_model(
         model = _load_openai(folder, cls, extra)
     else:
         model = cls.from_pretrained(folder, **extra)
+    vocab = _tokenizer_dir([given_vocab, folder, _adapter_base(folder) if adapter else None])
+    return LoadedModel(_placed(model, dtype, device), vocab, kind)
+
+
+def _placed(model: torch.nn.Module, dtype: torch.dtype | None, device) -> torch.nn.Module:
+    """``model`` in eval mode, in ``dtype`` and on ``device`` where given."""
+    if device is not None:
+        model = model.to(device if isinstance(device, torch.device) else resolve_device(device))
     if dtype is not None:
         model = model.to(dtype)
-    vocab = _tokenizer_dir([given_vocab, folder, _adapter_base(folder) if adapter else None])
-    return LoadedModel(model.eval(), vocab, kind)
+    return model.eval()
 
 
 def _check_weights(folder: Path) -> None:

@@ -73,7 +73,8 @@ def cmd_generate(args) -> None:
 
     check_sampling(args)
     text = prompt_text(args)
-    loaded = load_language_model(args.model, args.tokenizer_dir)
+    device = generation_device(args.device, args.weights)
+    loaded = load_language_model(args.model, args.tokenizer_dir, device=device)
     model = loaded.model
     if args.weights != "fp32":
         from .fast import quantized_for_cpu
@@ -83,7 +84,7 @@ def cmd_generate(args) -> None:
             f"gpt2scratch generate: decoding with {args.weights} weights (a quantized copy)", file=sys.stderr
         )
     ids = fit_prompt(encode(load_encoding(loaded.tokenizer_dir), text), args.max_new_tokens, model.config)
-    ids = torch.tensor([ids])
+    ids = torch.tensor([ids], device=device)
     response_only = args.instruction is not None  # as the model card's instruction example decodes
     tokenizer = hf_tokenizer(loaded.tokenizer_dir)
     streamer = TextStreamer(tokenizer, skip_prompt=response_only, skip_special_tokens=response_only)
@@ -103,6 +104,21 @@ def cmd_generate(args) -> None:
     )
 
 
+def generation_device(name: str, weights: str):
+    """``--device`` for ``generate``: a quantized copy (``--weights fp16/int8``) decodes on the CPU only, so
+    ``auto`` means the CPU there."""
+    from .loading import resolve_device
+
+    if weights == "fp32":
+        return resolve_device(name)
+    device = resolve_device("cpu" if name == "auto" else name)
+    if device.type != "cpu":
+        raise ValueError(
+            f"--weights {weights} decodes on the CPU only; drop --device {name} or use --weights fp32."
+        )
+    return device
+
+
 def prompt_text(args) -> str:
     """``--prompt`` as given, or ``--instruction`` (and ``--input``) in the Alpaca template that instruction
     fine-tuning trains on, ending where the model's response starts."""
@@ -117,7 +133,7 @@ def prompt_text(args) -> str:
     return format_prompt(args.instruction, args.input or "")
 
 
-def load_language_model(spec: str, tokenizer_dir=None, command: str = "generate"):
+def load_language_model(spec: str, tokenizer_dir=None, command: str = "generate", device=None):
     """``load_model`` as a causal LM (``generate``, ``evaluate --task lm``). A classifier (folder, checkpoint
     or adapter) loads as the classifier it is, so transformers reports no unused ``score`` head, and runs as
     its backbone under the LM head tied to its token embeddings (GPT-2's LM head is ``wte``); a one-line note
@@ -128,13 +144,13 @@ def load_language_model(spec: str, tokenizer_dir=None, command: str = "generate"
 
     found = model_spec(spec)
     if found.architecture != CLASSIFIER:
-        return load_model(spec, tokenizer_dir=tokenizer_dir)
+        return load_model(spec, tokenizer_dir=tokenizer_dir, device=device)
     if not found.config.tie_word_embeddings:
         raise ValueError(
             f"{spec} is a classifier with untied embeddings (tie_word_embeddings=false): it has no "
             "language-model head. Use the model it was fine-tuned from."
         )
-    loaded = load_model(spec, task="classification", tokenizer_dir=tokenizer_dir)
+    loaded = load_model(spec, task="classification", tokenizer_dir=tokenizer_dir, device=device)
     print(
         f"gpt2scratch {command}: note: {spec} is a sequence classifier; using its backbone with the "
         "LM head tied to its token embeddings (its score head is not used).",
@@ -153,6 +169,15 @@ def backbone_lm(classifier):
     lm.transformer = classifier.transformer
     lm.tie_weights()
     return lm.eval()
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: auto (default: a CUDA GPU if there is one, else Apple's MPS, else the "
+        "CPU), cpu, cuda, cuda:N or mps",
+    )
 
 
 def check_sampling(args) -> None:
@@ -363,6 +388,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fp16/int8: decode with a quantized copy of the weights on the CPU (faster, other outputs; "
         "benchmarks/bench_quantized.py)",
     )
+    add_device_argument(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="describe a model")

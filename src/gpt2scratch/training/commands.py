@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import current_umask
+from ..model_commands import add_device_argument
 from .data import Table, open_table
 
 
@@ -51,6 +52,7 @@ def _add_common(p: argparse.ArgumentParser, batch_help: str) -> None:
     p.add_argument(
         "--tokenizer-dir", default=None, help="folder with the GPT-2 vocabulary, if not beside the model"
     )
+    add_device_argument(p)
 
 
 def _add_classify(subparsers) -> None:
@@ -132,10 +134,10 @@ class Classifier:
         """Softmax class probabilities (B, num_labels) of ``texts``; ``where`` names each text in errors."""
         import torch
 
-        input_ids, mask = self.encode(texts, where)
+        input_ids, mask = (t.to(self.model.device) for t in self.encode(texts, where))
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids, attention_mask=mask).logits  # (B, num_labels)
-        return torch.softmax(logits.float(), dim=-1)
+        return torch.softmax(logits.float(), dim=-1).cpu()
 
     def encode(self, texts: list[str], where: list[str] | None = None):
         """Right-padded ids and attention mask; texts keep their first ``max_length`` tokens."""
@@ -192,11 +194,12 @@ def _batch_size(requested: int | None, default: int) -> int:
 def load_classifier(args) -> Classifier:
     """The model named by ``args.model`` as a classifier, with its tokenizer; refused unless it has a
     trained classification head (see :func:`check_classifier`)."""
-    from gpt2scratch.loading import load_model
+    from gpt2scratch.loading import load_model, resolve_device
     from gpt2scratch.tokenizer import load_encoding
 
+    device = resolve_device(args.device)
     check_classifier(args.model)
-    loaded = load_model(args.model, task="classification", tokenizer_dir=args.tokenizer_dir)
+    loaded = load_model(args.model, task="classification", tokenizer_dir=args.tokenizer_dir, device=device)
     config = loaded.model.config
     return Classifier(loaded.model, load_encoding(loaded.tokenizer_dir), _max_length(config, args.max_length))
 
@@ -358,11 +361,13 @@ def read_text(path: str | os.PathLike) -> str:
 
 def evaluate_lm(args) -> dict:
     """Token-weighted mean next-token loss and perplexity over consecutive blocks of the text."""
+    from gpt2scratch.loading import resolve_device
     from gpt2scratch.model_commands import load_language_model
     from gpt2scratch.tokenizer import encode, load_encoding
 
+    device = resolve_device(args.device)
     text = read_text(args.data)
-    loaded = load_language_model(args.model, args.tokenizer_dir, command="evaluate")
+    loaded = load_language_model(args.model, args.tokenizer_dir, command="evaluate", device=device)
     block = _max_length(loaded.model.config, args.max_length)
     ids = encode(load_encoding(loaded.tokenizer_dir), text)
     blocks = [ids[i : i + block] for i in range(0, len(ids), block)]
@@ -398,8 +403,8 @@ def _lm_loss_sum(model, blocks: list[list[int]]) -> tuple[float, int]:
         targets[i, : len(b)] = torch.tensor(b)
         mask[i, : len(b)] = 1
     with torch.inference_mode():
-        logits = model(input_ids=input_ids, attention_mask=mask).logits  # (B, T, V)
-    shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    labels = targets[:, 1:].reshape(-1)
+        logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
+    shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B (T - 1), V)
+    labels = targets[:, 1:].reshape(-1).to(shifted.device)
     loss = F.cross_entropy(shifted, labels, ignore_index=-100, reduction="sum")
     return float(loss), int((labels != -100).sum())
