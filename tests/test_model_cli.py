@@ -307,3 +307,49 @@ def test_an_adapter_or_its_base_without_weights_is_one_clear_error(tmp_path, voc
         assert code == 2 and out == "" and err.count("\n") == 1, err
         assert f"{folder} has {config} but no weights" in err
         (adapter / "adapter_model.safetensors").write_bytes(b"")  # the adapter's weights now "exist"
+
+
+def test_generate_num_samples_prints_each_sample_in_turn(ours_folders, cli, monkeypatch):
+    """--num-samples N: N sampled continuations, one generate() call each after one seed, separated by a
+    line; the same seed gives the same texts."""
+    from gpt2scratch.model_commands import SAMPLE_SEPARATOR
+
+    calls = _spy_generate(monkeypatch)
+    args = ["generate", str(ours_folders["lm"]), "--prompt", "Once upon", "--max-new-tokens", "5"]
+    args += ["--temperature", "0.9", "--num-samples", "3", "--seed", "1"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    texts = out.split(SAMPLE_SEPARATOR + "\n")
+    assert len(texts) == 3 and len(calls) == 3 and all(t.startswith("Once upon") for t in texts)
+    assert len({tuple(generated[0].tolist()) for _, generated in calls}) == 3  # sampled, not repeated
+    assert cli(*args)[1] == out
+
+
+def test_generate_prompt_file_and_stdin_equal_the_prompt_option(ours_folders, cli, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    text = "The café was quiet.\nThen"
+    (tmp_path / "prompt.txt").write_text(text, encoding="utf-8")
+    base = ["generate", str(ours_folders["lm"]), "--max-new-tokens", "6"]
+    code, expected, err = cli(*base, "--prompt", text)
+    assert code == 0 and expected.startswith(text), err
+    assert cli(*base, "--prompt-file", str(tmp_path / "prompt.txt"))[1] == expected
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    assert cli(*base, "--prompt-file", "-")[1] == expected
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", "x", "--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--prompt", "x", "--num-samples", "2"], "greedy) would print the same text 2 times"),
+        (["--prompt-file", "no-such.txt"], "--prompt-file no-such.txt does not exist"),
+        (["--prompt-file", "latin1.txt"], "latin1.txt, line 2: byte 0xe9 is not UTF-8"),
+    ],
+)
+def test_generate_sample_and_prompt_file_errors(args, message, ours_folders, cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.txt").write_bytes("one\ncaf\u00e9".encode("latin-1"))
+    code, out, err = cli("generate", str(ours_folders["lm"]), *args)
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err

@@ -62,6 +62,9 @@ def cmd_init(args) -> None:
     print(f"Wrote {args.out}: {args.preset}, {model.num_parameters():,} parameters.")
 
 
+SAMPLE_SEPARATOR = "-" * 15  # printed between the texts of --num-samples
+
+
 def cmd_generate(args) -> None:
     """Stream a continuation of ``--prompt``, or with ``--instruction`` only the response to it: the prompt
     keeps its LAST tokens when prompt + new tokens exceed the model's context (a warning says how many were
@@ -91,17 +94,20 @@ def cmd_generate(args) -> None:
     sample = args.temperature > 0
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=args.max_new_tokens,
-        do_sample=sample,
-        temperature=args.temperature if sample else None,
-        top_k=args.top_k if sample else None,
-        top_p=args.top_p if sample else None,
-        pad_token_id=model.config.eos_token_id,
-        streamer=streamer,
-    )
+    for i in range(args.num_samples):
+        if i:
+            print(SAMPLE_SEPARATOR, flush=True)
+        model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=args.max_new_tokens,
+            do_sample=sample,
+            temperature=args.temperature if sample else None,
+            top_k=args.top_k if sample else None,
+            top_p=args.top_p if sample else None,
+            pad_token_id=model.config.eos_token_id,
+            streamer=streamer,
+        )
 
 
 def generation_device(name: str, weights: str):
@@ -125,6 +131,10 @@ def prompt_text(args) -> str:
     if args.instruction is None:
         if args.input is not None:
             raise ValueError("--input fills the Alpaca template's input field: use it with --instruction.")
+        if args.prompt_file is not None:
+            from .training.commands import read_text
+
+            return read_text(args.prompt_file, "--prompt-file")
         return args.prompt
     if not args.instruction.strip():
         raise ValueError('--instruction is empty; give the task, e.g. --instruction "Summarise the text."')
@@ -184,6 +194,13 @@ def check_sampling(args) -> None:
     """Refuse sampling options that cannot work, before the model is loaded."""
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}.")
+    if args.num_samples > 1 and args.temperature == 0:
+        raise ValueError(
+            f"--num-samples {args.num_samples} with --temperature 0 (greedy) would print the same text "
+            f"{args.num_samples} times; sample with --temperature > 0 (e.g. 0.8)."
+        )
     if not args.temperature >= 0 or math.isinf(args.temperature):
         raise ValueError(f"--temperature must be a number >= 0 (0 = greedy), got {args.temperature}.")
     if args.top_k is not None and args.top_k < 1:
@@ -196,7 +213,7 @@ def fit_prompt(ids: list[int], max_new_tokens: int, config) -> list[int]:
     """The prompt's last tokens that leave room for ``max_new_tokens`` in ``n_positions`` (warning if cut)."""
     context = config.n_positions
     if not ids:
-        raise ValueError("The prompt is empty; give some text with --prompt.")
+        raise ValueError("The prompt is empty; give some text with --prompt (or --prompt-file).")
     if max_new_tokens >= context:
         raise ValueError(
             f"--max-new-tokens {max_new_tokens} leaves no room for the prompt: the model's context is "
@@ -369,6 +386,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     text = p.add_mutually_exclusive_group(required=True)
     text.add_argument("--prompt", help="text to continue")
     text.add_argument(
+        "--prompt-file", metavar="FILE", help="continue the text of a UTF-8 file (- reads stdin)"
+    )
+    text.add_argument(
         "--instruction",
         metavar="TEXT",
         help="prompt an instruction-tuned model with the Alpaca template its fine-tuning used, and print "
@@ -380,6 +400,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="sample this many continuations of the same prompt, one after another (needs --temperature > 0)",
+    )
     p.add_argument("--tokenizer-dir", type=Path)
     p.add_argument(
         "--weights",

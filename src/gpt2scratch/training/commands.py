@@ -344,12 +344,15 @@ def evaluate_classification(args) -> dict:
     return {"examples": len(references), "truncated": classifier.truncated, **metrics}
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """A UTF-8 text file; a bad byte is an error naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Data file {path} does not exist (or is not a file).")
-    data = path.read_bytes()
+def read_text(path: str | os.PathLike, what: str = "Data file") -> str:
+    """A UTF-8 text file (``-``: standard input); a bad byte is an error naming the line."""
+    if str(path) == "-":
+        path, data = "standard input", sys.stdin.buffer.read()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} {path} does not exist (or is not a file).")
+        data = path.read_bytes()
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
