@@ -298,6 +298,37 @@ def test_lm_run_logs_validation_metrics_and_no_tied_weight_warning(shared_data, 
     assert "Removed shared tensor" not in caplog.text
 
 
+@pytest.mark.parametrize("peak", [None, 1e12])
+def test_run_prints_tokens_per_second_and_mfu(
+    peak, shared_data, vocab_dir, tmp_path, caplog, capsys, monkeypatch
+):
+    """The progress bar shows each step's tokens/s (and MFU where the device's peak is known), and the run
+    ends with one line of its speed; MFU is nanoGPT's formula over that peak (none on a CPU)."""
+    from gpt2scratch.fast import training_flops_per_token
+    from gpt2scratch.training import loop
+
+    monkeypatch.setattr(loop, "device_peak_flops", lambda device: peak)
+    text = tmp_path / "verdict.txt"
+    text.write_text((shared_data / "corpora/the-verdict.txt").read_text(encoding="utf-8")[:4000])
+    with caplog.at_level(logging.INFO):
+        train(tmp_path / "lm", "--task", "lm", "--train-file", str(text), "--tokenizer-dir", str(vocab_dir),
+              "--max-steps", "3", "--max-length", "32", "--batch-size", "4", "--eval-max-batches", "1",
+              "--max-new-tokens", "2")  # fmt: skip
+    log = [json.loads(line) for line in (tmp_path / "lm" / "train_log.jsonl").read_text().splitlines()]
+    metrics = json.loads((tmp_path / "lm" / "metrics.json").read_text())
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("steps 1-3 in ")]
+    assert f"{metrics['tokens_per_s']:,.0f} tokens/s over all processes" in line
+    assert "tok/s=" in capsys.readouterr().err
+    if peak is None:
+        assert metrics["mfu"] is None and "MFU n/a: no known peak" in line
+        assert all("mfu" not in r for r in log)
+        return
+    config = json.loads((tmp_path / "lm" / "config.json").read_text())
+    per_token = training_flops_per_token(type("C", (), config), 32)
+    assert all(r["mfu"] == pytest.approx(per_token * r["tokens_per_s"] / peak) for r in log)
+    assert f"MFU {metrics['mfu']:.1%}" in line
+
+
 def test_only_the_tied_head_warning_is_dropped():
     from gpt2scratch.training.loop import _TiedWeightsFilter
 

@@ -437,8 +437,7 @@ class Trainer:
         self.signal: int | None = None  # SIGINT/SIGTERM received, acted on at the next step boundary
         # "training", "final evaluation", or one of the SAVES, which signals wait for: "stopping", "final save"
         self.phase = "training"
-        on_gpu = accelerator.device.type == "cuda"
-        self.peak_flops = peak_flops(torch.cuda.get_device_name(accelerator.device)) if on_gpu else None
+        self.peak_flops = device_peak_flops(accelerator.device)
 
     # ------------------------------------------------------------------------------------- fit
 
@@ -464,7 +463,7 @@ class Trainer:
                 "step %d is --stop-after %d or past it: nothing to train", self.state.step, args.stop_after
             )
             return None
-        start = time.perf_counter()
+        start, self.first_step = time.perf_counter(), self.state.step
         remaining = self._optimizer_batches(self.state.step) if self.state.step < self.total_steps else ()
         with self._stop_requests():
             metrics = self._run_steps(remaining, progress, start)
@@ -486,7 +485,7 @@ class Trainer:
                     self.state.window[key].append(value)
             self._log_step(step, stats)
             progress.update(1)
-            progress.set_postfix(loss=f"{stats['loss']:.4f}")
+            progress.set_postfix(_postfix(stats))
             if step == self.total_steps or (args.eval_every and step % args.eval_every == 0):
                 self._evaluate_during(step, self.state.window)
                 self.state.window = defaultdict(list)
@@ -967,6 +966,7 @@ class Trainer:
             save_plots({k: list(v) for k, v in self.state.history.items()}, self.out)
             write_run(self.out, finished=True, step=self.state.step)
             _log_final_metrics(metrics)
+            _log_throughput(extra, self.first_step)
         acc.wait_for_everyone()
         acc.end_training()
         return {**metrics, **extra}
@@ -1065,6 +1065,36 @@ def _log_final_metrics(metrics: dict) -> None:
     if split is not None:
         shown = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics[split].items())
         log.info("%s metrics: %s", split, ", ".join(shown))
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    """The dense bf16 peak FLOP/s of ``device`` for MFU: a known CUDA GPU's (``fast.peak_flops``), else None."""
+    return peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
+def _postfix(stats: dict) -> dict:
+    """The progress bar's figures for a step: loss, tokens/s over all processes, and MFU where the device's
+    peak is known (a CUDA GPU of ``fast.PEAK_BF16_FLOPS``)."""
+    shown = {"loss": f"{stats['loss']:.4f}", "tok/s": f"{stats['tokens_per_s']:,.0f}"}
+    if "mfu" in stats:
+        shown["mfu"] = f"{stats['mfu']:.1%}"
+    return shown
+
+
+def _log_throughput(summary: dict, first_step: int) -> None:
+    """One line with the run's speed: the steps this process ran and their time (evaluations and saves
+    included), the mean tokens/s of the logged steps over all processes, and MFU or why there is none."""
+    if first_step >= summary["steps"]:
+        return  # a resume that only evaluated and saved
+    mfu = f"MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else f"MFU {summary['mfu_note']}"
+    log.info(
+        "steps %d-%d in %.1f s: %s tokens/s over all processes, %s",
+        first_step + 1,
+        summary["steps"],
+        summary["train_seconds"],
+        f"{summary['tokens_per_s']:,.0f}",
+        mfu,
+    )
 
 
 def _mean(values: list[float]) -> float:
