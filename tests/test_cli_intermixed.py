@@ -64,7 +64,7 @@ def test_help_and_errors_name_the_subcommand(capsys):
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse("generate", "M")
-    assert "one of the arguments --prompt --instruction is required" in capsys.readouterr().err
+    assert "one of the arguments --prompt --prompt-file --instruction is required" in capsys.readouterr().err
 
 
 def test_every_subcommand_parses_intermixed_and_shows_its_help(capsys):
