@@ -465,6 +465,30 @@ def test_sequence_longer_than_context_is_a_clear_error(small):
         small(torch.zeros(1, 5, dtype=torch.long), cache=cache, use_cache=True)
 
 
+@pytest.mark.parametrize("how", ["max_length", "generation_config", "model's generation_config"])
+def test_generation_past_the_context_is_refused_before_the_first_step(small, how, monkeypatch):
+    """However the length is set, a call that may pass n_positions is refused before any forward pass."""
+    from transformers import GenerationConfig
+
+    calls = []
+    monkeypatch.setattr(small, "forward", lambda *a, **k: calls.append(1))
+    ids, length = torch.zeros(1, 10, dtype=torch.long), {"max_length": 17}
+    if how == "max_length":
+        kwargs, message = length, "plus new tokens up to max_length=17 exceeds this model's n_positions=16"
+    elif how == "generation_config":
+        kwargs, message = (
+            {"generation_config": GenerationConfig(max_new_tokens=7)},
+            "max_new_tokens=7 exceeds",
+        )
+    else:
+        monkeypatch.setattr(small.generation_config, "max_new_tokens", 7)
+        kwargs, message = {}, "max_new_tokens=7 exceeds"
+    with pytest.raises(ValueError, match=message):
+        small.generate(ids, pad_token_id=0, **kwargs)
+    assert not calls
+    small.generation_config.max_new_tokens = None
+
+
 def test_float_or_empty_input_ids_are_a_clear_error(small):
     with pytest.raises(ValueError, match=r"integer token ids.*torch.float32"):
         small(torch.tensor([[1.0, 2.0]]))

@@ -639,6 +639,13 @@ def _check_inputs(
         )
 
 
+def _too_long(prompt_tokens: int, asked: str, n_positions: int) -> ValueError:
+    return ValueError(
+        f"The prompt ({prompt_tokens} tokens) plus {asked} exceeds this model's n_positions={n_positions}. "
+        "Shorten the prompt or ask for fewer new tokens."
+    )
+
+
 def _token_types(token_type_ids: torch.Tensor, shape: tuple[int, int], vocab_size: int) -> torch.Tensor:
     """``token_type_ids`` as (batch, new tokens), or a ValueError naming the shape or ids it must have."""
     if token_type_ids.numel() != shape[0] * shape[1] or token_type_ids.shape[-1] != shape[1]:
@@ -1002,10 +1009,17 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         vocabulary, the mask's shape, and the prompt plus ``max_new_tokens`` within ``n_positions``."""
         _check_inputs(self.config, input_ids, attention_mask, position_ids, 0, True)
         if max_new_tokens is not None and input_ids.shape[1] + max_new_tokens > self.config.n_positions:
-            raise ValueError(
-                f"The prompt ({input_ids.shape[1]} tokens) plus max_new_tokens={max_new_tokens} exceeds this "
-                f"model's n_positions={self.config.n_positions}. Shorten the prompt or lower max_new_tokens."
-            )
+            raise _too_long(input_ids.shape[1], f"max_new_tokens={max_new_tokens}", self.config.n_positions)
+
+    def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
+        """transformers' length checks, then the longest sequence the call may reach (``max_length``, however
+        it was set: ``max_new_tokens``, ``max_length``, a generation config) within ``n_positions``: refused
+        before the first step rather than at the step that would pass it."""
+        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
+        longest, new = generation_config.max_length, generation_config.max_new_tokens
+        if input_ids_length and longest > self.config.n_positions:
+            asked = f"max_new_tokens={new}" if new is not None else f"new tokens up to max_length={longest}"
+            raise _too_long(input_ids_length, asked, self.config.n_positions)
 
     @torch.no_grad()
     def generate(self, inputs=None, *args, **kwargs):
@@ -1017,12 +1031,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
         transformers' does)."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         if isinstance(input_ids, torch.Tensor) and input_ids.dtype in (torch.long, torch.int):
-            self.check_generation_inputs(
-                input_ids,
-                kwargs.get("attention_mask"),
-                kwargs.get("position_ids"),
-                kwargs.get("max_new_tokens"),
-            )
+            self.check_generation_inputs(input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"))
         self.layout_for_decoding(self._rows_per_step(input_ids, kwargs))
         with self.transformer._inputs_checked():
             return super().generate(inputs, *args, **kwargs)
