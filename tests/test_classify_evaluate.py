@@ -393,3 +393,33 @@ def test_output_file_has_the_mode_open_gives(capsys, tmp_path, classifier_dir):
         os.umask(old)
     assert code == 0, err
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize(
+    "records, extra, message",
+    [
+        ([{"instruction": "Say hi."}], [], "no 'output' field"),
+        ([{"instruction": "Say hi.", "output": "hi"}], ["--max-new-tokens", "0"], "--max-new-tokens must be"),
+        (
+            [{"instruction": "Say hi.", "output": "hi"}],
+            ["--output-file", "kept.json"],
+            "kept.json already exists",
+        ),
+        (
+            [{"instruction": "Say hi.", "output": "hi"}],
+            ["--task", "lm", "--output-file", "x.json"],
+            "--task instruction",
+        ),
+    ],
+)
+def test_evaluate_instruction_errors_write_nothing(
+    records, extra, message, capsys, tmp_path, lm_dir, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    (tmp_path / "kept.json").write_text("old")
+    args = ["evaluate", lm_dir, "--task", "instruction", "--data", "data.json", *extra]
+    code, out, err = _cli(capsys, *args)
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "kept.json"]
+    assert (tmp_path / "kept.json").read_text() == "old"

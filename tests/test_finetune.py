@@ -413,6 +413,29 @@ def test_instruction(method, instructions, vocab_dir, tmp_path):
         out / "adapter_config.json"
     ).exists()  # lora merged: plain folder
     assert sorted(p.name for p in (out / "data").iterdir()) == ["test.json", "train.json", "validation.json"]
+    if method == "full":
+        evaluate_scores_the_test_split_as_the_run_did(out, test, responses)
+
+
+def evaluate_scores_the_test_split_as_the_run_did(out: Path, test: dict, responses: list[dict]) -> None:
+    """``evaluate --task instruction`` on the run's model and test split: the run's response loss, ROUGE-L
+    and responses."""
+    import contextlib
+    import io
+
+    from gpt2scratch.cli import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["evaluate", str(out), "--task", "instruction", "--data", str(out / "data" / "test.json"),
+                     "--max-new-tokens", "12", "--max-length", "96", "--batch-size", "4",
+                     "--output-file", str(out / "evaluated.json")])  # fmt: skip
+    assert code == 0
+    got = json.loads(printed.getvalue())
+    assert got["examples"] == len(responses) == 6
+    assert got["response_loss"] == pytest.approx(test["response_loss_after"], rel=1e-5)
+    assert got["rouge_l"] == pytest.approx(test["rouge_l"])
+    assert json.loads((out / "evaluated.json").read_text()) == responses
 
 
 # ----------------------------------------------------------------------------------------- lm

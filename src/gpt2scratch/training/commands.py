@@ -85,13 +85,32 @@ def _add_evaluate(subparsers) -> None:
         description="classification: accuracy, precision, recall and F1 (binary: of label id 1; more "
         "classes: macro average) on a CSV/TSV whose labels are names or ids known to the model's "
         "label2id. lm: loss and perplexity of a UTF-8 text file, tokenised whole and cut into "
-        "consecutive blocks of --max-length tokens.",
+        "consecutive blocks of --max-length tokens. instruction: on Alpaca records (instruction, optional "
+        "input, output), the loss on the response tokens and the ROUGE-L of the model's greedy responses, "
+        "as finetune --task instruction scores its test split; --output-file keeps the responses.",
     )
-    _add_common(p, "texts (classification, default 32) or blocks (lm, default 2) per forward pass")
-    p.add_argument("--task", choices=("classification", "lm"), required=True)
+    _add_common(
+        p,
+        "texts (classification, default 32), blocks (lm, default 2) or records (instruction, default 8) "
+        "per forward pass",
+    )
+    p.add_argument("--task", choices=("classification", "lm", "instruction"), required=True)
     p.add_argument(
-        "--data", required=True, help="CSV/TSV or SMSSpamCollection file (classification), text file (lm)"
+        "--data",
+        required=True,
+        help="CSV/TSV or SMSSpamCollection file (classification), text file (lm), JSON/JSONL/CSV of Alpaca "
+        "records (instruction)",
     )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        help="instruction: tokens generated per response (default 64)",
+    )
+    p.add_argument(
+        "--output-file", default=None, help="instruction: a JSON file of the records with each response added"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --output-file")
     p.add_argument("--text-column", default="text", help="classification: the text column (default: text)")
     p.add_argument(
         "--label-column", default="label", help="classification: the label column (default: label)"
@@ -292,10 +311,16 @@ def _atomic_file(path: Path):
 
 def evaluate_command(args) -> int:
     """Print the model's scores on ``--data`` as JSON."""
+    if args.task != "instruction" and args.output_file:
+        raise ValueError(
+            "--output-file keeps the responses of --task instruction; the other tasks print JSON only."
+        )
     if args.task == "classification":
         result = evaluate_classification(args)
-    else:
+    elif args.task == "lm":
         result = evaluate_lm(args)
+    else:
+        result = evaluate_instruction(args)
     print(
         json.dumps({"model": str(args.model), "task": args.task, "data": str(args.data), **result}, indent=2)
     )
@@ -392,22 +417,76 @@ def evaluate_lm(args) -> dict:
     }
 
 
-def _lm_loss_sum(model, blocks: list[list[int]]) -> tuple[float, int]:
-    """Summed next-token cross-entropy over ``blocks`` (right-padded) and the number of predicted tokens."""
-    import torch
-    import torch.nn.functional as F
+def evaluate_instruction(args) -> dict:
+    """Response loss (mean over response tokens and their ``<|endoftext|>``) and ROUGE-L of the greedy responses
+    on Alpaca records, computed as ``finetune --task instruction`` scores its test split."""
+    from types import SimpleNamespace
 
-    width = max(len(b) for b in blocks)
-    input_ids = torch.full((len(blocks), width), model.config.eos_token_id, dtype=torch.long)
-    targets = torch.full((len(blocks), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(blocks), width), dtype=torch.long)
-    for i, b in enumerate(blocks):
-        input_ids[i, : len(b)] = torch.tensor(b)
-        targets[i, : len(b)] = torch.tensor(b)
-        mask[i, : len(b)] = 1
+    import datasets
+
+    from gpt2scratch.loading import resolve_device
+    from gpt2scratch.model_commands import load_language_model
+    from gpt2scratch.tokenizer import load_encoding
+
+    from .data import read_table, standardise, tokenize_instruction
+    from .metrics import rouge_l
+    from .scoring import greedy_responses, instruction_prompts
+
+    datasets.disable_progress_bars()  # as finetune does: the records are read and tokenised through datasets
+    device = resolve_device(args.device)
+    out = Path(args.output_file) if args.output_file else None
+    if out is not None and out.exists() and not args.force:
+        raise FileExistsError(
+            f"{out} already exists; choose another --output-file or pass --force to replace it."
+        )
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    records = standardise(read_table(args.data), SimpleNamespace(task="instruction"), str(args.data))
+    loaded = load_language_model(args.model, args.tokenizer_dir, command="evaluate", device=device)
+    model, encoding = loaded.model, load_encoding(loaded.tokenizer_dir)
+    max_length = _max_length(model.config, args.max_length)
+    prompts = instruction_prompts(encoding, records.to_list(), args.max_new_tokens, model.config.n_positions)
+    scored = tokenize_instruction(records, encoding, max_length, True, str(args.data)).to_list()
+    batch_size = _batch_size(args.batch_size, 8)
+    total, count, responses = 0.0, 0, []
+    for start in range(0, len(scored), batch_size):
+        batch_total, batch_count = _target_loss_sum(model, scored[start : start + batch_size])
+        total, count = total + batch_total, count + batch_count
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        responses += [
+            encoding.decode(ids).strip()
+            for ids in greedy_responses(model, chunk, args.max_new_tokens, encoding.eot_token)
+        ]
+    kept = records.remove_columns(["_row"]).to_list()
+    for record, response in zip(kept, responses, strict=True):
+        record["response"] = response
+    if out is not None:
+        with _atomic_file(out) as fh:
+            json.dump(kept, fh, indent=1, ensure_ascii=False)
+    return {
+        "examples": len(kept),
+        "response_loss": total / count,
+        "rouge_l": rouge_l(responses, [r["output"] for r in kept]),
+        "max_new_tokens": args.max_new_tokens,
+    }
+
+
+def _lm_loss_sum(model, blocks: list[list[int]]) -> tuple[float, int]:
+    """Summed next-token cross-entropy over ``blocks`` and the number of predicted tokens."""
+    return _target_loss_sum(model, [{"input_ids": b, "labels": b} for b in blocks])
+
+
+def _target_loss_sum(model, rows: list[dict]) -> tuple[float, int]:
+    """Summed next-token cross-entropy over the target tokens of ``rows`` (``input_ids``, ``labels`` with
+    -100 where nothing is predicted), right-padded into one batch, and the number of those tokens."""
+    import torch
+
+    from .data import collate
+    from .scoring import token_losses
+
+    batch = {k: v.to(model.device) for k, v in collate(rows, pad_id=model.config.eos_token_id).items()}
     with torch.inference_mode():
-        logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
-    shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B (T - 1), V)
-    labels = targets[:, 1:].reshape(-1).to(shifted.device)
-    loss = F.cross_entropy(shifted, labels, ignore_index=-100, reduction="sum")
-    return float(loss), int((labels != -100).sum())
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    total, count = token_losses(logits.float(), batch["labels"])
+    return float(total.sum()), int(count.sum())

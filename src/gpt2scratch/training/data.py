@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -607,7 +608,7 @@ def tokenize_splits(
             out[name] = _tokenize_classification(ds, encoding, max_length, raw.label_names, name)
         elif task == "instruction":
             # the test split always scores response tokens only (the before/after response loss)
-            out[name] = _tokenize_instruction(
+            out[name] = tokenize_instruction(
                 ds, encoding, max_length, response_loss_only or name == "test", name
             )
         else:
@@ -619,7 +620,9 @@ def tokenize_splits(
 
 def _map(ds, fn, name: str, **kwargs):
     """``Dataset.map`` in memory, with a fixed fingerprint so the encoder object need not be hashed."""
-    fingerprint = f"{ds._fingerprint}-{name}-{fn.__name__}"[:64]
+    fingerprint = re.sub(r"[^\w.-]", "_", f"{ds._fingerprint}-{name}-{fn.__name__}")[
+        :64
+    ]  # name may be a path
     return ds.map(fn, batched=True, keep_in_memory=True, new_fingerprint=fingerprint, **kwargs)
 
 
@@ -651,7 +654,10 @@ def _tokenize_classification(ds, encoding, max_length: int, names: list[str], sp
     return ds.select_columns(["input_ids", "labels"])
 
 
-def _tokenize_instruction(ds, encoding, max_length: int, response_loss_only: bool, split: str):
+def tokenize_instruction(ds, encoding, max_length: int, response_loss_only: bool, split: str):
+    """Prompt + response + ``<|endoftext|>`` ids, and labels (-100 over the prompt with ``response_loss_only``);
+    examples whose response was truncated away are dropped (a warning says how many)."""
+
     def tokenize(batch):
         prompts = [format_prompt(i, x) for i, x in zip(batch["instruction"], batch["input"], strict=True)]
         prompt_ids = encode_batch(encoding, prompts)

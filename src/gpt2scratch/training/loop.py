@@ -62,16 +62,15 @@ from .checkpoints import (
     write_run,
 )
 from .data import (
-    IGNORE_INDEX,
     check_same_data,
     check_same_tokenizer,
     collate,
-    format_prompt,
     load_splits,
     tokenize_splits,
     write_splits,
 )
 from .lora import frozen_names, weights_digest
+from .scoring import greedy_responses, instruction_prompts, token_losses
 
 log = logging.getLogger("gpt2scratch.finetune")
 
@@ -702,7 +701,7 @@ class Trainer:
                 preds += p.tolist()
                 refs += r.tolist()
             else:
-                loss, count = _token_losses(logits, batch["labels"])
+                loss, count = token_losses(logits, batch["labels"])
             s, c = acc.gather_for_metrics((loss, count))
             sums.append(s.sum().item())
             counts.append(c.sum().item())
@@ -729,28 +728,14 @@ class Trainer:
         tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
         tracker.add_text("sample", text, step)
 
-    @torch.no_grad()
     def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy generation for a batch of prompts (left-padded); each result stops before ``<|endoftext|>``."""
+        """Greedy responses of the model (in eval mode meanwhile) to a batch of prompts (``greedy_responses``)."""
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
-        length, eot = max(len(p) for p in prompts), self.encoding.eot_token
-        ids = torch.tensor([[eot] * (length - len(p)) + p for p in prompts], device=self.accelerator.device)
-        mask = torch.tensor(
-            [[0] * (length - len(p)) + [1] * len(p) for p in prompts], device=self.accelerator.device
-        )
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=eot,
-        )
-        model.train()
-        results = []
-        for row in out[:, length:].tolist():
-            results.append(row[: row.index(eot)] if eot in row else row)
-        return results
+        try:
+            return greedy_responses(model, prompts, max_new_tokens, self.encoding.eot_token)
+        finally:
+            model.train()
 
     def instruction_responses(self) -> tuple[list[dict], float] | None:
         """Responses of the model to the test prompts, beside the references, and their ROUGE-L; None when a
@@ -758,24 +743,16 @@ class Trainer:
         from .metrics import rouge_l
 
         records = self.raw.splits["test"].remove_columns(["_row"]).to_list()
-        room = self.config.n_positions - self.args.max_new_tokens
-        if room < 1:
-            raise ValueError(
-                f"--max-new-tokens {self.args.max_new_tokens} leaves no room for a prompt in n_positions."
-            )
+        prompts = instruction_prompts(
+            self.encoding, records, self.args.max_new_tokens, self.config.n_positions
+        )
         responses = []
         for i in range(0, len(records), self.args.batch_size):
             if self.signal is not None:
                 return None
-            chunk = records[i : i + self.args.batch_size]
-            prompts = [
-                self.encoding.encode(format_prompt(r["instruction"], r["input"]), allowed_special="all")[
-                    -room:
-                ]
-                for r in chunk
-            ]
+            chunk = prompts[i : i + self.args.batch_size]
             responses += [
-                self.encoding.decode(ids).strip() for ids in self._generate(prompts, self.args.max_new_tokens)
+                self.encoding.decode(ids).strip() for ids in self._generate(chunk, self.args.max_new_tokens)
             ]
         for record, response in zip(records, responses, strict=True):
             record["response"] = response
@@ -1046,17 +1023,6 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def _token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row sum of next-token cross-entropy over target tokens, and the number of those tokens."""
-    logits, labels = logits[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1)
-    flat = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    loss = flat.view(labels.shape)  # (B, T-1); a (B, V, T) layout is ten times slower on CPU
-    count = (labels != IGNORE_INDEX).float()
-    return (loss * count).sum(-1), count.sum(-1)
 
 
 def _log_final_metrics(metrics: dict) -> None:
