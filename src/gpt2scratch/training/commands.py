@@ -268,11 +268,7 @@ def _output_columns(header: list[str]) -> list[str]:
 
 
 def _classify_file(args, batch_size: int) -> int:
-    out = Path(args.output_file)
-    if out.exists() and not args.force:
-        raise FileExistsError(
-            f"{out} already exists; choose another --output-file or pass --force to replace it."
-        )
+    out = _new_output_file(args.output_file, args.force)
     with open_table(args.input_file) as table:
         text_index = table.column(args.text_column, "--text-column")
         classifier = load_classifier(args)
@@ -288,6 +284,16 @@ def _classify_file(args, batch_size: int) -> int:
     classifier.report_truncation("classify")
     print(f"gpt2scratch classify: wrote {classifier.seen} rows to {out}", file=sys.stderr)
     return 0
+
+
+def _new_output_file(name: str | None, force: bool) -> Path | None:
+    """``--output-file`` as a path (None if not given); an existing file is refused unless ``force``."""
+    out = Path(name) if name else None
+    if out is not None and out.exists() and not force:
+        raise FileExistsError(
+            f"{out} already exists; choose another --output-file or pass --force to replace it."
+        )
+    return out
 
 
 @contextmanager
@@ -402,12 +408,8 @@ def evaluate_lm(args) -> dict:
     blocks = [b for b in blocks if len(b) >= 2]
     if not blocks:
         raise ValueError(f"{args.data} has {len(ids)} tokens; at least 2 are needed to measure a loss.")
-    total, count = 0.0, 0
-    batch_size = _batch_size(args.batch_size, 2)
-    for start in range(0, len(blocks), batch_size):
-        batch_total, batch_count = _lm_loss_sum(loaded.model, blocks[start : start + batch_size])
-        total, count = total + batch_total, count + batch_count
-    loss = total / count
+    rows = [{"input_ids": b, "labels": b} for b in blocks]
+    loss = _mean_target_loss(loaded.model, rows, _batch_size(args.batch_size, 2))
     return {
         "tokens": len(ids),
         "blocks": len(blocks),
@@ -430,35 +432,19 @@ def evaluate_instruction(args) -> dict:
 
     from .data import read_table, standardise, tokenize_instruction
     from .metrics import rouge_l
-    from .scoring import greedy_responses, instruction_prompts
 
     datasets.disable_progress_bars()  # as finetune does: the records are read and tokenised through datasets
     device = resolve_device(args.device)
-    out = Path(args.output_file) if args.output_file else None
-    if out is not None and out.exists() and not args.force:
-        raise FileExistsError(
-            f"{out} already exists; choose another --output-file or pass --force to replace it."
-        )
+    out = _new_output_file(args.output_file, args.force)
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     records = standardise(read_table(args.data), SimpleNamespace(task="instruction"), str(args.data))
     loaded = load_language_model(args.model, args.tokenizer_dir, command="evaluate", device=device)
     model, encoding = loaded.model, load_encoding(loaded.tokenizer_dir)
-    max_length = _max_length(model.config, args.max_length)
-    prompts = instruction_prompts(encoding, records.to_list(), args.max_new_tokens, model.config.n_positions)
+    max_length, batch_size = _max_length(model.config, args.max_length), _batch_size(args.batch_size, 8)
     scored = tokenize_instruction(records, encoding, max_length, True, str(args.data)).to_list()
-    batch_size = _batch_size(args.batch_size, 8)
-    total, count, responses = 0.0, 0, []
-    for start in range(0, len(scored), batch_size):
-        batch_total, batch_count = _target_loss_sum(model, scored[start : start + batch_size])
-        total, count = total + batch_total, count + batch_count
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        responses += [
-            encoding.decode(ids).strip()
-            for ids in greedy_responses(model, chunk, args.max_new_tokens, encoding.eot_token)
-        ]
     kept = records.remove_columns(["_row"]).to_list()
+    responses = _responses(model, encoding, kept, args.max_new_tokens, batch_size)
     for record, response in zip(kept, responses, strict=True):
         record["response"] = response
     if out is not None:
@@ -466,15 +452,33 @@ def evaluate_instruction(args) -> dict:
             json.dump(kept, fh, indent=1, ensure_ascii=False)
     return {
         "examples": len(kept),
-        "response_loss": total / count,
+        "response_loss": _mean_target_loss(model, scored, batch_size),
         "rouge_l": rouge_l(responses, [r["output"] for r in kept]),
         "max_new_tokens": args.max_new_tokens,
     }
 
 
-def _lm_loss_sum(model, blocks: list[list[int]]) -> tuple[float, int]:
-    """Summed next-token cross-entropy over ``blocks`` and the number of predicted tokens."""
-    return _target_loss_sum(model, [{"input_ids": b, "labels": b} for b in blocks])
+def _responses(model, encoding, records: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
+    """The model's greedy responses to the records' Alpaca prompts, decoded, ``batch_size`` prompts at a time."""
+    from .scoring import greedy_responses, instruction_prompts
+
+    prompts = instruction_prompts(encoding, records, max_new_tokens, model.config.n_positions)
+    responses = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = greedy_responses(
+            model, prompts[start : start + batch_size], max_new_tokens, encoding.eot_token
+        )
+        responses += [encoding.decode(ids).strip() for ids in chunk]
+    return responses
+
+
+def _mean_target_loss(model, rows: list[dict], batch_size: int) -> float:
+    """Token-weighted mean next-token loss over the target tokens of ``rows``, ``batch_size`` rows per forward."""
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch_total, batch_count = _target_loss_sum(model, rows[start : start + batch_size])
+        total, count = total + batch_total, count + batch_count
+    return total / count
 
 
 def _target_loss_sum(model, rows: list[dict]) -> tuple[float, int]:
