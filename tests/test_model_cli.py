@@ -353,3 +353,28 @@ def test_generate_sample_and_prompt_file_errors(args, message, ours_folders, cli
     (tmp_path / "latin1.txt").write_bytes("one\ncaf\u00e9".encode("latin-1"))
     code, out, err = cli("generate", str(ours_folders["lm"]), *args)
     assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
+
+
+def test_chat_answers_each_line_as_generate_instruction_does(ours_folders, vocab_dir, cli, monkeypatch):
+    """Each non-empty line is one Alpaca instruction: the same prompt ids and printed response as
+    ``generate --instruction`` for it; blank lines are skipped, and ``quit`` ends the session."""
+    import io
+    import sys
+
+    from gpt2scratch.training.data import format_prompt
+
+    lm, instructions = str(ours_folders["lm"]), ("Say hello.", "Name a colour.")
+    expected = "".join(
+        cli("generate", lm, "--instruction", text, "--max-new-tokens", "6")[1] for text in instructions
+    )
+    calls = _spy_generate(monkeypatch)
+    lines = "Say hello.\n\n  \nName a colour.\nquit\nNot an instruction.\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines.encode())))
+    code, out, err = cli("chat", lm, "--max-new-tokens", "6")
+    assert code == 0, err
+    assert out == expected
+    tok = hf_tokenizer(vocab_dir)
+    assert [ids[0].tolist() for ids, _ in calls] == [
+        tok(format_prompt(text)).input_ids for text in instructions
+    ]
+    assert all(generated.shape[1] <= ids.shape[1] + 6 for ids, generated in calls)

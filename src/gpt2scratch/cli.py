@@ -15,7 +15,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = (
-    "gpt2scratch.model_commands",  # init, generate, info, convert-hf, export-hf
+    "gpt2scratch.model_commands",  # init, generate, chat, info, convert-hf, export-hf
     "gpt2scratch.conversion.openai",  # convert-openai
     "gpt2scratch.conversion.download",  # download-openai
     "gpt2scratch.conversion.torch_checkpoints",  # convert-torch

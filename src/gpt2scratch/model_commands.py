@@ -1,4 +1,4 @@
-"""``gpt2scratch`` subcommands for models: init, generate, info, convert-hf, export-hf."""
+"""``gpt2scratch`` subcommands for models: init, generate, chat, info, convert-hf, export-hf."""
 
 from __future__ import annotations
 
@@ -69,34 +69,82 @@ def cmd_generate(args) -> None:
     """Stream a continuation of ``--prompt``, or with ``--instruction`` only the response to it: the prompt
     keeps its LAST tokens when prompt + new tokens exceed the model's context (a warning says how many were
     dropped); impossible options are errors."""
-    import torch
-    from transformers import TextStreamer
-
-    from .tokenizer import encode, hf_tokenizer, load_encoding
-
     check_sampling(args)
     text = prompt_text(args)
-    device = generation_device(args.device, args.weights)
-    loaded = load_language_model(args.model, args.tokenizer_dir, device=device)
-    model = loaded.model
-    if args.weights != "fp32":
-        from .fast import quantized_for_cpu
-
-        model = quantized_for_cpu(model, args.weights, inplace=True)  # no second fp32 copy
-        print(
-            f"gpt2scratch generate: decoding with {args.weights} weights (a quantized copy)", file=sys.stderr
-        )
-    ids = fit_prompt(encode(load_encoding(loaded.tokenizer_dir), text), args.max_new_tokens, model.config)
-    ids = torch.tensor([ids], device=device)
-    response_only = args.instruction is not None  # as the model card's instruction example decodes
-    tokenizer = hf_tokenizer(loaded.tokenizer_dir)
-    streamer = TextStreamer(tokenizer, skip_prompt=response_only, skip_special_tokens=response_only)
-    sample = args.temperature > 0
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
+    generator = Generator.load(args, "generate")
     for i in range(args.num_samples):
         if i:
             print(SAMPLE_SEPARATOR, flush=True)
+        generator.stream(text, response_only=args.instruction is not None)
+
+
+def cmd_chat(args) -> None:
+    """Read instructions from stdin, one per line, and stream the model's response to each (the Alpaca template
+    of ``generate --instruction``), with the model loaded once; ends at end of input, ``exit`` or ``quit``."""
+    from .training.data import format_prompt
+
+    check_sampling(args)
+    generator = Generator.load(args, "chat")
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Instructions, one per line (Ctrl-D or 'exit' ends):", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("exit", "quit"):
+            return
+        if line.strip():
+            generator.stream(format_prompt(line.strip()), response_only=True)
+
+
+@dataclass
+class Generator:
+    """A language model loaded for ``generate``/``chat`` with its tokenizer and sampling options."""
+
+    model: object
+    encoding: object
+    tokenizer: object
+    args: object
+    command: str
+
+    @classmethod
+    def load(cls, args, command: str) -> Generator:
+        """The model of ``args.model`` on ``--device`` (a quantized copy with ``--weights``), torch's random
+        generator seeded with ``--seed`` if given."""
+        import torch
+
+        from .tokenizer import hf_tokenizer, load_encoding
+
+        device = generation_device(args.device, args.weights)
+        loaded = load_language_model(args.model, args.tokenizer_dir, command=command, device=device)
+        model = loaded.model
+        check_room(args.max_new_tokens, model.config)
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+        if args.weights != "fp32":
+            from .fast import quantized_for_cpu
+
+            model = quantized_for_cpu(model, args.weights, inplace=True)  # no second fp32 copy
+            print(
+                f"gpt2scratch {command}: decoding with {args.weights} weights (a quantized copy)",
+                file=sys.stderr,
+            )
+        tokenizer_dir = loaded.tokenizer_dir
+        return cls(model, load_encoding(tokenizer_dir), hf_tokenizer(tokenizer_dir), args, command)
+
+    def stream(self, text: str, response_only: bool) -> None:
+        """Print the model's continuation of ``text`` as it comes (only the new text when ``response_only``,
+        as the model card's instruction example decodes it)."""
+        import torch
+        from transformers import TextStreamer
+
+        from .tokenizer import encode
+
+        args, model = self.args, self.model
+        ids = fit_prompt(encode(self.encoding, text), args.max_new_tokens, model.config, self.command)
+        ids = torch.tensor([ids], device=model.device)
+        sample = args.temperature > 0
         model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
@@ -106,7 +154,9 @@ def cmd_generate(args) -> None:
             top_k=args.top_k if sample else None,
             top_p=args.top_p if sample else None,
             pad_token_id=model.config.eos_token_id,
-            streamer=streamer,
+            streamer=TextStreamer(
+                self.tokenizer, skip_prompt=response_only, skip_special_tokens=response_only
+            ),
         )
 
 
@@ -181,6 +231,24 @@ def backbone_lm(classifier):
     return lm.eval()
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``generate`` and ``chat`` share: length, sampling, tokenizer, weights and device."""
+    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--tokenizer-dir", type=Path)
+    parser.add_argument(
+        "--weights",
+        choices=["fp32", "fp16", "int8"],
+        default="fp32",
+        help="fp16/int8: decode with a quantized copy of the weights on the CPU (faster, other outputs; "
+        "benchmarks/bench_quantized.py)",
+    )
+    add_device_argument(parser)
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
@@ -209,20 +277,25 @@ def check_sampling(args) -> None:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}.")
 
 
-def fit_prompt(ids: list[int], max_new_tokens: int, config) -> list[int]:
+def check_room(max_new_tokens: int, config) -> None:
+    """Refuse a ``--max-new-tokens`` that leaves no room for a prompt in ``n_positions``."""
+    if max_new_tokens >= config.n_positions:
+        raise ValueError(
+            f"--max-new-tokens {max_new_tokens} leaves no room for the prompt: the model's context is "
+            f"n_positions={config.n_positions} tokens; use at most {config.n_positions - 1}."
+        )
+
+
+def fit_prompt(ids: list[int], max_new_tokens: int, config, command: str = "generate") -> list[int]:
     """The prompt's last tokens that leave room for ``max_new_tokens`` in ``n_positions`` (warning if cut)."""
     context = config.n_positions
     if not ids:
         raise ValueError("The prompt is empty; give some text with --prompt (or --prompt-file).")
-    if max_new_tokens >= context:
-        raise ValueError(
-            f"--max-new-tokens {max_new_tokens} leaves no room for the prompt: the model's context is "
-            f"n_positions={context} tokens; use at most {context - 1}."
-        )
+    check_room(max_new_tokens, config)
     room = context - max_new_tokens
     if len(ids) > room:
         print(
-            f"gpt2scratch generate: warning: the prompt has {len(ids)} tokens; with --max-new-tokens "
+            f"gpt2scratch {command}: warning: the prompt has {len(ids)} tokens; with --max-new-tokens "
             f"{max_new_tokens} only its last {room} fit in n_positions={context}, the first {len(ids) - room} "
             "were dropped.",
             file=sys.stderr,
@@ -395,27 +468,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "only its response",
     )
     p.add_argument("--input", metavar="TEXT", help="with --instruction: the template's optional input field")
-    p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int)
     p.add_argument(
         "--num-samples",
         type=int,
         default=1,
         help="sample this many continuations of the same prompt, one after another (needs --temperature > 0)",
     )
-    p.add_argument("--tokenizer-dir", type=Path)
-    p.add_argument(
-        "--weights",
-        choices=["fp32", "fp16", "int8"],
-        default="fp32",
-        help="fp16/int8: decode with a quantized copy of the weights on the CPU (faster, other outputs; "
-        "benchmarks/bench_quantized.py)",
-    )
-    add_device_argument(p)
+    add_sampling_arguments(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "chat",
+        help="answer instructions typed one per line, with the model loaded once",
+        description="Read instructions from stdin, one per line, and print the model's response to each in "
+        "the Alpaca template that finetune --task instruction trains on (as generate --instruction does). "
+        "Each instruction stands alone: the template has no earlier turns. Ctrl-D, exit or quit ends.",
+    )
+    p.add_argument(
+        "model", help="an instruction-tuned model: run folder, checkpoint, adapter or model folder"
+    )
+    add_sampling_arguments(p)
+    p.set_defaults(func=cmd_chat, num_samples=1)
 
     p = sub.add_parser("info", help="describe a model")
     p.add_argument("model")
