@@ -378,3 +378,31 @@ def test_chat_answers_each_line_as_generate_instruction_does(ours_folders, vocab
         tok(format_prompt(text)).input_ids for text in instructions
     ]
     assert all(generated.shape[1] <= ids.shape[1] + 6 for ids, generated in calls)
+
+
+def test_chat_at_a_terminal_ctrl_c_stops_one_response(ours_folders, cli, monkeypatch):
+    import io
+    import sys
+
+    from gpt2scratch.model_commands import Generator
+
+    answered, original = [], Generator.stream
+
+    def stream(self, text, response_only):
+        if not answered:
+            answered.append("interrupted")
+            raise KeyboardInterrupt
+        answered.append(text)
+        return original(self, text, response_only)
+
+    monkeypatch.setattr(Generator, "stream", stream)
+    terminal = io.TextIOWrapper(io.BytesIO(b"First.\nSecond.\n"))
+    terminal.isatty = lambda: True
+    monkeypatch.setattr(sys, "stdin", terminal)
+    code, _, err = cli("chat", str(ours_folders["lm"]), "--max-new-tokens", "2")
+    assert code == 0 and "(stopped)" in err and "> " in err, err
+    assert answered[0] == "interrupted" and "Second." in answered[1]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"First.\n")))  # piped: Ctrl-C ends it
+    answered.clear()
+    code, _, err = cli("chat", str(ours_folders["lm"]))
+    assert code == 130 and "interrupted" in err

@@ -80,7 +80,8 @@ def cmd_generate(args) -> None:
 
 def cmd_chat(args) -> None:
     """Read instructions from stdin, one per line, and stream the model's response to each (the Alpaca template
-    of ``generate --instruction``), with the model loaded once; ends at end of input, ``exit`` or ``quit``."""
+    of ``generate --instruction``), with the model loaded once; ends at end of input, ``exit`` or ``quit``. At a
+    terminal, Ctrl-C stops the response being printed and asks for the next instruction."""
     from .training.data import format_prompt
 
     check_sampling(args)
@@ -94,8 +95,14 @@ def cmd_chat(args) -> None:
         line = sys.stdin.readline()
         if not line or line.strip() in ("exit", "quit"):
             return
-        if line.strip():
+        if not line.strip():
+            continue
+        try:
             generator.stream(format_prompt(line.strip()), response_only=True)
+        except KeyboardInterrupt:  # at a terminal, Ctrl-C stops this response, not the session
+            if not interactive:
+                raise
+            print("\n(stopped)", file=sys.stderr)
 
 
 @dataclass
