@@ -406,3 +406,18 @@ def test_chat_at_a_terminal_ctrl_c_stops_one_response(ours_folders, cli, monkeyp
     answered.clear()
     code, _, err = cli("chat", str(ours_folders["lm"]))
     assert code == 130 and "interrupted" in err
+
+
+def test_generate_repetition_penalty_reaches_generate(ours_folders, vocab_dir, cli):
+    """--repetition-penalty gives what transformers' generate(repetition_penalty=...) gives."""
+    from gpt2scratch import GPT2ScratchForCausalLM
+
+    args = ["generate", str(ours_folders["lm"]), "--prompt", "Hello world", "--max-new-tokens", "12"]
+    code, out, err = cli(*args, "--repetition-penalty", "3.0")
+    assert code == 0, err
+    model = GPT2ScratchForCausalLM.from_pretrained(ours_folders["lm"]).eval()
+    tok = hf_tokenizer(vocab_dir)
+    ids = tok("Hello world", return_tensors="pt").input_ids
+    penalised = model.generate(ids, max_new_tokens=12, repetition_penalty=3.0, pad_token_id=50256)
+    plain = model.generate(ids, max_new_tokens=12, pad_token_id=50256)
+    assert out == tok.decode(penalised[0]) + "\n" and not torch.equal(penalised, plain)

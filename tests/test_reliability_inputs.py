@@ -47,6 +47,8 @@ def test_over_long_prompt_keeps_its_last_tokens_with_a_warning(generate):
         (["--prompt", "hi", "--temperature", "inf"], "--temperature must be a number >= 0"),
         (["--prompt", "hi", "--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["--prompt", "hi", "--temperature", "1", "--top-k", "0"], "--top-k must be at least 1"),
+        (["--prompt", "hi", "--repetition-penalty", "0"], "--repetition-penalty must be a number > 0"),
+        (["--prompt", "hi", "--repetition-penalty", "nan"], "--repetition-penalty must be a number > 0"),
     ],
 )
 def test_impossible_generate_options_exit_2(generate, args, message):

@@ -160,6 +160,7 @@ class Generator:
             temperature=args.temperature if sample else None,
             top_k=args.top_k if sample else None,
             top_p=args.top_p if sample else None,
+            repetition_penalty=args.repetition_penalty,
             pad_token_id=model.config.eos_token_id,
             streamer=TextStreamer(
                 self.tokenizer, skip_prompt=response_only, skip_special_tokens=response_only
@@ -244,6 +245,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        help="divide the scores of tokens already in the text by this (> 1 repeats less; greedy too)",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--tokenizer-dir", type=Path)
     parser.add_argument(
@@ -282,6 +288,9 @@ def check_sampling(args) -> None:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}.")
+    penalty = args.repetition_penalty
+    if penalty is not None and not (penalty > 0 and math.isfinite(penalty)):
+        raise ValueError(f"--repetition-penalty must be a number > 0 (1 = none), got {penalty}.")
 
 
 def check_room(max_new_tokens: int, config) -> None:
