@@ -298,35 +298,44 @@ def test_lm_run_logs_validation_metrics_and_no_tied_weight_warning(shared_data, 
     assert "Removed shared tensor" not in caplog.text
 
 
-@pytest.mark.parametrize("peak", [None, 1e12])
+@pytest.mark.parametrize("peak, terminal", [(None, False), (1e12, False), (1e12, True)])
 def test_run_prints_tokens_per_second_and_mfu(
-    peak, shared_data, vocab_dir, tmp_path, caplog, capsys, monkeypatch
+    peak, terminal, shared_data, vocab_dir, tmp_path, caplog, capsys, monkeypatch
 ):
-    """The progress bar shows each step's tokens/s (and MFU where the device's peak is known), and the run
-    ends with one line of its speed; MFU is nanoGPT's formula over that peak (none on a CPU)."""
+    """Each logged step's loss, tokens/s (and MFU where the device's peak is known) on the progress bar at a
+    terminal, else as a log line; the run ends with one line of its speed. MFU is nanoGPT's formula over that
+    peak (none on a CPU)."""
     from gpt2scratch.fast import training_flops_per_token
     from gpt2scratch.training import loop
 
     monkeypatch.setattr(loop, "device_peak_flops", lambda device: peak)
+    monkeypatch.setattr(loop, "live_terminal", lambda: terminal)
     text = tmp_path / "verdict.txt"
     text.write_text((shared_data / "corpora/the-verdict.txt").read_text(encoding="utf-8")[:4000])
     with caplog.at_level(logging.INFO):
         train(tmp_path / "lm", "--task", "lm", "--train-file", str(text), "--tokenizer-dir", str(vocab_dir),
               "--max-steps", "3", "--max-length", "32", "--batch-size", "4", "--eval-max-batches", "1",
-              "--max-new-tokens", "2")  # fmt: skip
+              "--max-new-tokens", "2", "--log-every", "2")  # fmt: skip
     log = [json.loads(line) for line in (tmp_path / "lm" / "train_log.jsonl").read_text().splitlines()]
     metrics = json.loads((tmp_path / "lm" / "metrics.json").read_text())
-    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("steps 1-3 in ")]
+    messages = [r.getMessage() for r in caplog.records]
+    (line,) = [m for m in messages if m.startswith("steps 1-3 in ")]
     assert f"{metrics['tokens_per_s']:,.0f} tokens/s over all processes" in line
-    assert "tok/s=" in capsys.readouterr().err
+    step_lines = [m for m in messages if m.startswith(("step 2/3: ", "step 3/3: "))]
+    if terminal:
+        assert not step_lines and "tok/s=" in capsys.readouterr().err
+    else:
+        assert [m.split(":")[0] for m in step_lines] == ["step 2/3", "step 3/3"]
+        assert all(f"tok/s {r['tokens_per_s']:,.0f}" in m for r, m in zip(log, step_lines, strict=True))
     if peak is None:
         assert metrics["mfu"] is None and "MFU n/a: no known peak" in line
-        assert all("mfu" not in r for r in log)
+        assert all("mfu" not in r for r in log) and not any(" mfu " in m for m in step_lines)
         return
     config = json.loads((tmp_path / "lm" / "config.json").read_text())
     per_token = training_flops_per_token(type("C", (), config), 32)
     assert all(r["mfu"] == pytest.approx(per_token * r["tokens_per_s"] / peak) for r in log)
     assert f"MFU {metrics['mfu']:.1%}" in line
+    assert all(f"mfu {r['mfu']:.1%}" in m for r, m in zip(log, step_lines, strict=False))
 
 
 def test_only_the_tied_head_warning_is_dropped():

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -218,8 +219,11 @@ def run(args: TrainArgs) -> dict | None:
     run (the folder, the options, a resume's settings and state, the data, the model) is settled before the
     first write into it, so a refused command leaves it as it was; the folder's own refusals come first."""
     import datasets
+    from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()
+    if not live_terminal():  # transformers' bars (loading, saving shards) would clutter the log lines
+        hf_logging.disable_progress_bar()
     accelerator = make_accelerator(args)
     _setup_logging(accelerator)
     log.info("Training on %d process(es) (%s)", accelerator.num_processes, accelerator.distributed_type)
@@ -647,6 +651,9 @@ class Trainer:
         if self.accelerator.is_main_process:
             with open(self.out / "train_log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, **stats}) + "\n")
+            if not live_terminal():  # no progress bar: one line per logged step, as nanoGPT prints
+                shown = ", ".join(f"{k} {v}" for k, v in _postfix(stats).items())
+                log.info("step %d/%d: %s, lr %.3g", step, self.total_steps, shown, stats["lr"])
 
     def _evaluate_during(self, step: int, window: dict) -> None:
         """Validation metrics at ``step``; training loss/accuracy as the mean over the steps since the last evaluation."""
@@ -1104,6 +1111,14 @@ def _quiet_tied_weights_warning():
 
 
 def _progress(total: int, initial: int, enabled: bool):
+    """The steps' progress bar, where it can redraw in place (else :meth:`Trainer._log_step` logs lines)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="finetune", dynamic_ncols=True)
+    shown = enabled and live_terminal()
+    return tqdm(total=total, initial=initial, disable=not shown, desc="finetune", dynamic_ncols=True)
+
+
+def live_terminal() -> bool:
+    """Whether a progress bar redraws in place: stderr is a terminal, or a Jupyter kernel runs (tqdm's widget).
+    Elsewhere (a log file, a pipe, a batch job) it would write every redraw into the log."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
