@@ -286,13 +286,18 @@ def test_setup_error_with_force_keeps_the_finished_run(finished, options, capsys
 # ----------------------------------------------------------------------------------------- what it logs
 
 
-def test_lm_run_logs_validation_metrics_and_no_tied_weight_warning(shared_data, vocab_dir, tmp_path, caplog):
+def tiny_lm_run(shared_data, vocab_dir, tmp_path, caplog, *options: str) -> None:
+    """A few lm steps of the tiny model on the first 4 KB of the-verdict.txt, INFO logs captured."""
     text = tmp_path / "verdict.txt"
     text.write_text((shared_data / "corpora/the-verdict.txt").read_text(encoding="utf-8")[:4000])
     with caplog.at_level(logging.INFO):
         train(tmp_path / "lm", "--task", "lm", "--train-file", str(text), "--tokenizer-dir", str(vocab_dir),
-              "--max-steps", "2", "--save-every", "1", "--max-length", "32", "--batch-size", "4",
-              "--eval-max-batches", "1", "--max-new-tokens", "2")  # fmt: skip
+              "--max-length", "32", "--batch-size", "4", "--eval-max-batches", "1", "--max-new-tokens", "2",
+              *options)  # fmt: skip
+
+
+def test_lm_run_logs_validation_metrics_and_no_tied_weight_warning(shared_data, vocab_dir, tmp_path, caplog):
+    tiny_lm_run(shared_data, vocab_dir, tmp_path, caplog, "--max-steps", "2", "--save-every", "1")
     assert (tmp_path / "lm" / "checkpoint-1").is_dir()
     assert "validation metrics: loss" in caplog.text and "metrics: None" not in caplog.text
     assert "Removed shared tensor" not in caplog.text
@@ -310,12 +315,7 @@ def test_run_prints_tokens_per_second_and_mfu(
 
     monkeypatch.setattr(loop, "device_peak_flops", lambda device: peak)
     monkeypatch.setattr(loop, "live_terminal", lambda: terminal)
-    text = tmp_path / "verdict.txt"
-    text.write_text((shared_data / "corpora/the-verdict.txt").read_text(encoding="utf-8")[:4000])
-    with caplog.at_level(logging.INFO):
-        train(tmp_path / "lm", "--task", "lm", "--train-file", str(text), "--tokenizer-dir", str(vocab_dir),
-              "--max-steps", "3", "--max-length", "32", "--batch-size", "4", "--eval-max-batches", "1",
-              "--max-new-tokens", "2", "--log-every", "2")  # fmt: skip
+    tiny_lm_run(shared_data, vocab_dir, tmp_path, caplog, "--max-steps", "3", "--log-every", "2")
     log = [json.loads(line) for line in (tmp_path / "lm" / "train_log.jsonl").read_text().splitlines()]
     metrics = json.loads((tmp_path / "lm" / "metrics.json").read_text())
     messages = [r.getMessage() for r in caplog.records]
