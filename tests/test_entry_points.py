@@ -29,3 +29,12 @@ def test_version():
 
     result = run_module("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"gpt2scratch {__version__}"
+
+
+def test_no_progress_bars_without_a_terminal(tmp_path, vocab_dir):
+    """stderr to a pipe or a log: transformers' loading and saving bars stay out of it (one line each redraw)."""
+    init = run_module("init", "tiny", str(tmp_path / "m"), "--tokenizer-dir", str(vocab_dir))
+    assert init.returncode == 0, init.stderr
+    generate = run_module("generate", str(tmp_path / "m"), "--prompt", "Hi", "--max-new-tokens", "2")
+    assert generate.returncode == 0 and generate.stdout.startswith("Hi"), generate.stderr
+    assert "Writing model shards" not in init.stderr and "Loading weights" not in generate.stderr

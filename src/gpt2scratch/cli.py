@@ -89,7 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not live_terminal():  # transformers' loading/saving bars would be redrawn line after line into a log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     return run_reporting(args.command, lambda: args.func(args))
+
+
+def live_terminal() -> bool:
+    """Whether a progress bar redraws in place: stderr is a terminal, or a Jupyter kernel runs (tqdm's widget).
+    Elsewhere (a log file, a pipe, a batch job) it would write every redraw into the log."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
 def run_reporting(command: str, call) -> int:

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -40,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..cli import CommandError, DiskFullError, is_disk_full
+from ..cli import CommandError, DiskFullError, is_disk_full, live_terminal
 from ..fast import make_optimizer, peak_flops, reuse_freed_memory, training_flops_per_token
 from ..io import default_file_modes
 from .args import TrainArgs, batch_layout, check_resume
@@ -1116,9 +1115,3 @@ def _progress(total: int, initial: int, enabled: bool):
 
     shown = enabled and live_terminal()
     return tqdm(total=total, initial=initial, disable=not shown, desc="finetune", dynamic_ncols=True)
-
-
-def live_terminal() -> bool:
-    """Whether a progress bar redraws in place: stderr is a terminal, or a Jupyter kernel runs (tqdm's widget).
-    Elsewhere (a log file, a pipe, a batch job) it would write every redraw into the log."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
