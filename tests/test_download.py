@@ -194,6 +194,7 @@ def test_cli_download_openai(tmp_path):
         done = run_cli("download-openai", "774M", str(tmp_path / "gpt2"), "--base-url", url + "/gpt-2/models")
     assert done.returncode == 0, done.stderr
     assert "convert-openai" in done.stdout
+    assert done.stderr == ""  # stderr is a pipe here: no progress bar redrawn into it
     for path, data in files.items():
         assert (tmp_path / "gpt2" / path.rsplit("/", 1)[1]).read_bytes() == data
 

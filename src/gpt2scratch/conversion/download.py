@@ -327,8 +327,11 @@ def download_openai(
 
 
 def _cmd_download_openai(args) -> int:
+    from ..cli import live_terminal
+
+    progress = not args.no_progress and live_terminal()  # a bar redrawn into a log file would fill it
     folder = download_openai(
-        args.size, args.dir, base_url=args.base_url, backup_url=args.backup_url, progress=not args.no_progress
+        args.size, args.dir, base_url=args.base_url, backup_url=args.backup_url, progress=progress
     )
     total = sum((folder / f).stat().st_size for f in OPENAI_FILES)
     print(f"GPT-2 {openai_size_name(args.size)}: {len(OPENAI_FILES)} files, {total / 1e6:.1f} MB in {folder}")
@@ -359,5 +362,7 @@ def register(subparsers) -> None:
         metavar="URL",
         help=f"tried when the first location fails (default {BACKUP_BASE_URL}, only without --base-url)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (none either without a terminal)"
+    )
     p.set_defaults(func=_cmd_download_openai)
