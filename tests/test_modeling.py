@@ -410,6 +410,8 @@ def test_classifier_without_a_mask_pools_as_transformers_does():
         last = ours(right[:1]).logits
         ours.config.pad_token_id = 50256
     assert (last - hf(right[:1]).logits).abs().max().item() <= TOL
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        ours(attention_mask=torch.ones_like(right))
 
 
 def test_classifier_problem_types():

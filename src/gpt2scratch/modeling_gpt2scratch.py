@@ -1117,9 +1117,11 @@ def pooled_index(attention_mask, input_ids, inputs_embeds, pad_token_id) -> torc
     """Index (B, 1) of the token a classifier pools in each row: the last 1 of a 2-D ``attention_mask``
     (any padding side); without a mask the last token of ``input_ids`` that is not ``pad_token_id``
     (transformers' rule); None (the last position) when neither applies."""
+    tokens = input_ids if input_ids is not None else inputs_embeds
+    if tokens is None:
+        return None  # the model refuses such a call itself, with its own message
     if attention_mask is not None:
-        new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        return last_one(attention_mask[:, -new_tokens:])
+        return last_one(attention_mask[:, -tokens.shape[1] :])
     if input_ids is None or pad_token_id is None:
         return None
     return last_one(input_ids != pad_token_id)
