@@ -169,8 +169,8 @@ class Generator:
 
 
 def generation_device(name: str, weights: str):
-    """``--device`` for ``generate``: a quantized copy (``--weights fp16/int8``) decodes on the CPU only, so
-    ``auto`` means the CPU there."""
+    """``--device`` for ``generate`` and ``chat``: a quantized copy (``--weights fp16/int8``) decodes on the CPU
+    only, so ``auto`` means the CPU there."""
     from .loading import resolve_device
 
     if weights == "fp32":

@@ -620,9 +620,8 @@ def tokenize_splits(
 
 def _map(ds, fn, name: str, **kwargs):
     """``Dataset.map`` in memory, with a fixed fingerprint so the encoder object need not be hashed."""
-    fingerprint = re.sub(r"[^\w.-]", "_", f"{ds._fingerprint}-{name}-{fn.__name__}")[
-        :64
-    ]  # name may be a path
+    # ``name`` may be a path (evaluate's data file): datasets refuses "/" and the like in a fingerprint
+    fingerprint = re.sub(r"[^\w.-]", "_", f"{ds._fingerprint}-{name}-{fn.__name__}")[:64]
     return ds.map(fn, batched=True, keep_in_memory=True, new_fingerprint=fingerprint, **kwargs)
 
 
