@@ -423,3 +423,15 @@ def test_evaluate_instruction_errors_write_nothing(
     assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "kept.json"]
     assert (tmp_path / "kept.json").read_text() == "old"
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_at_a_terminal_only(terminal, capsys, tmp_path, classifier_dir, monkeypatch):
+    """A bar counting the texts while a file is classified, where stderr is a terminal; none in a log or pipe."""
+    monkeypatch.setattr("gpt2scratch.cli.live_terminal", lambda: terminal)
+    src = _write_csv(tmp_path / "in.csv", ["text"], [[t] for t in TEXTS * 4])
+    code, _, err = _cli(capsys, "classify", classifier_dir, "--input-file", src, "--output-file",
+                        tmp_path / "out.csv", "--batch-size", "8")  # fmt: skip
+    assert code == 0, err
+    assert ("classify: 0 texts" in err) == terminal, err  # drawn at the start, then redrawn as it goes
+    assert err.splitlines()[-1] == f"gpt2scratch classify: wrote 20 rows to {tmp_path / 'out.csv'}"

@@ -275,7 +275,7 @@ def _classify_file(args, batch_size: int) -> int:
         with _atomic_file(out) as fh:
             writer = csv.writer(fh, delimiter=_delimiter(out))
             writer.writerow(table.header + _output_columns(table.header))
-            for batch in _batches(table, batch_size):
+            for batch in _progress(_batches(table, batch_size), "classify", "texts"):
                 texts = [table.cell(line, row, text_index) for line, row in batch]
                 probs = classifier.probabilities(texts, [f"{table.path}, line {line}" for line, _ in batch])
                 for (_, row), p in zip(batch, probs, strict=True):
@@ -363,7 +363,7 @@ def evaluate_classification(args) -> dict:
         label_index = table.column(args.label_column, "--label-column")
         classifier = load_classifier(args)
         to_id = label_mapper(classifier.model.config, table)
-        for batch in _batches(table, batch_size):
+        for batch in _progress(_batches(table, batch_size), "evaluate", "texts"):
             references += [to_id(table.cell(line, row, label_index), line) for line, row in batch]
             texts = [table.cell(line, row, text_index) for line, row in batch]
             probs = classifier.probabilities(texts, [f"{table.path}, line {line}" for line, _ in batch])
@@ -464,21 +464,37 @@ def _responses(model, encoding, records: list[dict], max_new_tokens: int, batch_
 
     prompts = instruction_prompts(encoding, records, max_new_tokens, model.config.n_positions)
     responses = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = greedy_responses(
-            model, prompts[start : start + batch_size], max_new_tokens, encoding.eot_token
-        )
-        responses += [encoding.decode(ids).strip() for ids in chunk]
+    for chunk in _progress(_chunks(prompts, batch_size), "responses", "prompts", len(prompts)):
+        ids = greedy_responses(model, chunk, max_new_tokens, encoding.eot_token)
+        responses += [encoding.decode(row).strip() for row in ids]
     return responses
 
 
 def _mean_target_loss(model, rows: list[dict], batch_size: int) -> float:
     """Token-weighted mean next-token loss over the target tokens of ``rows``, ``batch_size`` rows per forward."""
     total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch_total, batch_count = _target_loss_sum(model, rows[start : start + batch_size])
+    for chunk in _progress(_chunks(rows, batch_size), "loss", "examples", len(rows)):
+        batch_total, batch_count = _target_loss_sum(model, chunk)
         total, count = total + batch_total, count + batch_count
     return total / count
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _progress(batches, desc: str, unit: str, total: int | None = None) -> Iterator[list]:
+    """``batches`` as they are, behind a progress bar counting their items (at a terminal only; it is
+    removed once done, leaving the command's own output)."""
+    from tqdm.auto import tqdm
+
+    from ..cli import live_terminal
+
+    with tqdm(desc=desc, unit=f" {unit}", total=total, disable=not live_terminal(), leave=False) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
 
 
 def _target_loss_sum(model, rows: list[dict]) -> tuple[float, int]:
