@@ -89,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not live_terminal():  # transformers' loading/saving bars would be redrawn line after line into a log
+    if not live_terminal():  # progress bars would be redrawn line after line into a log
+        from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # loading and saving weights
+        disable_progress_bars()  # Hub uploads (push, --push-to-hub)
     return run_reporting(args.command, lambda: args.func(args))
 
 
