@@ -181,6 +181,10 @@ def test_evaluate_classification_matches_in_process_predictions(capsys, tmp_path
     assert expected["accuracy"] == sum(p == r for p, r in zip(predictions, references, strict=True)) / 5
     assert got["examples"] == 5
     assert {k: got[k] for k in expected} == pytest.approx(expected)
+    assert got["labels"] == ["ham", "spam"]
+    counted = [[sum(r == t and p == q for p, r in zip(predictions, references, strict=True)) for q in (0, 1)]
+               for t in (0, 1)]  # fmt: skip
+    assert got["confusion_matrix"] == counted and sum(map(sum, counted)) == 5
 
 
 def test_evaluate_lm_loss_and_perplexity_match_the_model(capsys, tmp_path, vocab_dir):

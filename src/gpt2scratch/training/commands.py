@@ -83,7 +83,7 @@ def _add_evaluate(subparsers) -> None:
         "evaluate",
         help="score a model on labelled data (classification) or text (lm); prints JSON",
         description="classification: accuracy, precision, recall and F1 (binary: of label id 1; more "
-        "classes: macro average) on a CSV/TSV whose labels are names or ids known to the model's "
+        "classes: macro average) and the confusion matrix on a CSV/TSV whose labels are names or ids known to the model's "
         "label2id. lm: loss and perplexity of a UTF-8 text file, tokenised whole and cut into "
         "consecutive blocks of --max-length tokens. instruction: on Alpaca records (instruction, optional "
         "input, output), the loss on the response tokens and the ROUGE-L of the model's greedy responses, "
@@ -371,8 +371,18 @@ def evaluate_classification(args) -> dict:
     if not references:
         raise ValueError(f"{args.data} has a header but no rows to evaluate.")
     classifier.report_truncation("evaluate")
-    metrics = classification_metrics(predictions, references, num_labels=classifier.model.config.num_labels)
-    return {"examples": len(references), "truncated": classifier.truncated, **metrics}
+    num_labels = classifier.model.config.num_labels
+    metrics = classification_metrics(predictions, references, num_labels=num_labels)
+    confusion = [[0] * num_labels for _ in range(num_labels)]
+    for truth, predicted in zip(references, predictions, strict=True):
+        confusion[truth][predicted] += 1
+    return {
+        "examples": len(references),
+        "truncated": classifier.truncated,
+        **metrics,
+        "labels": [classifier.label(i) for i in range(num_labels)],
+        "confusion_matrix": confusion,  # rows: the true label, columns: the predicted one, in "labels" order
+    }
 
 
 def read_text(path: str | os.PathLike, what: str = "Data file") -> str:
