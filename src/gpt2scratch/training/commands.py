@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +125,10 @@ def _delimiter(path: Path) -> str:
     return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
-def _batches(table: Table, size: int) -> Iterator[list[tuple[int, list[str]]]]:
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` (a table's streamed rows, a list) in lists of ``size``, the last one shorter."""
     batch = []
-    for item in table.rows:
+    for item in items:
         batch.append(item)
         if len(batch) == size:
             yield batch
@@ -275,7 +276,7 @@ def _classify_file(args, batch_size: int) -> int:
         with _atomic_file(out) as fh:
             writer = csv.writer(fh, delimiter=_delimiter(out))
             writer.writerow(table.header + _output_columns(table.header))
-            for batch in _progress(_batches(table, batch_size), "classify", "texts"):
+            for batch in _progress(_batches(table.rows, batch_size), "classify", "texts"):
                 texts = [table.cell(line, row, text_index) for line, row in batch]
                 probs = classifier.probabilities(texts, [f"{table.path}, line {line}" for line, _ in batch])
                 for (_, row), p in zip(batch, probs, strict=True):
@@ -363,7 +364,7 @@ def evaluate_classification(args) -> dict:
         label_index = table.column(args.label_column, "--label-column")
         classifier = load_classifier(args)
         to_id = label_mapper(classifier.model.config, table)
-        for batch in _progress(_batches(table, batch_size), "evaluate", "texts"):
+        for batch in _progress(_batches(table.rows, batch_size), "evaluate", "texts"):
             references += [to_id(table.cell(line, row, label_index), line) for line, row in batch]
             texts = [table.cell(line, row, text_index) for line, row in batch]
             probs = classifier.probabilities(texts, [f"{table.path}, line {line}" for line, _ in batch])
@@ -474,7 +475,7 @@ def _responses(model, encoding, records: list[dict], max_new_tokens: int, batch_
 
     prompts = instruction_prompts(encoding, records, max_new_tokens, model.config.n_positions)
     responses = []
-    for chunk in _progress(_chunks(prompts, batch_size), "responses", "prompts", len(prompts)):
+    for chunk in _progress(_batches(prompts, batch_size), "responses", "prompts", len(prompts)):
         ids = greedy_responses(model, chunk, max_new_tokens, encoding.eot_token)
         responses += [encoding.decode(row).strip() for row in ids]
     return responses
@@ -483,15 +484,10 @@ def _responses(model, encoding, records: list[dict], max_new_tokens: int, batch_
 def _mean_target_loss(model, rows: list[dict], batch_size: int) -> float:
     """Token-weighted mean next-token loss over the target tokens of ``rows``, ``batch_size`` rows per forward."""
     total, count = 0.0, 0
-    for chunk in _progress(_chunks(rows, batch_size), "loss", "examples", len(rows)):
+    for chunk in _progress(_batches(rows, batch_size), "loss", "examples", len(rows)):
         batch_total, batch_count = _target_loss_sum(model, chunk)
         total, count = total + batch_total, count + batch_count
     return total / count
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _progress(batches, desc: str, unit: str, total: int | None = None) -> Iterator[list]:
