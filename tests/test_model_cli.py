@@ -421,3 +421,19 @@ def test_generate_repetition_penalty_reaches_generate(ours_folders, vocab_dir, c
     penalised = model.generate(ids, max_new_tokens=12, repetition_penalty=3.0, pad_token_id=50256)
     plain = model.generate(ids, max_new_tokens=12, pad_token_id=50256)
     assert out == tok.decode(penalised[0]) + "\n" and not torch.equal(penalised, plain)
+
+
+def test_generate_stops_at_a_stop_string(ours_folders, vocab_dir, cli, monkeypatch):
+    """--stop TEXT: generation ends with the token that completes TEXT, which is printed."""
+    calls = _spy_generate(monkeypatch)
+    args = ["generate", str(ours_folders["lm"]), "--prompt", "Hello world", "--max-new-tokens", "12"]
+    code, full, err = cli(*args)
+    assert code == 0, err
+    (ids, generated), tok = calls.pop(), hf_tokenizer(vocab_dir)
+    stop = tok.decode(generated[0, ids.shape[1] + 1 : ids.shape[1] + 4])  # new tokens 2 to 4
+    code, out, err = cli(*args, "--stop", stop)
+    assert code == 0, err
+    (_, stopped) = calls.pop()
+    assert stopped.shape[1] <= ids.shape[1] + 4 and torch.equal(stopped[0], generated[0, : stopped.shape[1]])
+    assert stop in out and full.startswith(out[:-1])
+    assert cli(*args, "--stop", "")[2].endswith("--stop needs a non-empty TEXT.\n")

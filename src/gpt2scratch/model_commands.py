@@ -161,6 +161,8 @@ class Generator:
             top_k=args.top_k if sample else None,
             top_p=args.top_p if sample else None,
             repetition_penalty=args.repetition_penalty,
+            stop_strings=args.stop,
+            tokenizer=self.tokenizer if args.stop else None,  # transformers matches stop strings through it
             pad_token_id=model.config.eos_token_id,
             streamer=TextStreamer(
                 self.tokenizer, skip_prompt=response_only, skip_special_tokens=response_only
@@ -250,6 +252,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="divide the scores of tokens already in the text by this (> 1 repeats less; greedy too)",
     )
+    parser.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="stop once the new text contains TEXT (repeat for several; it is printed)",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--tokenizer-dir", type=Path)
     parser.add_argument(
@@ -288,6 +296,8 @@ def check_sampling(args) -> None:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}.")
+    if args.stop and not all(args.stop):
+        raise ValueError("--stop needs a non-empty TEXT.")
     penalty = args.repetition_penalty
     if penalty is not None and not (penalty > 0 and math.isfinite(penalty)):
         raise ValueError(f"--repetition-penalty must be a number > 0 (1 = none), got {penalty}.")
