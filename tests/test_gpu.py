@@ -3,6 +3,8 @@ CUDA graph. Skipped where there is no GPU (CI has none; run them on one with ``p
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -124,6 +126,4 @@ def test_commands_on_the_gpu_match_the_cpu(lm_and_classifier, tmp_path, capsys):
                 ]
                 assert all(a[0] == b[0] and abs(float(a[1]) - float(b[1])) < 1e-4 for a, b in rows), out
             else:
-                import json
-
                 assert abs(json.loads(out)["loss"] - json.loads(cpu)["loss"]) < 1e-4, out

@@ -199,6 +199,16 @@ def test_info_needs_no_tokenizer(hf_folder, tmp_path, cli):
     assert info["parameters"] == GPT2LMHeadModel.from_pretrained(bare).num_parameters()
 
 
+def stdin_of(monkeypatch, data: bytes):
+    """Standard input replaced by ``data`` for the test (returned, to be given more attributes)."""
+    import io
+    import sys
+
+    stdin = io.TextIOWrapper(io.BytesIO(data))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    return stdin
+
+
 def _spy_generate(monkeypatch) -> list:
     """Record the prompt ids and the output of every ``GPT2ScratchForCausalLM.generate`` call."""
     from gpt2scratch import GPT2ScratchForCausalLM
@@ -326,16 +336,13 @@ def test_generate_num_samples_prints_each_sample_in_turn(ours_folders, cli, monk
 
 
 def test_generate_prompt_file_and_stdin_equal_the_prompt_option(ours_folders, cli, tmp_path, monkeypatch):
-    import io
-    import sys
-
     text = "The café was quiet.\nThen"
     (tmp_path / "prompt.txt").write_text(text, encoding="utf-8")
     base = ["generate", str(ours_folders["lm"]), "--max-new-tokens", "6"]
     code, expected, err = cli(*base, "--prompt", text)
     assert code == 0 and expected.startswith(text), err
     assert cli(*base, "--prompt-file", str(tmp_path / "prompt.txt"))[1] == expected
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    stdin_of(monkeypatch, text.encode())
     assert cli(*base, "--prompt-file", "-")[1] == expected
 
 
@@ -358,9 +365,6 @@ def test_generate_sample_and_prompt_file_errors(args, message, ours_folders, cli
 def test_chat_answers_each_line_as_generate_instruction_does(ours_folders, vocab_dir, cli, monkeypatch):
     """Each non-empty line is one Alpaca instruction: the same prompt ids and printed response as
     ``generate --instruction`` for it; blank lines are skipped, and ``quit`` ends the session."""
-    import io
-    import sys
-
     from gpt2scratch.training.data import format_prompt
 
     lm, instructions = str(ours_folders["lm"]), ("Say hello.", "Name a colour.")
@@ -369,7 +373,7 @@ def test_chat_answers_each_line_as_generate_instruction_does(ours_folders, vocab
     )
     calls = _spy_generate(monkeypatch)
     lines = "Say hello.\n\n  \nName a colour.\nquit\nNot an instruction.\n"
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines.encode())))
+    stdin_of(monkeypatch, lines.encode())
     code, out, err = cli("chat", lm, "--max-new-tokens", "6")
     assert code == 0, err
     assert out == expected
@@ -381,9 +385,6 @@ def test_chat_answers_each_line_as_generate_instruction_does(ours_folders, vocab
 
 
 def test_chat_at_a_terminal_ctrl_c_stops_one_response(ours_folders, cli, monkeypatch):
-    import io
-    import sys
-
     from gpt2scratch.model_commands import Generator
 
     answered, original = [], Generator.stream
@@ -396,13 +397,11 @@ def test_chat_at_a_terminal_ctrl_c_stops_one_response(ours_folders, cli, monkeyp
         return original(self, text, response_only)
 
     monkeypatch.setattr(Generator, "stream", stream)
-    terminal = io.TextIOWrapper(io.BytesIO(b"First.\nSecond.\n"))
-    terminal.isatty = lambda: True
-    monkeypatch.setattr(sys, "stdin", terminal)
+    stdin_of(monkeypatch, b"First.\nSecond.\n").isatty = lambda: True
     code, _, err = cli("chat", str(ours_folders["lm"]), "--max-new-tokens", "2")
     assert code == 0 and "(stopped)" in err and "> " in err, err
     assert answered[0] == "interrupted" and "Second." in answered[1]
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"First.\n")))  # piped: Ctrl-C ends it
+    stdin_of(monkeypatch, b"First.\n")  # piped: Ctrl-C ends it
     answered.clear()
     code, _, err = cli("chat", str(ours_folders["lm"]))
     assert code == 130 and "interrupted" in err
