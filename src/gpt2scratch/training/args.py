@@ -25,7 +25,8 @@ NONFINITE = ("stop", "skip")
 # What one command does, not what the run is: left out of training_args.yaml.
 PER_INVOCATION = ("config", "resume_from", "stop_after", "force")
 # Options a resumed run may change: where and how often it logs, evaluates and saves, when it stops,
-# what happens at the end. Every other option shapes the weights and must match the checkpoint's run.
+# what happens at the end, how fast and in how much memory it computes. Every other option shapes the
+# weights and must match the checkpoint's run.
 RESUME_MAY_CHANGE = frozenset(
     {
         *PER_INVOCATION,
@@ -39,6 +40,8 @@ RESUME_MAY_CHANGE = frozenset(
         "log_every",
         "on_nonfinite",
         "reuse_freed_memory",
+        "compile",  # compiled products round differently from eager ones: the steps after it too
+        "activation_checkpointing",  # the same values, recomputed
         "max_new_tokens",
         "merge",
         "push_to_hub",
@@ -114,6 +117,21 @@ class TrainArgs:
         metadata={
             "help": "CPU: keep memory freed by tensors in the process for the next step (glibc malloc; "
             "gpt2scratch.fast.reuse_freed_memory): faster multi-threaded steps for a higher peak RSS"
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the model for training and evaluation (Accelerate's dynamo backend "
+            "'inductor', as `accelerate launch --dynamo_backend inductor` sets it): pays on a GPU; the first "
+            "steps wait for the compilation"
+        },
+    )
+    activation_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "(gradient checkpointing) recompute each block's activations in the backward pass instead "
+            "of keeping them: less memory for about a third more compute, the same results"
         },
     )
     eval_every: int | None = field(

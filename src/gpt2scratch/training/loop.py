@@ -128,6 +128,8 @@ def make_accelerator(args: TrainArgs):
 
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(args.mixed_precision),
+        # else Accelerate's own setting (`accelerate launch --dynamo_backend`, ACCELERATE_DYNAMO_BACKEND)
+        dynamo_backend="inductor" if args.compile else None,
         log_with="tensorboard",
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
@@ -164,6 +166,8 @@ def load_for_task(args: TrainArgs, label_names: list[str]):
         model.config.pad_token_id = load_encoding(loaded.tokenizer_dir).eot_token
     if args.dropout is not None:
         set_dropout(model, args.dropout)
+    if args.activation_checkpointing:  # non-reentrant: works with frozen inputs (LoRA, last-block)
+        model.activation_checkpointing_enable({"use_reentrant": False})
     n_positions = model.config.n_positions
     if args.max_length is None:
         args.max_length = n_positions
@@ -226,6 +230,9 @@ def run(args: TrainArgs) -> dict | None:
     accelerator = make_accelerator(args)
     _setup_logging(accelerator)
     log.info("Training on %d process(es) (%s)", accelerator.num_processes, accelerator.distributed_type)
+    backend = str(accelerator.state.dynamo_plugin.backend.value).lower()
+    if backend != "no":
+        log.info("torch.compile with backend %s: the first steps (and evaluations) wait for it", backend)
     with _output_locked(accelerator, args):
         return _train(args, accelerator)
 
@@ -262,6 +269,8 @@ def _train(args: TrainArgs, accelerator) -> dict | None:
     model = apply_method(model, args.method, args.task, args)
     trainable, total = count_parameters(model)
     log.info("Parameters: %d trainable of %d (%s)", trainable, total, args.method)
+    if args.activation_checkpointing:
+        log.info("Activation checkpointing: each block's activations are recomputed in the backward pass")
     trainer = Trainer(args, accelerator, model, tokens, raw, encoding, vocab, inputs)
     trainer.counts = {"trainable_parameters": trainable, "parameters": total}
     if checkpoint is not None:
@@ -422,7 +431,7 @@ class Trainer:
         self.eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
         # names as in the unwrapped model, as Accelerate saves and loads its state (no DDP "module." prefix)
         self.frozen = _frozen_outside_checkpoints(
-            accelerator, accelerator.unwrap_model(self.model), args.method
+            accelerator, self.unwrapped(), args.method
         )
         if self.frozen:
             accelerator.register_save_state_pre_hook(self._drop_frozen)
@@ -440,6 +449,11 @@ class Trainer:
         # "training", "final evaluation", or one of the SAVES, which signals wait for: "stopping", "final save"
         self.phase = "training"
         self.peak_flops = device_peak_flops(accelerator.device)
+
+    def unwrapped(self) -> torch.nn.Module:
+        """The model as built (a PEFT model for LoRA), outside DDP and ``torch.compile`` (``--compile``), whose
+        module would name every weight ``_orig_mod.…``; mixed precision's autocast stays on its forward."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     # ------------------------------------------------------------------------------------- fit
 
@@ -736,7 +750,7 @@ class Trainer:
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy responses of the model (in eval mode meanwhile) to a batch of prompts (``greedy_responses``)."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.unwrapped()
         model.eval()
         try:
             return greedy_responses(model, prompts, max_new_tokens, self.encoding.eot_token)
@@ -854,7 +868,7 @@ class Trainer:
 
     def _frozen_digest(self) -> str:
         if not hasattr(self, "_frozen_sha256"):  # the frozen weights never change: hashed once
-            self._frozen_sha256 = weights_digest(self.accelerator.unwrap_model(self.model), self.frozen)
+            self._frozen_sha256 = weights_digest(self.unwrapped(), self.frozen)
         return self._frozen_sha256
 
     def _load_state(self, checkpoint: Path, frozen_sha256: str | None) -> None:
@@ -863,7 +877,7 @@ class Trainer:
         state, saved = checkpoint / "state", saved_weight_names(checkpoint / "state")
         slim = bool(self.frozen) and saved is not None and not self.frozen & saved
         if slim:
-            model = self.accelerator.unwrap_model(self.model)
+            model = self.unwrapped()
             trained = {n for n, _ in model.named_parameters(remove_duplicate=False)} - self.frozen
             if trained - saved:
                 raise ValueError(
@@ -895,7 +909,7 @@ class Trainer:
         from ..io import write_model_folder
         from ..tokenizer import save_tokenizer
 
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.unwrapped()
         folder.mkdir(parents=True, exist_ok=True)
         if self.args.method != "lora":
             write_model_folder(model, folder, self.vocab, weights=weights.__getitem__ if weights else None)
@@ -1006,7 +1020,7 @@ class Trainer:
             shutil.rmtree(tmp)
         try:
             if self.args.method == "lora" and self.args.merge:
-                merged = self.accelerator.unwrap_model(self.model).merge_and_unload()
+                merged = self.unwrapped().merge_and_unload()
                 tmp.mkdir()
                 write_model_folder(merged, tmp, self.vocab)
             else:
