@@ -430,9 +430,7 @@ class Trainer:
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         self.eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
         # names as in the unwrapped model, as Accelerate saves and loads its state (no DDP "module." prefix)
-        self.frozen = _frozen_outside_checkpoints(
-            accelerator, self.unwrapped(), args.method
-        )
+        self.frozen = _frozen_outside_checkpoints(accelerator, self.unwrapped(), args.method)
         if self.frozen:
             accelerator.register_save_state_pre_hook(self._drop_frozen)
         self.steps_per_epoch = len(self.train_loader) // args.gradient_accumulation_steps
