@@ -127,3 +127,31 @@ def test_commands_on_the_gpu_match_the_cpu(lm_and_classifier, tmp_path, capsys):
                 assert all(a[0] == b[0] and abs(float(a[1]) - float(b[1])) < 1e-4 for a, b in rows), out
             else:
                 assert abs(json.loads(out)["loss"] - json.loads(cpu)["loss"]) < 1e-4, out
+
+
+def test_finetune_compiled_and_checkpointed_on_the_gpu(shared_data, vocab_dir, tmp_path):
+    """``finetune --compile`` and ``--activation-checkpointing`` on the GPU (bf16 autocast, the default there):
+    each trains, checkpoints and saves as the plain run does, with its losses up to bf16 rounding."""
+    from test_finetune import train
+
+    text = tmp_path / "verdict.txt"
+    text.write_text((shared_data / "corpora/the-verdict.txt").read_text(encoding="utf-8")[:8000])
+    options = [
+        *("--task", "lm", "--train-file", str(text), "--tokenizer-dir", str(vocab_dir), "--max-length", "64"),
+        *("--batch-size", "4", "--max-steps", "6", "--save-every", "3", "--dropout", "0"),
+        *("--eval-max-batches", "1", "--max-new-tokens", "2"),
+    ]
+    losses = {}
+    for name, extra in {
+        "plain": [],
+        "compiled": ["--compile"],
+        "checkpointed": ["--activation-checkpointing"],
+    }.items():
+        train(tmp_path / name, *options, *extra)
+        log = (tmp_path / name / "train_log.jsonl").read_text().splitlines()
+        losses[name] = [json.loads(line)["loss"] for line in log]
+        assert (tmp_path / name / "checkpoint-3" / "model").is_dir() and (
+            tmp_path / name / "model.safetensors"
+        ).is_file()
+    assert losses["compiled"] == pytest.approx(losses["plain"], rel=2e-2)
+    assert losses["checkpointed"] == pytest.approx(losses["plain"], rel=1e-3)

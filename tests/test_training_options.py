@@ -102,6 +102,7 @@ def test_compiled_runs_save_resume_and_train_as_the_eager_model(lm_options, tmp_
     compiled_frames = counters["frames"]["ok"]
     assert compiled_frames > 0, "--compile compiled nothing"
     assert "torch.compile with backend inductor" in caplog.text
+    assert "torch.compile on a CPU: the eager model's own products are faster here" in caplog.text
     checkpoint = load_model(str(tmp_path / "resumed" / "checkpoint-2")).model
     assert not any("_orig_mod" in name for name in checkpoint.state_dict())
     train(tmp_path / "resumed", *lm_options, "--compile", "--resume-from", "latest")
