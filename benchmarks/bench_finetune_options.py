@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench_speed import RESULTS, git_commit, load_average, machine_info, machine_label, versions
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("GPT2SCRATCH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 VARIANTS = {
     "plain": [],
     "activation-checkpointing": ["--activation-checkpointing"],
@@ -71,11 +71,14 @@ def run_variant(args, variant: str, root: Path) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         return {"failed": log.read_text().strip().splitlines()[-3:]}
     steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    return {
+    result = {
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
         "tokens_per_s": statistics.median(s["tokens_per_s"] for s in steps[1:]),
         "losses": [s["loss"] for s in steps],
     }
+    if "mfu" in steps[-1]:  # on a GPU with a known peak
+        result["mfu"] = statistics.median(s["mfu"] for s in steps[1:])
+    return result
 
 
 def measure(args) -> dict:
@@ -96,6 +99,8 @@ def measure(args) -> dict:
             "tokens_per_s": max(r["tokens_per_s"] for r in ok),
             "losses": ok[0]["losses"],
         }
+        if "mfu" in ok[0]:
+            best[name]["mfu"] = max(r["mfu"] for r in ok)
     return best
 
 
@@ -121,8 +126,9 @@ def markdown(result: dict) -> str:
         rss = r["peak_rss_mb"] / plain["peak_rss_mb"] if plain.get("peak_rss_mb") else None
         tps = r["tokens_per_s"] / plain["tokens_per_s"] if plain.get("tokens_per_s") else None
         losses = ", ".join(f"{x:.4f}" for x in r["losses"])
+        mfu = f" (MFU {r['mfu']:.1%})" if "mfu" in r else ""
         lines.append(
-            f"| {name} | {r['peak_rss_mb']} | {_x(rss)} | {r['tokens_per_s']:.1f} | {_x(tps)} | {losses} |"
+            f"| {name} | {r['peak_rss_mb']} | {_x(rss)} | {r['tokens_per_s']:.1f}{mfu} | {_x(tps)} | {losses} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -125,3 +125,32 @@ def test_compiled_runs_save_resume_and_train_as_the_eager_model(lm_options, tmp_
     compiled_losses = [r["loss"] for r in log_of(tmp_path / "env")]
     eager_losses = [r["loss"] for r in log_of(tmp_path / "eager")]
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
+
+
+def test_options_benchmark_runs_each_variant_in_its_own_process(shared_data, tmp_path, benchmark_script):
+    """``bench_finetune_options.py``'s smoke run: one finetune process per variant, its peak RSS, tokens/s and
+    losses in the result file and the table; checkpointing's losses are the plain run's."""
+    bench = benchmark_script("bench_finetune_options")
+    bench.main(
+        [
+            "--preset",
+            "tiny",
+            "--max-length",
+            "32",
+            "--steps",
+            "2",
+            "--threads",
+            "1",
+            "--data",
+            str(shared_data),
+        ]
+        + ["--variants", "plain", "activation-checkpointing", "--out", str(tmp_path)]
+    )
+    (result_file,) = tmp_path.glob("finetune-options-*.json")
+    variants = json.loads(result_file.read_text())["variants"]
+    assert set(variants) == {"plain", "activation-checkpointing"}
+    for r in variants.values():
+        assert r["peak_rss_mb"] > 100 and r["tokens_per_s"] > 0 and len(r["losses"]) == 2
+    assert variants["activation-checkpointing"]["losses"] == variants["plain"]["losses"]
+    table = (tmp_path / "finetune-options-latest.md").read_text()
+    assert "| activation-checkpointing |" in table and "init:tiny" in table
