@@ -363,3 +363,28 @@ def test_every_file_of_a_run_has_the_mode_open_gives(finished):
     assert {p.relative_to(finished).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files} == {
         p.relative_to(finished).as_posix(): 0o666 & ~current_umask() for p in files
     }
+
+
+def test_lm_samples_continue_the_sample_prompt(shared_data, vocab_dir, tmp_path, caplog):
+    """``--sample-prompt``: each evaluation's sample (steps 0 and 2) continues that text, in samples.txt and the
+    log, as "LLMs from scratch" prints "Every effort moves you" continued after each epoch."""
+    tiny_lm_run(shared_data, vocab_dir, tmp_path, caplog, "--max-steps", "2", "--eval-every", "2",
+                "--sample-prompt", "Every effort moves you")  # fmt: skip
+    samples = (tmp_path / "lm" / "samples.txt").read_text(encoding="utf-8").split("--- step ")[1:]
+    assert [s.split("\n", 1)[0] for s in samples] == ["0", "2"]
+    assert all(s.split("\n", 1)[1].startswith("Every effort moves you|>") for s in samples)
+    assert "step 2 sample: Every effort moves you|>" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--sample-prompt", "Once upon a time"], "only with --task lm"),
+        (["--task", "lm", "--sample-prompt", "word " * 5000], "leaves no room to continue it"),
+    ],
+)
+def test_bad_sample_prompt_is_refused_before_the_run_writes(options, bad, message, tmp_path, capsys):
+    out = tmp_path / "new"
+    assert finetune(out, *options, *bad, "--max-length", "32") == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

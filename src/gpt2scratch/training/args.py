@@ -43,6 +43,7 @@ RESUME_MAY_CHANGE = frozenset(
         "compile",  # compiled products round differently from eager ones: the steps after it too
         "activation_checkpointing",  # the same values, recomputed
         "max_new_tokens",
+        "sample_prompt",
         "merge",
         "push_to_hub",
     }
@@ -167,6 +168,13 @@ class TrainArgs:
     max_new_tokens: int = field(
         default=64, metadata={"help": "tokens generated per test response / LM sample"}
     )
+    sample_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "lm: the text that each evaluation's greedy sample continues (default: the first 16 tokens "
+            "of the validation text)"
+        },
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
@@ -218,6 +226,11 @@ class TrainArgs:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}.")
         if self.merge and self.method != "lora":
             raise ValueError("--merge only applies to --method lora.")
+        if self.sample_prompt is not None and (self.task != "lm" or not self.sample_prompt.strip()):
+            raise ValueError(
+                "--sample-prompt takes some text, and only with --task lm (instruction runs generate responses "
+                "to their test split)."
+            )
         if self.resume_from and self.resume_from != "latest" and not Path(self.resume_from).is_dir():
             raise FileNotFoundError(
                 f"--resume-from {self.resume_from}: no such checkpoint folder. Give a checkpoint-<step> folder "

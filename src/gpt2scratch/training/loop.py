@@ -452,6 +452,7 @@ class Trainer:
         # "training", "final evaluation", or one of the SAVES, which signals wait for: "stopping", "final save"
         self.phase = "training"
         self.peak_flops = device_peak_flops(accelerator.device)
+        self.sample_ids = self._sample_prompt()
 
     def unwrapped(self) -> torch.nn.Module:
         """The model as built (a PEFT model for LoRA), outside DDP and ``torch.compile`` (``--compile``), whose
@@ -738,11 +739,26 @@ class Trainer:
             metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
         return metrics
 
+    def _sample_prompt(self) -> list[int] | None:
+        """The ids of ``--sample-prompt``, refused (before the run writes anything) where they fill the context."""
+        if self.args.sample_prompt is None:
+            return None
+        from ..tokenizer import encode
+
+        ids = encode(self.encoding, self.args.sample_prompt)
+        if len(ids) >= self.config.n_positions:
+            raise ValueError(
+                f"--sample-prompt has {len(ids)} tokens: the model's n_positions={self.config.n_positions} leaves "
+                "no room to continue it; give a shorter text."
+            )
+        return ids
+
     def _log_sample(self, step: int) -> None:
-        """Greedy continuation of the first tokens of the validation text, written to samples.txt and TensorBoard."""
+        """Greedy continuation of ``--sample-prompt`` (else of the first tokens of the validation text), written to
+        samples.txt and TensorBoard and logged, ``|>`` between the prompt and the continuation."""
         if not self.accelerator.is_main_process:
             return
-        first = self.eval_loaders["validation"].dataset[0]["input_ids"][:16]
+        first = self.sample_ids or self.eval_loaders["validation"].dataset[0]["input_ids"][:16]
         room = self.config.n_positions - len(first)
         ids = self._generate([first], min(self.args.max_new_tokens, room))[0]
         text = self.encoding.decode(first) + "|>" + self.encoding.decode(ids)
@@ -750,6 +766,7 @@ class Trainer:
             f.write(f"--- step {step}\n{text}\n")
         tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
         tracker.add_text("sample", text, step)
+        log.info("step %d sample: %s", step, text.replace("\n", "\\n"))
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy responses of the model (in eval mode meanwhile) to a batch of prompts (``greedy_responses``)."""
