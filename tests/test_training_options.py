@@ -87,7 +87,21 @@ def lm_options(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
     ]
 
 
-def test_compiled_runs_save_resume_and_train_as_the_eager_model(lm_options, tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches and counters emptied before and after, so no other test's compilations count here, nor
+    these (and their recompilation limits) in later tests of this process."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compiled_runs_save_resume_and_train_as_the_eager_model(
+    lm_options, tmp_path, monkeypatch, caplog, fresh_dynamo
+):
     """``--compile`` and Accelerate's ``ACCELERATE_DYNAMO_BACKEND=inductor`` (what ``accelerate launch
     --dynamo_backend inductor`` sets) compile the model; its checkpoints and final folder hold the plain weight
     names (they used to fail: Accelerate's unwrapped model was the compiled wrapper); a compiled run stopped
@@ -97,7 +111,6 @@ def test_compiled_runs_save_resume_and_train_as_the_eager_model(lm_options, tmp_
 
     from gpt2scratch.loading import load_model
 
-    counters.clear()
     assert train(tmp_path / "resumed", *lm_options, "--compile", "--stop-after", "2") is None
     compiled_frames = counters["frames"]["ok"]
     assert compiled_frames > 0, "--compile compiled nothing"
