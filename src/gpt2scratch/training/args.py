@@ -132,7 +132,7 @@ class TrainArgs:
         default=False,
         metadata={
             "help": "(gradient checkpointing) recompute each block's activations in the backward pass instead "
-            "of keeping them: less memory for about a third more compute, the same results"
+            "of keeping them: less memory for one more forward pass of the blocks per step, the same results"
         },
     )
     eval_every: int | None = field(
