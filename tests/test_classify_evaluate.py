@@ -229,6 +229,55 @@ def test_evaluate_lm_on_a_classifier_scores_its_backbone_quietly(
     _assert_lm_metrics(json.loads(out), lm, encode(load_encoding(vocab_dir), text), block=16)
 
 
+@pytest.mark.parametrize("stride", [5, 12, 16])
+def test_evaluate_lm_stride_gives_transformers_sliding_window_perplexity(stride, capsys, tmp_path, vocab_dir):
+    """``--stride``: the loss transformers' GPT-2 (the same weights) gives with the sliding-window loop of its
+    perplexity guide, each window's already-scored tokens labelled -100; ``--stride`` = ``--max-length`` is the
+    consecutive blocks of the default."""
+    from gpt2scratch.conversion.hf_gpt2 import to_hf_model
+
+    torch.manual_seed(2)
+    model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny", vocab_size=50257)).eval()
+    folder = save_model_folder(model, tmp_path / "lm", vocab_dir)
+    text = "\n".join(TEXTS * 3)
+    (tmp_path / "data.txt").write_text(text, encoding="utf-8")
+    data = ["--task", "lm", "--data", tmp_path / "data.txt", "--max-length", 16]
+    code, out, err = _cli(capsys, "evaluate", folder, *data, "--stride", stride, "--batch-size", 3)
+    assert code == 0, err
+    got = json.loads(out)
+
+    ids, hf = torch.tensor([encode(load_encoding(vocab_dir), text)]), to_hf_model(model).eval()
+    total = count = windows = previous_end = 0
+    with torch.no_grad():
+        for begin in range(0, ids.shape[1], stride):
+            end = min(begin + 16, ids.shape[1])
+            target = ids[:, begin:end].clone()
+            target[:, : -(end - previous_end)] = -100
+            scored = int((target[:, 1:] != -100).sum())
+            if scored:
+                total += float(hf(ids[:, begin:end], labels=target).loss) * scored
+                count, windows = count + scored, windows + 1
+            previous_end = end
+            if end == ids.shape[1]:
+                break
+    assert (got["blocks"], got["stride"], got["block_length"]) == (windows, stride, 16)
+    assert got["loss"] == pytest.approx(total / count, rel=1e-5)
+    if stride == 16:
+        code, default, err = _cli(capsys, "evaluate", folder, *data, "--batch-size", 3)
+        assert code == 0 and json.loads(default) == got, err
+
+
+def test_evaluate_lm_stride_outside_the_window_is_refused(capsys, tmp_path, lm_dir):
+    (tmp_path / "t.txt").write_text("some text to score " * 10, encoding="utf-8")
+    for stride, message in [
+        (0, "--stride must be at least 1"),
+        (17, "--stride 17 is longer than the windows"),
+    ]:
+        code, out, err = _cli(capsys, "evaluate", lm_dir, "--task", "lm", "--data", tmp_path / "t.txt",
+                              "--max-length", 16, "--stride", stride)  # fmt: skip
+        assert code == 2 and out == "" and message in err and err.count("\n") == 1, err
+
+
 def _assert_lm_metrics(got: dict, model, ids: list[int], block: int) -> None:
     """``evaluate --task lm``'s figures equal each block's own (mean) loss, token-weighted, from ``model``."""
     blocks = [ids[i : i + block] for i in range(0, len(ids), block)]

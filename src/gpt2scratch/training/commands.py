@@ -85,7 +85,7 @@ def _add_evaluate(subparsers) -> None:
         description="classification: accuracy, precision, recall and F1 (binary: of label id 1; more "
         "classes: macro average) and the confusion matrix on a CSV/TSV whose labels are names or ids known to the model's "
         "label2id. lm: loss and perplexity of a UTF-8 text file, tokenised whole and cut into "
-        "consecutive blocks of --max-length tokens. instruction: on Alpaca records (instruction, optional "
+        "consecutive blocks of --max-length tokens, or windows every --stride tokens. instruction: on Alpaca records (instruction, optional "
         "input, output), the loss on the response tokens and the ROUGE-L of the model's greedy responses, "
         "as finetune --task instruction scores its test split; --output-file keeps the responses.",
     )
@@ -111,6 +111,14 @@ def _add_evaluate(subparsers) -> None:
         "--output-file", default=None, help="instruction: a JSON file of the records with each response added"
     )
     p.add_argument("--force", action="store_true", help="replace an existing --output-file")
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="lm: start a window of --max-length tokens every N tokens, scoring only the tokens no earlier window "
+        "scored, so each has at least max-length - N tokens of context (transformers' sliding-window "
+        "perplexity); default: --max-length (consecutive blocks)",
+    )
     p.add_argument("--text-column", default="text", help="classification: the text column (default: text)")
     p.add_argument(
         "--label-column", default="label", help="classification: the label column (default: label)"
@@ -405,29 +413,58 @@ def read_text(path: str | os.PathLike, what: str = "Data file") -> str:
 
 
 def evaluate_lm(args) -> dict:
-    """Token-weighted mean next-token loss and perplexity over consecutive blocks of the text."""
+    """Token-weighted mean next-token loss and perplexity of the text, in windows of ``--max-length`` tokens
+    every ``--stride`` tokens (default: consecutive blocks), each token scored once (:func:`lm_windows`)."""
     from gpt2scratch.loading import resolve_device
     from gpt2scratch.model_commands import load_language_model
     from gpt2scratch.tokenizer import encode, load_encoding
 
     device = resolve_device(args.device)
+    if args.stride is not None and args.stride < 1:
+        raise ValueError(f"--stride must be at least 1, got {args.stride}.")
     text = read_text(args.data)
     loaded = load_language_model(args.model, args.tokenizer_dir, command="evaluate", device=device)
     block = _max_length(loaded.model.config, args.max_length)
+    stride = block if args.stride is None else args.stride
+    if stride > block:
+        raise ValueError(
+            f"--stride {stride} is longer than the windows (--max-length {block}): tokens between them would not "
+            "be scored."
+        )
     ids = encode(load_encoding(loaded.tokenizer_dir), text)
-    blocks = [ids[i : i + block] for i in range(0, len(ids), block)]
-    blocks = [b for b in blocks if len(b) >= 2]
-    if not blocks:
+    rows = lm_windows(ids, block, stride)
+    if not rows:
         raise ValueError(f"{args.data} has {len(ids)} tokens; at least 2 are needed to measure a loss.")
-    rows = [{"input_ids": b, "labels": b} for b in blocks]
     loss = _mean_target_loss(loaded.model, rows, _batch_size(args.batch_size, 2))
     return {
         "tokens": len(ids),
-        "blocks": len(blocks),
+        "blocks": len(rows),
         "block_length": block,
+        "stride": stride,
         "loss": loss,
         "perplexity": math.exp(loss),
     }
+
+
+def lm_windows(ids: list[int], length: int, stride: int) -> list[dict]:
+    """Windows of ``length`` tokens starting every ``stride`` tokens, up to the window that reaches the end;
+    each window's labels are the tokens no earlier window scored (-100 before them), so every token is scored
+    once, after the first window with at least ``length - stride`` tokens of context (transformers' sliding-window
+    perplexity). With ``stride == length``: consecutive blocks, the first token of each unscored (no context).
+    Windows with nothing to score are left out."""
+    from .data import IGNORE_INDEX
+
+    rows, scored = [], 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + length, len(ids))
+        window, seen = ids[begin:end], max(scored - begin, 0)
+        labels = [IGNORE_INDEX] * seen + window[seen:]
+        if any(t != IGNORE_INDEX for t in labels[1:]):
+            rows.append({"input_ids": window, "labels": labels})
+        scored = end
+        if end == len(ids):
+            break
+    return rows
 
 
 def evaluate_instruction(args) -> dict:
