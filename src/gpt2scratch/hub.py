@@ -37,8 +37,9 @@ from .model_card import PLOTS, REPO_PLACEHOLDER, model_card
 CODE_FILES = ("configuration_gpt2scratch.py", "modeling_gpt2scratch.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# Left out of the upload: a training run's checkpoints, the LoRA base copy, data splits, temp files.
-EXCLUDED_DIRS = re.compile(r"^(checkpoint-\d+|base|data|__pycache__)$")
+# Left out of the upload: a training run's checkpoints, the LoRA base copy, data splits, its best model so far
+# (finetune --save-best), temp files.
+EXCLUDED_DIRS = re.compile(r"^(checkpoint-\d+|base|data|best|__pycache__)$")
 REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 log = logging.getLogger(__name__)
 # training_args.yaml entries that describe the machine or the paths, not the training.

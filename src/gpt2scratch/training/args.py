@@ -22,6 +22,13 @@ TASKS = ("classification", "instruction", "lm")
 METHODS = ("full", "lora", "last-block")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 NONFINITE = ("stop", "skip")
+# --save-best: the validation metrics of each task, and those where lower is better
+BEST_METRICS = {
+    "classification": ("loss", "accuracy", "precision", "recall", "f1"),
+    "lm": ("loss", "perplexity"),
+    "instruction": ("loss",),
+}
+LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 # What one command does, not what the run is: left out of training_args.yaml.
 PER_INVOCATION = ("config", "resume_from", "stop_after", "force")
 # Options a resumed run may change: where and how often it logs, evaluates and saves, when it stops,
@@ -44,6 +51,7 @@ RESUME_MAY_CHANGE = frozenset(
         "activation_checkpointing",  # the same values, recomputed
         "max_new_tokens",
         "sample_prompt",
+        "save_best",  # another metric starts its record afresh
         "merge",
         "push_to_hub",
     }
@@ -168,6 +176,13 @@ class TrainArgs:
     max_new_tokens: int = field(
         default=64, metadata={"help": "tokens generated per test response / LM sample"}
     )
+    save_best: str | None = field(
+        default=None,
+        metadata={
+            "help": "keep the model of the best validation METRIC so far in OUTPUT_DIR/best, replaced at each "
+            "evaluation that improves on it (loss, perplexity: lowest; accuracy, precision, recall, f1: highest)"
+        },
+    )
     sample_prompt: str | None = field(
         default=None,
         metadata={
@@ -226,6 +241,11 @@ class TrainArgs:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}.")
         if self.merge and self.method != "lora":
             raise ValueError("--merge only applies to --method lora.")
+        if self.save_best is not None and self.save_best not in BEST_METRICS[self.task]:
+            raise ValueError(
+                f"--save-best {self.save_best!r}: --task {self.task} is validated on "
+                f"{', '.join(BEST_METRICS[self.task])}."
+            )
         if self.sample_prompt is not None and (self.task != "lm" or not self.sample_prompt.strip()):
             raise ValueError(
                 "--sample-prompt takes some text, and only with --task lm (instruction runs generate responses "

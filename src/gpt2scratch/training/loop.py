@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ..cli import CommandError, DiskFullError, is_disk_full, live_terminal
 from ..fast import make_optimizer, peak_flops, reuse_freed_memory, training_flops_per_token
 from ..io import default_file_modes
-from .args import TrainArgs, batch_layout, check_resume
+from .args import LOWER_IS_BETTER, TrainArgs, batch_layout, check_resume
 from .checkpoints import (
     ARGS_FILE,
     check_output_dir,
@@ -82,6 +82,8 @@ LAUNCH_HELP = (
 )
 
 
+BEST = "best"  # --save-best's model folder in the output folder
+
 SAVES = {  # Trainer.phase: what a signal waits for
     "stopping": "stopping; finishing the checkpoint and run.json",
     "final save": "saving the finished run; finishing the model, metrics and run.json",
@@ -116,6 +118,7 @@ class RunState:
     window: dict = field(
         default_factory=lambda: defaultdict(list)
     )  # training stats since the last evaluation
+    best: dict = field(default_factory=dict)  # --save-best: {"metric", "value", "step"} of OUTPUT_DIR/best
 
 
 # ----------------------------------------------------------------------------------------- setup
@@ -687,6 +690,20 @@ class Trainer:
         log.info("step %d: %s", step, ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
         if self.args.task == "lm":
             self._log_sample(step)
+        if self.args.save_best and self._improves(metrics[self.args.save_best]):
+            self.state.best = {
+                "metric": self.args.save_best,
+                "value": metrics[self.args.save_best],
+                "step": step,
+            }
+            self._save_best()
+
+    def _improves(self, value: float) -> bool:
+        """Whether ``value`` of ``--save-best``'s metric beats the best so far (of that metric)."""
+        best = self.state.best
+        if best.get("metric") != self.args.save_best:
+            return True
+        return value < best["value"] if self.args.save_best in LOWER_IS_BETTER else value > best["value"]
 
     # ------------------------------------------------------------------------------------- evaluation
 
@@ -833,6 +850,38 @@ class Trainer:
         acc.wait_for_everyone()
         return self.out / f"checkpoint-{step}"
 
+    def _save_best(self) -> None:
+        """``OUTPUT_DIR/best``: the model now (a model or adapter folder, as a checkpoint's ``model/``) and
+        ``best.json`` (metric, value, step), built beside it and swapped in, so a failed write keeps the last."""
+        weights = self._gathered_weights()  # every process takes part
+        folder, tmp, old = self.out / BEST, self.out / ".best.tmp", self.out / ".best.old"
+        if self.accelerator.is_main_process:
+            for stale in (tmp, old):
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                self._write_model(tmp, "../base", weights)
+                (tmp / "best.json").write_text(json.dumps(self.state.best, indent=1), encoding="utf-8")
+                injected("enospc_best", self.state.step)
+                default_file_modes(tmp)
+                fsync_tree(tmp)
+            except BaseException as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if is_disk_full(e):
+                    raise DiskFullError(
+                        f"no space left on device while writing {folder}: the partial copy was removed, "
+                        f"{'the previous best is intact' if folder.exists() else 'no best was saved before'} and "
+                        f"{self._last_checkpoint()}. Free some space, then continue with --resume-from latest."
+                    ) from e
+                raise
+            if folder.exists():
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+            best = self.state.best
+            log.info("step %d: best validation %s so far (%.4f), saved in %s", best["step"], best["metric"],
+                     best["value"], folder)  # fmt: skip
+        self.accelerator.wait_for_everyone()
+
     def _last_checkpoint(self) -> str:
         kept = list_checkpoints(self.out)
         return f"the last good checkpoint {kept[-1]} is intact" if kept else "no checkpoint was saved before"
@@ -843,6 +892,7 @@ class Trainer:
             "history": dict(self.state.history),
             "before": self.state.before,
             "window": dict(self.state.window),
+            "best": self.state.best,
             "total_steps": self.total_steps,
             "scheduler": self.scheduler.state_dict(),
             "training_args": self.args.to_dict(),  # what a resume must keep (check_resume)
@@ -877,6 +927,7 @@ class Trainer:
         )
         self.state.before = saved.get("before", {})
         self.state.window = defaultdict(list, saved.get("window", {}))
+        self.state.best = saved.get("best", {})
         log.info("resumed from %s at step %d", checkpoint, self.state.step)
 
     def _drop_frozen(self, models, weights: list[dict], output_dir) -> None:
@@ -1029,6 +1080,11 @@ class Trainer:
             "tokens_per_s": _mean([r["tokens_per_s"] for r in logged]),
             "mfu": _mean(mfu) if mfu else None,
             "mfu_note": None if mfu else "n/a: no known peak FLOP/s for this device (CPU)",
+            **(
+                {f"best_{k}": v for k, v in self.state.best.items()}  # best_metric, best_value, best_step
+                if self.args.save_best
+                else {}
+            ),
         }
 
     def _save_final(self, weights: dict | None = None) -> None:
