@@ -112,3 +112,29 @@ def test_a_metric_the_task_does_not_have_is_refused(task, metric, message):
 
     with pytest.raises(ValueError, match=message):
         parse_args(["--task", task, "--train-file", "x.txt", "--output-dir", "o", "--save-best", metric])
+
+
+def test_disk_full_while_saving_the_best_keeps_the_previous_one(
+    options, tmp_path, scripted_f1, monkeypatch, capsys
+):
+    """Step 2 improves on step 1, and its write fails for want of space: exit 4, step 1's best intact."""
+    from accelerate.state import AcceleratorState, GradientState
+    from test_finetune import SMALL
+
+    from gpt2scratch.cli import main
+    from gpt2scratch.training.checkpoints import FAULT_ENV
+
+    out = tmp_path / "run"
+    monkeypatch.setenv(FAULT_ENV, "enospc_best:2")
+    try:
+        assert main(["finetune", "--output-dir", str(out), *SMALL, *options]) == 4
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    err = capsys.readouterr().err
+    assert (
+        f"no space left on device while writing {out / 'best'}" in err
+        and "the previous best is intact" in err
+    )
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 1
+    assert not (out / ".best.tmp").exists() and (out / "checkpoint-1").is_dir()
