@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from gpt2scratch.training.args import parse_args
 
@@ -415,6 +416,35 @@ def test_instruction(method, instructions, vocab_dir, tmp_path):
     assert sorted(p.name for p in (out / "data").iterdir()) == ["test.json", "train.json", "validation.json"]
     if method == "full":
         evaluate_scores_the_test_split_as_the_run_did(out, test, responses)
+
+
+def test_accumulated_micro_batches_weigh_every_target_token_as_one_batch(instructions, vocab_dir, tmp_path):
+    """4 Alpaca records per step as one micro-batch, or as 2 accumulated micro-batches of 2: the same records, and
+    the same loss per step and weights to float rounding, every response token weighing alike (the responses'
+    lengths differ, so a mean of the micro-batches' means would not give this)."""
+    options = [
+        *("--task", "instruction", "--train-file", str(instructions), "--tokenizer-dir", str(vocab_dir)),
+        *(
+            "--max-steps",
+            "3",
+            "--lr",
+            "1e-2",
+            "--max-length",
+            "96",
+            "--dropout",
+            "0",
+            "--eval-max-batches",
+            "1",
+        ),
+        *("--max-new-tokens", "1"),
+    ]
+    train(tmp_path / "one", *options, "--batch-size", "4")
+    train(tmp_path / "two", *options, "--batch-size", "2", "--gradient-accumulation-steps", "2")
+    one, two = train_log(tmp_path / "one"), train_log(tmp_path / "two")
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in ("one", "two"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-5)
 
 
 def evaluate_scores_the_test_split_as_the_run_did(out: Path, test: dict, responses: list[dict]) -> None:

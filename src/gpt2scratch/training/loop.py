@@ -7,10 +7,11 @@ processes. Resuming is bitwise exact on CPU: the data order comes from a seedabl
 ``--seed`` and the epoch, and the global RNGs are re-seeded with ``seed + step`` before every step. A resume
 may make the same global batch otherwise (processes × batch × accumulation): the same examples per step.
 
-Per-step loss: with several processes the logged loss is the mean of the processes' micro-batch
-losses; it equals the single-process loss of the same global batch exactly for classification (each
-process holds the same number of examples), and only approximately for token-level losses (lm,
-instruction), whose per-process token counts differ.
+Per-step loss: the loss of the whole global batch, however it is made (micro-batches, processes): for
+classification the mean over its examples (every process and micro-batch holds the same number), for the
+token-level losses (lm, instruction) the mean over all its target tokens, each micro-batch's summed loss divided
+by the global count (``num_items_in_batch``), so a token weighs the same in a micro-batch with few targets as in
+one with many (as one batch; not a mean of micro-batch means).
 
 Faults: SIGINT/SIGTERM save a checkpoint at the next step boundary (in the final evaluation: at the next
 batch) and raise ``RunInterrupted`` (exit 128 + signal); the final save, once begun, is never cut short;
@@ -62,6 +63,7 @@ from .checkpoints import (
     write_run,
 )
 from .data import (
+    IGNORE_INDEX,
     check_same_data,
     check_same_tokenizer,
     collate,
@@ -596,13 +598,16 @@ class Trainer:
         loss_sum = torch.zeros((), device=acc.device)
         correct = torch.zeros(2, device=acc.device)  # (right, total) of training predictions
         tokens = torch.zeros((), device=acc.device)
+        share = self._loss_shares(batches)
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1
             with nullcontext() if sync else acc.no_sync(self.model):
-                out = self.model(**batch)
+                out = self.model(**batch, **share)
                 batch_loss = out.loss * float("nan") if i == 0 and injected("nan_loss", step) else out.loss
-                acc.backward(batch_loss / len(batches))
-            loss_sum += batch_loss.detach().float() / len(batches)
+                if not share:  # a mean over this micro-batch's examples, all of one size
+                    batch_loss = batch_loss / len(batches)
+                acc.backward(batch_loss)
+            loss_sum += batch_loss.detach().float()
             tokens += batch["attention_mask"].sum()
             if args.task == "classification":
                 correct += torch.stack(
@@ -636,6 +641,20 @@ class Trainer:
                 / (self.peak_flops * acc.num_processes)
             )
         return stats
+
+    def _loss_shares(self, batches: list[dict]) -> dict:
+        """For token-level losses (lm, instruction): ``num_items_in_batch`` (transformers' name), the number of
+        target tokens of the whole global batch (every micro-batch, every process) over the number of processes,
+        by which each micro-batch's summed loss is divided, so that every token weighs the same however the
+        global batch is made, as in one batch (DDP averages the processes' gradients, hence "over the number of
+        processes"). Classification: none (each micro-batch's mean over its examples, all micro-batches of one
+        size)."""
+        if self.args.task == "classification":
+            return {}
+        acc = self.accelerator
+        targets = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in batches).to(acc.device)
+        total = acc.reduce(targets, reduction="sum").clamp(min=1)
+        return {"num_items_in_batch": total / acc.num_processes}
 
     def _check_finite(self, step: int, loss: float, grad_norm) -> bool:
         """True when this step must be skipped (``--on-nonfinite skip``); raises under ``stop``. Gradients are
