@@ -32,6 +32,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -875,23 +876,14 @@ class Trainer:
         weights = self._gathered_weights()  # every process takes part
         folder, tmp, old = self.out / BEST, self.out / ".best.tmp", self.out / ".best.old"
         if self.accelerator.is_main_process:
-            for stale in (tmp, old):
-                shutil.rmtree(stale, ignore_errors=True)
-            try:
-                self._write_model(tmp, "../base", weights)
-                (tmp / "best.json").write_text(json.dumps(self.state.best, indent=1), encoding="utf-8")
-                injected("enospc_best", self.state.step)
-                default_file_modes(tmp)
-                fsync_tree(tmp)
-            except BaseException as e:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if is_disk_full(e):
-                    raise DiskFullError(
-                        f"no space left on device while writing {folder}: the partial copy was removed, "
-                        f"{'the previous best is intact' if folder.exists() else 'no best was saved before'} and "
-                        f"{self._last_checkpoint()}. Free some space, then continue with --resume-from latest."
-                    ) from e
-                raise
+
+            def write(into: Path) -> None:
+                self._write_model(into, "../base", weights)
+                (into / "best.json").write_text(json.dumps(self.state.best, indent=1), encoding="utf-8")
+
+            kept = " (the previous best is intact)" if folder.exists() else ""
+            self._staged(tmp, write, "enospc_best", str(folder), kept)
+            shutil.rmtree(old, ignore_errors=True)  # left by a swap cut short
             if folder.exists():
                 os.replace(folder, old)
             os.replace(tmp, folder)
@@ -900,6 +892,27 @@ class Trainer:
             log.info("step %d: best validation %s so far (%.4f), saved in %s", best["step"], best["metric"],
                      best["value"], folder)  # fmt: skip
         self.accelerator.wait_for_everyone()
+
+    def _staged(
+        self, tmp: Path, write: Callable[[Path], None], fault: str, what: str, kept: str = ""
+    ) -> None:
+        """A folder written into ``tmp`` (emptied first) by ``write``, its files given the default modes and
+        synced to disk; a failure removes it, and a full disk is a DiskFullError naming ``what`` and what is
+        intact (``kept``, the last checkpoint)."""
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            write(tmp)
+            injected(fault, self.state.step)
+            default_file_modes(tmp)
+            fsync_tree(tmp)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(e):
+                raise DiskFullError(
+                    f"no space left on device while writing {what}: the partial files were removed{kept} and "
+                    f"{self._last_checkpoint()}. Free some space, then continue with --resume-from latest."
+                ) from e
+            raise
 
     def _last_checkpoint(self) -> str:
         kept = list_checkpoints(self.out)
@@ -1111,27 +1124,16 @@ class Trainer:
         from ..io import write_model_folder
 
         tmp = self.out / ".final.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        try:
+
+        def write(into: Path) -> None:
             if self.args.method == "lora" and self.args.merge:
                 merged = self.unwrapped().merge_and_unload()
-                tmp.mkdir()
-                write_model_folder(merged, tmp, self.vocab)
+                into.mkdir()
+                write_model_folder(merged, into, self.vocab)
             else:
-                self._write_model(tmp, "./base", weights)
-            injected("enospc_final", self.state.step)
-            default_file_modes(tmp)
-            fsync_tree(tmp)
-        except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if is_disk_full(e):
-                raise DiskFullError(
-                    f"no space left on device while writing the final model into {self.out}: the partial "
-                    f"files were removed and {self._last_checkpoint()}. Free some space, then continue with "
-                    "--resume-from latest."
-                ) from e
-            raise
+                self._write_model(into, "./base", weights)
+
+        self._staged(tmp, write, "enospc_final", f"the final model into {self.out}")
         for item in tmp.iterdir():
             os.replace(item, self.out / item.name)
         tmp.rmdir()
