@@ -388,3 +388,17 @@ def test_bad_sample_prompt_is_refused_before_the_run_writes(options, bad, messag
     assert finetune(out, *options, *bad, "--max-length", "32") == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_accelerates_own_gradient_accumulation_is_refused(options, tmp_path, capsys, monkeypatch):
+    """``accelerate launch --gradient_accumulation_steps 4`` would make Accelerate divide every loss by 4 in
+    ``backward`` while the loop's own accumulation stays at 1: refused, naming the loop's option, before anything
+    is written."""
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    out = tmp_path / "new"
+    assert finetune(out, *options) == 2
+    err = capsys.readouterr().err
+    assert "give --gradient-accumulation-steps 4" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    assert finetune(out, *options, "--max-steps", "1") == 0

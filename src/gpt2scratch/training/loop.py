@@ -128,7 +128,8 @@ class RunState:
 
 
 def make_accelerator(args: TrainArgs):
-    """An ``Accelerator`` logging to TensorBoard in the output dir; refuses a launch whose processes are not connected."""
+    """An ``Accelerator`` logging to TensorBoard in the output dir; refuses a launch whose processes are not
+    connected, and Accelerate's own gradient accumulation (the loop has its own)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
@@ -140,6 +141,14 @@ def make_accelerator(args: TrainArgs):
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
+    accumulation = accelerator.gradient_accumulation_steps
+    # Accelerate would divide every loss by it in backward(), and DeepSpeed step only every Nth call
+    if accumulation != 1:
+        raise ValueError(
+            f"Accelerate's gradient accumulation is set to {accumulation} (ACCELERATE_GRADIENT_ACCUMULATION_STEPS, "
+            "from `accelerate launch --gradient_accumulation_steps` or a DeepSpeed config); this loop accumulates "
+            f"by its own option: give --gradient-accumulation-steps {accumulation} and leave Accelerate's at 1."
+        )
     launched = int(os.environ.get("WORLD_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or 1)
     if launched > 1 and accelerator.num_processes == 1:
         raise LaunchError(LAUNCH_HELP.format(n=launched))
