@@ -5,6 +5,7 @@ loads on the run's ``base/``; the folder is not uploaded with the run."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -138,3 +139,33 @@ def test_disk_full_while_saving_the_best_keeps_the_previous_one(
     )
     assert json.loads((out / "best" / "best.json").read_text())["step"] == 1
     assert not (out / ".best.tmp").exists() and (out / "checkpoint-1").is_dir()
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_early_stopping_finishes_after_patience_evaluations_without_improvement(
+    stopped, options, tmp_path, scripted_f1, caplog
+):
+    """Patience 2: steps 3 and 4 do not beat step 2's 0.9, so the run finishes at step 4 of 5 (final evaluation,
+    final model, finished run.json); also when stopped at step 3 and resumed (the count comes from the history)."""
+    out = tmp_path / "run"
+    if stopped:
+        assert train(out, *options, "--early-stopping-patience", "2", "--stop-after", "3") is None
+    with caplog.at_level(logging.INFO, logger="gpt2scratch"):
+        metrics = train(
+            out, *options, "--early-stopping-patience", "2", *(["--resume-from", "latest"] * stopped)
+        )
+    assert (metrics["steps"], metrics["best_step"]) == (4, 2) and "test" in metrics
+    assert (
+        "early stopping at step 4: no better validation f1 than 0.9000 (step 2) in 2 evaluations"
+        in caplog.text
+    )
+    assert json.loads((out / "run.json").read_text()) == {"finished": True, "step": 4}
+    logged = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4] and (out / "model.safetensors").is_file()
+
+
+def test_early_stopping_needs_the_metric_it_watches():
+    from gpt2scratch.training.args import parse_args
+
+    with pytest.raises(ValueError, match="--early-stopping-patience needs --save-best METRIC"):
+        parse_args(["--train-file", "x.csv", "--output-dir", "o", "--early-stopping-patience", "2"])

@@ -52,6 +52,7 @@ RESUME_MAY_CHANGE = frozenset(
         "max_new_tokens",
         "sample_prompt",
         "save_best",  # another metric starts its record afresh
+        "early_stopping_patience",
         "merge",
         "push_to_hub",
     }
@@ -183,6 +184,13 @@ class TrainArgs:
             "evaluation that improves on it (loss, perplexity: lowest; accuracy, precision, recall, f1: highest)"
         },
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "with --save-best: finish the run (final evaluation and save) once N evaluations in a row "
+            "have not improved on the best"
+        },
+    )
     sample_prompt: str | None = field(
         default=None,
         metadata={
@@ -230,6 +238,7 @@ class TrainArgs:
             "stop_after",
             "eval_max_batches",
             "keep_checkpoints",
+            "early_stopping_patience",
         ):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
@@ -246,6 +255,8 @@ class TrainArgs:
                 f"--save-best {self.save_best!r}: --task {self.task} is validated on "
                 f"{', '.join(BEST_METRICS[self.task])}."
             )
+        if self.early_stopping_patience is not None and self.save_best is None:
+            raise ValueError("--early-stopping-patience needs --save-best METRIC, the metric it watches.")
         if self.sample_prompt is not None and (self.task != "lm" or not self.sample_prompt.strip()):
             raise ValueError(
                 "--sample-prompt takes some text, and only with --task lm (instruction runs generate responses "

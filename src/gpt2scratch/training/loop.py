@@ -524,6 +524,8 @@ class Trainer:
             if step == self.total_steps or (args.eval_every and step % args.eval_every == 0):
                 self._evaluate_during(step, self.state.window)
                 self.state.window = defaultdict(list)
+                if self._out_of_patience(step):
+                    break
             if step < self.total_steps and args.save_every and step % args.save_every == 0:
                 self.save_checkpoint()
             if step < self.total_steps and _any_process(acc, self.signal is not None):
@@ -726,6 +728,19 @@ class Trainer:
                 "step": step,
             }
             self._save_best()
+
+    def _out_of_patience(self, step: int) -> bool:
+        """``--early-stopping-patience N``: whether the last N evaluations (those after the best's, from the run's
+        history, so a resumed run counts them too) all failed to improve on the best, before the last step."""
+        patience, best = self.args.early_stopping_patience, self.state.best
+        if not patience or step >= self.total_steps or best.get("metric") != self.args.save_best:
+            return False
+        since = [s for s, _ in self.state.history[f"val_{best['metric']}"] if s > best["step"]]
+        if len(since) < patience:
+            return False
+        log.info("early stopping at step %d: no better validation %s than %.4f (step %d) in %d evaluations",
+                 step, best["metric"], best["value"], best["step"], len(since))  # fmt: skip
+        return True
 
     def _improves(self, value: float) -> bool:
         """Whether ``value`` of ``--save-best``'s metric beats the best so far (of that metric)."""
