@@ -164,8 +164,11 @@ def test_early_stopping_finishes_after_patience_evaluations_without_improvement(
     assert logged == [1, 2, 3, 4] and (out / "model.safetensors").is_file()
 
 
-def test_early_stopping_needs_the_metric_it_watches():
+@pytest.mark.parametrize("given", [["--eval-every", "5"], ["--save-best", "f1"]])
+def test_early_stopping_needs_the_metric_it_watches_and_how_often(given):
     from gpt2scratch.training.args import parse_args
 
-    with pytest.raises(ValueError, match="--early-stopping-patience needs --save-best METRIC"):
-        parse_args(["--train-file", "x.csv", "--output-dir", "o", "--early-stopping-patience", "2"])
+    with pytest.raises(
+        ValueError, match="--early-stopping-patience needs --save-best METRIC .* and --eval-every"
+    ):
+        parse_args(["--train-file", "x.csv", "--output-dir", "o", "--early-stopping-patience", "2", *given])

@@ -255,8 +255,11 @@ class TrainArgs:
                 f"--save-best {self.save_best!r}: --task {self.task} is validated on "
                 f"{', '.join(BEST_METRICS[self.task])}."
             )
-        if self.early_stopping_patience is not None and self.save_best is None:
-            raise ValueError("--early-stopping-patience needs --save-best METRIC, the metric it watches.")
+        if self.early_stopping_patience is not None and (self.save_best is None or self.eval_every is None):
+            raise ValueError(
+                "--early-stopping-patience needs --save-best METRIC (the metric it watches) and --eval-every N "
+                "(how often it is measured)."
+            )
         if self.sample_prompt is not None and (self.task != "lm" or not self.sample_prompt.strip()):
             raise ValueError(
                 "--sample-prompt takes some text, and only with --task lm (instruction runs generate responses "
