@@ -1,6 +1,7 @@
 """``finetune --save-best METRIC``: ``OUTPUT_DIR/best`` holds the model of the best validation METRIC so far
 (replaced only by a strictly better one), across a stop and resume too; LoRA runs keep an adapter there that
-loads on the run's ``base/``; the folder is not uploaded with the run."""
+loads on the run's ``base/``; the folder is not uploaded with the run; a full disk keeps the previous one.
+``--early-stopping-patience N`` finishes the run after N evaluations without a better one."""
 
 from __future__ import annotations
 
@@ -42,18 +43,8 @@ def options(shared_data, vocab_dir, tmp_path_factory) -> list[str]:
     sms = sms_subset(shared_data, tmp_path_factory.mktemp("sms"), n_per_class=20)
     return [
         *("--train-file", str(sms), "--tokenizer-dir", str(vocab_dir), "--max-steps", "5"),
-        *(
-            "--batch-size",
-            "4",
-            "--lr",
-            "3e-3",
-            "--max-length",
-            "32",
-            "--eval-every",
-            "1",
-            "--save-every",
-            "1",
-        ),
+        *("--batch-size", "4", "--lr", "3e-3", "--max-length", "32"),
+        *("--eval-every", "1", "--save-every", "1"),
         *("--save-best", "f1"),
     ]
 
