@@ -8,9 +8,9 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification
+from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM, GPT2ScratchForSequenceClassification, fast
 from gpt2scratch.conversion.hf_gpt2 import config_from_hf, from_hf_model, state_dict_from_hf, state_dict_to_hf
-from gpt2scratch.modeling_gpt2scratch import GrowingLayer
+from gpt2scratch.modeling_gpt2scratch import GPT2ScratchLinear, GrowingLayer
 
 ODD = dict(n_embd=96, n_head=3, n_layer=5, n_positions=77, vocab_size=50257)
 TOL = 1e-4
@@ -345,6 +345,61 @@ def test_vocab_padding_gives_identical_outputs():
     x = torch.randint(0, 1000, (2, 9))
     with torch.no_grad():
         assert torch.equal(base(x, labels=x).logits, padded.eval()(x, labels=x).logits)
+
+
+SMALL_HF = dict(n_embd=64, n_layer=2, n_head=4, vocab_size=1000, n_positions=32)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded-like-converted-nanogpt"])
+@pytest.mark.parametrize("tokens", [1010, 990])
+def test_resize_token_embeddings_like_transformers_and_reloads(tmp_path, padded, tokens):
+    """Adding (or removing) tokens gives transformers' GPT-2's new rows and logits for the same seed, also on a
+    vocabulary padded to 64 rows (as every converted nanoGPT checkpoint is): the rows stay padded, zero, and
+    ``vocab_size`` counts real tokens, and the saved folder loads back with the same logits."""
+    hf, ours = make_pair(seed=4, **SMALL_HF)
+    if padded:
+        fast.pad_vocab(ours, 64)
+        with torch.no_grad():  # nanoGPT's padding rows were trained: not zero
+            ours.transformer.wte.weight[1000:] = 1.0
+    for model in (hf, ours):
+        torch.manual_seed(5)
+        model.resize_token_embeddings(tokens)
+    assert ours.config.vocab_size == tokens
+    rows = ours.transformer.wte.weight.shape[0]
+    assert rows == (1024 if padded else tokens)
+    assert ours.lm_head.weight is ours.transformer.wte.weight
+    assert not ours.transformer.wte.weight[tokens:].any()
+    x = torch.tensor([[tokens - 1, 5, 6, 999 if tokens > 1000 else 0, tokens - 2]])
+    with torch.no_grad():
+        expected, got = hf(x).logits, ours(x).logits
+        assert got.shape == expected.shape == (1, 5, tokens)
+        assert (expected - got).abs().max().item() <= TOL
+        ours.save_pretrained(tmp_path)
+        reloaded = GPT2ScratchForCausalLM.from_pretrained(tmp_path).eval()
+        assert (reloaded(x).logits - got).abs().max().item() <= 1e-6
+
+
+def test_resize_token_embeddings_pads_to_a_multiple_keeping_real_tokens():
+    """``pad_to_multiple_of`` pads the rows, but ``vocab_size`` stays the real tokens (transformers' GPT-2 would
+    count the padding rows as tokens, and its logits would offer them); a call with no arguments changes
+    nothing; an untied head stays the model's own linear layer (transformers rebuilds it as an nn.Linear)."""
+    _, ours = make_pair(seed=4, **SMALL_HF)
+    before = ours.transformer.wte.weight.detach().clone()
+    assert ours.resize_token_embeddings() is ours.transformer.wte
+    assert torch.equal(ours.transformer.wte.weight, before)
+    ours.resize_token_embeddings(1001, pad_to_multiple_of=64)
+    assert (ours.config.vocab_size, ours.config.padded_vocab_size) == (1001, 1024)
+    assert torch.equal(ours.transformer.wte.weight[:1000], before)
+    with torch.no_grad():
+        assert ours(torch.tensor([[1000, 3]])).logits.shape == (1, 2, 1001)
+    untied = GPT2ScratchForCausalLM(
+        GPT2ScratchConfig.from_preset("tiny", vocab_size=1000, tie_word_embeddings=False)
+    )
+    untied.resize_token_embeddings(1001, pad_to_multiple_of=64)
+    assert type(untied.lm_head) is GPT2ScratchLinear and untied.lm_head.head
+    assert (
+        untied.lm_head.weight.shape == (1024, untied.config.n_embd) and not untied.lm_head.weight[1001:].any()
+    )
 
 
 # --- sequence classification -------------------------------------------------------------------

@@ -560,6 +560,43 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
             set_weight_layout(self, column_major=False)
         return self
 
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        """transformers' resize, on a vocabulary whose rows may be padded (``pad_vocab_size_multiple``, as in a
+        converted nanoGPT checkpoint): ``config.vocab_size`` becomes ``new_num_tokens`` (real tokens, as
+        before), the rows stay padded to ``pad_to_multiple_of`` (default: the config's multiple) with zero
+        rows, and new tokens are initialised from the real rows only, as transformers initialises them
+        (transformers' own resize would count the padding rows as tokens and leave some new tokens as
+        padding rows, and the folder saved afterwards would not load). An untied LM head stays a
+        ``GPT2ScratchLinear``."""
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return self.get_input_embeddings()
+        config = self.config
+        tokens = config.vocab_size if new_num_tokens is None else new_num_tokens
+        multiple = pad_to_multiple_of or config.pad_vocab_size_multiple
+        weight = self.get_input_embeddings().weight
+        if weight.shape[0] != config.vocab_size:  # drop the padding rows, drawing no random numbers
+            with torch.random.fork_rng(devices=[weight.device] if weight.device.type == "cuda" else []):
+                super().resize_token_embeddings(config.vocab_size, mean_resizing=False)
+        super().resize_token_embeddings(tokens, mean_resizing=mean_resizing)
+        config.pad_vocab_size_multiple = multiple
+        rows = config.padded_vocab_size
+        if rows != tokens:
+            super().resize_token_embeddings(rows, mean_resizing=False)
+            config.vocab_size = tokens
+            with torch.no_grad():
+                for module in (self.get_input_embeddings(), self.get_output_embeddings()):
+                    if module is not None:
+                        module.weight[tokens:].zero_()
+        head = self.get_output_embeddings()
+        if type(head) is nn.Linear:  # transformers rebuilt an untied head as a plain nn.Linear
+            head.__class__, head.head = GPT2ScratchLinear, True
+        return self.get_input_embeddings()
+
     def _init_weights(self, module):
         """GPT-2's initialisation: N(0, 0.02), zero biases, unit LayerNorm, and the residual projections
         scaled by 1/sqrt(2 * n_layer)."""
