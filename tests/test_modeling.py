@@ -321,6 +321,45 @@ def test_peft_wraps_the_model_without_a_deprecation_warning(tiny_config):
         get_peft_model(model, LoraConfig(target_modules=["c_attn"], r=2))
 
 
+def test_past_key_values_is_taken_as_the_cache_like_transformers(odd_pair):
+    """The cache's pre-5.x name (still passed by callers such as PEFT) works as transformers' GPT-2 takes it."""
+    hf, ours = odd_pair
+    x = torch.randint(0, 50257, (2, 9))
+    with torch.no_grad(), pytest.warns(FutureWarning, match="past_key_values"):
+        full = ours(x).logits[:, -1]
+        step = ours(x[:, -1:], past_key_values=ours(x[:, :-1], use_cache=True).cache).logits[:, -1]
+        expected = hf(x[:, -1:], past_key_values=hf(x[:, :-1], use_cache=True).cache).logits[:, -1]
+    assert (step - full).abs().max().item() <= TOL
+    assert (step - expected).abs().max().item() <= TOL
+
+
+def test_peft_prefix_tuning_matches_transformers(odd_pair):
+    """PEFT's prefix tuning hands its virtual tokens' keys and values over as ``past_key_values``: the same
+    logits and loss as on transformers' GPT-2, and the prefix gets gradients."""
+    import warnings
+
+    from peft import PrefixTuningConfig, get_peft_model
+
+    x = torch.randint(0, 50257, (2, 7))
+    results = []
+    for model in make_pair(seed=6, **ODD):
+        torch.manual_seed(7)
+        prefixed = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            out = prefixed(input_ids=x, labels=x)
+        out.loss.backward()
+        results.append(
+            (out.logits.detach(), out.loss.item(), prefixed.prompt_encoder.default.embedding.weight.grad)
+        )
+    (hf_logits, hf_loss, hf_grad), (logits, loss, grad) = results
+    with torch.no_grad():
+        assert (logits - model(x).logits).abs().max().item() > 1e-2  # the prefix changes them
+    assert (logits - hf_logits).abs().max().item() <= TOL
+    assert abs(loss - hf_loss) <= 1e-5
+    assert grad is not None and torch.allclose(grad, hf_grad, atol=1e-6)
+
+
 def test_weights_tied_and_initialised_like_gpt2():
     torch.manual_seed(0)
     model = GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny", vocab_size=1000, n_layer=8))

@@ -36,6 +36,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_gpt2scratch import GPT2ScratchConfig
 
@@ -768,6 +769,11 @@ def _with_thread_policy(forward):
     return wrapped
 
 
+# transformers' models take the cache as ``past_key_values`` too (deprecated in 5.x, with a FutureWarning), and
+# callers still pass it so: PEFT's prefix tuning, for one. Taken as transformers' GPT-2 takes it.
+CACHE_ALIAS = deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+
+
 class GrowingLayer(DynamicLayer):
     """A ``DynamicLayer`` whose keys and values are views into buffers with room to spare: a no-grad
     update writes the new positions in place instead of copying the whole cache (``torch.cat``) at every
@@ -856,6 +862,7 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
     def set_input_embeddings(self, value):
         self.wte = value
 
+    @CACHE_ALIAS
     @_with_thread_policy
     def forward(
         self,
@@ -972,6 +979,7 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    @CACHE_ALIAS
     @_with_thread_policy
     def forward(
         self,
@@ -1091,6 +1099,7 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
         self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
         self.post_init()
 
+    @CACHE_ALIAS
     @_with_thread_policy
     def forward(
         self,
