@@ -359,25 +359,31 @@ def set_weight_layout(model: nn.Module, column_major: bool) -> None:
     row-major again. Values, shapes and parameter objects do not change. A one-row product streams the
     weights faster that way: as an embedding bag (``bag_product``), or with MKL alone, a wide weight
     1.2–1.8× faster (``benchmarks/bench_projections.py``); with more rows row-major is faster.
-    ``generate`` picks the layout for its call, ``train()`` restores row-major. A switch to column-major
+    ``generate`` picks the layout for its call; ``train()``, a forward with autograd and ``state_dict()``
+    restore row-major, so that training, optimizers (fused AdamW walks its tensors' memory in one order) and
+    in-place updates through the state dict (an EMA copy) see the weights as they were. A switch to column-major
     also gives the model's other CPU tensors their own memory (``_own_memory``). Not thread-safe against a
     forward running on the same model meanwhile."""
+    if not column_major:
+        return _row_major(model)
     moved = []
     with torch.no_grad():
-        for weight in _layout_weights(model, every=BAG_PRODUCTS or not column_major):
+        for weight in _layout_weights(model, every=BAG_PRODUCTS):
             data = weight.data
-            if (
-                column_major
-                and data.is_contiguous()
-                and data.device.type == "cpu"
-                and data.dtype == torch.float32
-            ):
+            if data.is_contiguous() and data.device.type == "cpu" and data.dtype == torch.float32:
                 weight.data = data.t().contiguous().t()
                 moved.append(weight)
-            elif not column_major and not data.is_contiguous() and data.t().is_contiguous():
-                weight.data = data.contiguous()
         if moved:
             _own_memory(model, skip=moved)
+
+
+def _row_major(model: nn.Module) -> None:
+    """Every column-major parameter of ``model`` (a whole tied pair, through either end) row-major again."""
+    with torch.no_grad():
+        for param in model.parameters():
+            data = param.data
+            if data.dim() == 2 and not data.is_contiguous() and data.t().is_contiguous():
+                param.data = data.contiguous()
 
 
 def _own_memory(model: nn.Module, skip: list[torch.Tensor]) -> None:
@@ -391,26 +397,6 @@ def _own_memory(model: nn.Module, skip: list[torch.Tensor]) -> None:
     for tensor in (*model.parameters(), *model.buffers()):
         if id(tensor) not in skipped and tensor.device.type == "cpu" and _owns_storage(tensor.data):
             tensor.data = tensor.data.clone()
-
-
-def _contiguous_state(module, state_dict, prefix, local_metadata) -> None:
-    """State-dict post-hook: column-major weights leave as contiguous copies (tied ones share one), so that
-    ``state_dict()`` reads as it does in training mode (``safetensors.torch.save_file`` accepts it). A base
-    model inside a head model leaves this to the head model, which sees both ends of the tie."""
-    if getattr(module, "_head_copies_state", False):
-        return
-    copies: dict[tuple, torch.Tensor] = {}
-    for name, tensor in state_dict.items():
-        if name.startswith(prefix) and _plain_tensor(tensor) and not tensor.is_contiguous():
-            key = (tensor.data_ptr(), tensor.shape, tensor.stride())
-            if key not in copies:
-                copies[key] = tensor.contiguous()
-            state_dict[name] = copies[key]
-
-
-def _plain_tensor(value) -> bool:
-    """A tensor that is not a Parameter (a quantized module's state also holds dtypes and packed params)."""
-    return isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)
 
 
 class GPT2ScratchAttention(nn.Module):
@@ -545,7 +531,7 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: GPT2ScratchConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        self.register_state_dict_post_hook(_contiguous_state)
+        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: _row_major(module))
 
     @property
     def is_gradient_checkpointing(self) -> bool:
@@ -756,12 +742,17 @@ def small_call_threads(tokens: int, device: torch.device):
 
 
 def _with_thread_policy(forward):
-    """Decorate a model ``forward`` with ``small_call_threads``, sized by its input_ids or inputs_embeds."""
+    """Decorate a model ``forward`` with ``small_call_threads``, sized by its input_ids or inputs_embeds; with
+    autograd, the weights row-major first (``set_weight_layout``)."""
 
     @functools.wraps(forward)
     def wrapped(self, input_ids=None, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return forward(self, input_ids, *args, **kwargs)
+        if torch.is_grad_enabled():
+            _row_major(self)  # see set_weight_layout
         x = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
-        if x is None or x.dim() < 2 or torch.compiler.is_compiling():
+        if x is None or x.dim() < 2:
             return forward(self, input_ids, *args, **kwargs)
         with small_call_threads(x.shape[0] * x.shape[1], x.device):
             return forward(self, input_ids, *args, **kwargs)
@@ -969,7 +960,6 @@ class GPT2ScratchForCausalLM(GPT2ScratchPreTrainedModel, GenerationMixin):
     def __init__(self, config: GPT2ScratchConfig):
         super().__init__(config)
         self.transformer = GPT2ScratchModel(config)
-        self.transformer._head_copies_state = True  # see _contiguous_state
         self.lm_head = GPT2ScratchLinear(config.n_embd, config.padded_vocab_size, bias=False, head=True)
         self.post_init()
 
@@ -1095,7 +1085,6 @@ class GPT2ScratchForSequenceClassification(GPT2ScratchPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.transformer = GPT2ScratchModel(config)
-        self.transformer._head_copies_state = True  # see _contiguous_state
         self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
         self.post_init()
 
