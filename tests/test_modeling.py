@@ -132,6 +132,25 @@ def test_default_cache_appends_in_place_and_matches_dynamic_cache(odd_pair):
     assert all(type(layer) is DynamicLayer for layer in user_cache.layers)
 
 
+def test_cache_filled_under_inference_mode_continues_outside_it(odd_pair):
+    """A cache filled under ``torch.inference_mode()`` goes on under ``no_grad`` and in ``generate``, as
+    transformers' DynamicCache does (its buffers are copied out once; inference tensors are read-only there)."""
+    _, ours = odd_pair
+    x = torch.randint(0, 50257, (1, 9))
+    with torch.no_grad():
+        full = ours(x).logits[:, -1]
+    with torch.inference_mode():
+        cache = ours(x[:, :-1], use_cache=True).cache
+    with torch.no_grad():
+        step = ours(x[:, -1:], cache=cache).logits[:, -1]
+    assert (step - full).abs().max().item() <= TOL
+    assert not cache.layers[0].keys.is_inference()
+    with torch.inference_mode():
+        cache = ours(x[:, :-1], use_cache=True).cache
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=50256)
+    assert torch.equal(ours.generate(x, cache=cache, **kw), ours.generate(x, **kw))
+
+
 def test_growing_cache_after_crop_reorder_and_with_autograd(odd_pair):
     """Crop keeps writing into the buffer (over the cropped positions); a reorder (beam search) copies into a
     new buffer; with autograd the layer concatenates like DynamicLayer. Each agrees with DynamicCache."""
@@ -331,6 +350,21 @@ def test_past_key_values_is_taken_as_the_cache_like_transformers(odd_pair):
         expected = hf(x[:, -1:], past_key_values=hf(x[:, :-1], use_cache=True).cache).logits[:, -1]
     assert (step - full).abs().max().item() <= TOL
     assert (step - expected).abs().max().item() <= TOL
+
+
+def test_a_given_cache_is_used_with_use_cache_false_like_transformers(odd_pair):
+    """A cache passed in explicitly is read and filled even with ``use_cache=False`` (a fine-tuning recipe
+    leaves ``config.use_cache`` so; continuous batching passes both), and not returned, as transformers does."""
+    hf, ours = odd_pair
+    x = torch.randint(0, 50257, (1, 8))
+    with torch.no_grad():
+        full = ours(x).logits[:, -1]
+        for model in (hf, ours):
+            cache = DynamicCache(config=model.config)
+            assert model(x[:, :-1], cache=cache, use_cache=False).cache is None
+            assert cache.get_seq_length() == 7
+            step = model(x[:, -1:], cache=cache, use_cache=False).logits[:, -1]
+            assert (step - full).abs().max().item() <= TOL
 
 
 def test_peft_prefix_tuning_matches_transformers(odd_pair):

@@ -770,7 +770,8 @@ class GrowingLayer(DynamicLayer):
     update writes the new positions in place instead of copying the whole cache (``torch.cat``) at every
     decode step; the room doubles when full. Whatever replaces ``keys``/``values`` by other tensors (beam
     reordering, batch selection) is copied into a new buffer at the next update; ``crop`` keeps a prefix
-    view, and the next update writes over the cropped positions. With autograd it concatenates, as
+    view, and the next update writes over the cropped positions. Buffers made under ``torch.inference_mode()``
+    are copied into new ones at the first update outside it. With autograd it concatenates, as
     ``DynamicLayer`` does (in-place writes would corrupt saved tensors)."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -800,6 +801,8 @@ class GrowingLayer(DynamicLayer):
         fits = first.shape[-2] >= end and first.shape[:-2] == new.shape[:-2]
         if not fits or first.dtype != new.dtype or first.device != new.device:
             return False
+        if first.is_inference() and not torch.is_inference_mode_enabled():
+            return False  # filled under torch.inference_mode(): writable only there, so copied out
         return old == 0 or all(
             cached.data_ptr() == buffer.data_ptr() and cached.stride() == buffer.stride()
             for cached, buffer in zip((self.keys, self.values), buffers, strict=True)
@@ -886,11 +889,10 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         )
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if self.gradient_checkpointing and self.training:
-            use_cache = False
-        if use_cache and cache is None:
+            use_cache, cache = False, None
+        elif use_cache and cache is None:
             cache = growing_cache(DynamicCache(config=self.config))
-        if not use_cache:
-            cache = None
+        # as in transformers' GPT-2, a cache given with use_cache=False is still read and filled, not returned
 
         past_length = cache.get_seq_length() if cache is not None else 0
         sync_checks = not (self._skip_input_checks or torch.compiler.is_compiling())
@@ -946,7 +948,10 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
             hidden_states += (x,)
             x = take_positions(x, keep)
         out = BaseModelOutputWithPast(
-            last_hidden_state=x, cache=cache, hidden_states=hidden_states, attentions=attentions
+            last_hidden_state=x,
+            cache=cache if use_cache else None,
+            hidden_states=hidden_states,
+            attentions=attentions,
         )
         return out if return_dict is not False else out.to_tuple()
 
