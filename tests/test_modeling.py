@@ -645,3 +645,34 @@ def test_sync_checks_run_once_per_generate_not_per_step(small, monkeypatch):
     small.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert calls.count(True) == 1  # the generate() entry check; the decode steps skip the synced part
     assert len(calls) >= 5
+
+
+def test_torch_export_with_a_dynamic_batch_and_length(tiny_config):
+    """``torch.export`` with symbolic batch and sequence sizes (transformers' GPT-2 exports so): the exported
+    program runs other sizes with the eager model's logits."""
+    from torch.export import Dim
+
+    model = GPT2ScratchForCausalLM(tiny_config).eval()
+    program = torch.export.export(
+        model,
+        (),
+        kwargs={"input_ids": torch.randint(0, 50257, (2, 12)), "use_cache": False},
+        dynamic_shapes={
+            "input_ids": {0: Dim("batch", max=64), 1: Dim("seq", min=2, max=128)},
+            "use_cache": None,
+        },
+    )
+    x = torch.randint(0, 50257, (3, 20))
+    with torch.no_grad():
+        got = program.module()(input_ids=x, use_cache=False).logits
+        assert (got - model(x).logits).abs().max().item() <= 1e-5
+
+
+def test_forward_on_the_meta_device_gives_shapes(tiny_config):
+    """On the meta device (shape inference, FLOP counting, as transformers' GPT-2 allows) the checks that read
+    values step aside: logits and loss of the right shapes, no error."""
+    with torch.device("meta"):
+        model = GPT2ScratchForCausalLM(tiny_config)
+    ids = torch.randint(0, 50257, (2, 12), device="meta")
+    out = model(ids, labels=ids, token_type_ids=ids)
+    assert out.logits.shape == (2, 12, 50257) and out.logits.is_meta and out.loss.is_meta

@@ -11,7 +11,8 @@ import torch
 from conftest import run_isolated
 
 from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM
-from gpt2scratch.io import AUTO_MAP, save_model_folder
+from gpt2scratch.io import save_model_folder
+from gpt2scratch.modeling_gpt2scratch import AUTO_MAP
 from gpt2scratch.tokenizer import encode, load_encoding
 
 ALLOWED_TOP_LEVEL = {"torch", "transformers", "__future__"}
@@ -100,6 +101,30 @@ print("OK")
     result = run_isolated(code, cwd=out.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("OK")
+
+
+def test_plain_save_pretrained_ships_the_code_however_the_class_was_imported(saved, tmp_path):
+    """With this package imported, a folder loaded through the Auto classes gets the package's own class; its
+    ``save_pretrained`` (and a plain ``save_pretrained`` of a model made in Python) writes the two code files
+    and the full ``auto_map``, and the folder loads where the package is not installed."""
+    from transformers import AutoModelForCausalLM
+
+    model, out = saved
+    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert type(loaded) is GPT2ScratchForCausalLM
+    loaded.save_pretrained(tmp_path / "resaved")
+    GPT2ScratchForCausalLM(GPT2ScratchConfig.from_preset("tiny")).save_pretrained(tmp_path / "made")
+    for folder in ("resaved", "made"):
+        names = {p.name for p in (tmp_path / folder).iterdir()}
+        assert {"configuration_gpt2scratch.py", "modeling_gpt2scratch.py"} <= names, folder
+        assert json.loads((tmp_path / folder / "config.json").read_text())["auto_map"] == AUTO_MAP
+    code = f"""
+from transformers import AutoModelForSequenceClassification
+AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "resaved")!r}, trust_remote_code=True)
+print("OK")
+"""
+    result = run_isolated(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_saving_a_classifier_keeps_full_auto_map(tmp_path, vocab_dir):

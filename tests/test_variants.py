@@ -89,6 +89,29 @@ def test_impossible_variants_are_refused(fields, needle):
         GPT2ScratchConfig.from_preset("tiny", **fields)
 
 
+def test_generic_field_names_are_the_same_fields_checked_alike():
+    """``hidden_size``, ``num_attention_heads``, ``num_hidden_layers`` … (transformers' generic names, which
+    GPT2Config takes too) set GPT-2's fields before they are checked and derived: the key/value heads follow
+    the heads, and a bad value is refused under the name given's field."""
+    config = GPT2ScratchConfig(
+        hidden_size=128, num_attention_heads=8, num_hidden_layers=2, max_position_embeddings=64
+    )
+    assert (config.n_embd, config.n_head, config.n_kv_head, config.n_layer, config.n_positions) == (
+        128,
+        8,
+        8,
+        2,
+        64,
+    )
+    model = GPT2ScratchForCausalLM(config)
+    assert model.transformer.h[0].attn.c_attn.weight.shape == (3 * 128, 128)
+    assert model(torch.tensor([[1, 2]])).logits.shape == (1, 2, config.vocab_size)
+    with pytest.raises(ValueError, match=r"n_embd \(100\) must be divisible by n_head \(8\)"):
+        GPT2ScratchConfig(n_embd=100, num_attention_heads=8)
+    with pytest.raises(ValueError, match="not both"):
+        GPT2ScratchConfig(n_head=4, num_attention_heads=8)
+
+
 # --- grouped-query attention ------------------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ transformers.
 
 from __future__ import annotations
 
+import functools
+
 from transformers import PreTrainedConfig
 
 # Architecture presets: OpenAI's four released sizes, plus a tiny one for tests.
@@ -18,6 +20,22 @@ PRESETS: dict[str, dict] = {
 }
 # OpenAI's folder names for the same sizes.
 OPENAI_SIZES = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M": "gpt2-xl"}
+
+
+def _generic_names(init):
+    """Let ``__init__`` take the generic names of ``attribute_map`` (``hidden_size=`` …) as its own fields, so
+    that they are checked, and derived fields (``n_kv_head``) follow them, as GPT-2's names are."""
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        for alias, name in type(self).attribute_map.items():
+            if alias in kwargs:
+                if name in kwargs:
+                    raise ValueError(f"pass {name} or {alias} (the same field), not both")
+                kwargs[name] = kwargs.pop(alias)
+        init(self, *args, **kwargs)
+
+    return wrapped
 
 
 class GPT2ScratchConfig(PreTrainedConfig):
@@ -33,6 +51,7 @@ class GPT2ScratchConfig(PreTrainedConfig):
         "num_key_value_heads": "n_kv_head",
     }
 
+    @_generic_names
     def __init__(
         self,
         vocab_size: int = 50257,

@@ -37,13 +37,6 @@ WEIGHTS_METADATA = {"format": "pt"}  # what save_pretrained stores in model.safe
 Layout = dict[str, tuple[torch.dtype, tuple[int, ...]]]  # tensor name → (dtype, shape)
 WRITE_CHUNK = 1 << 20  # bytes per write call: much faster than one 150 MB write on the benchmark's Linux VM
 
-AUTO_MAP = {
-    "AutoConfig": "configuration_gpt2scratch.GPT2ScratchConfig",
-    "AutoModel": "modeling_gpt2scratch.GPT2ScratchModel",
-    "AutoModelForCausalLM": "modeling_gpt2scratch.GPT2ScratchForCausalLM",
-    "AutoModelForSequenceClassification": "modeling_gpt2scratch.GPT2ScratchForSequenceClassification",
-}
-
 
 def check_new_folder(out: str | os.PathLike, force: bool = False) -> None:
     """Refuse an existing ``out`` unless ``force``: called before slow work, and by :func:`atomic_folder`."""
@@ -104,20 +97,6 @@ def current_umask() -> int:
         mask = os.umask(0o022)
         os.umask(mask)
         return mask
-
-
-def prepare_for_save(model: PreTrainedModel) -> None:
-    """Make ``save_pretrained`` ship the code files and an ``auto_map`` naming every Auto class."""
-    model.config.auto_map = dict(AUTO_MAP)
-    model.config.register_for_auto_class()
-    model.register_for_auto_class(_auto_class_of(model))
-
-
-def _auto_class_of(model: PreTrainedModel) -> str:
-    for auto_name, target in AUTO_MAP.items():
-        if target.endswith("." + type(model).__name__):
-            return auto_name
-    raise TypeError(f"{type(model).__name__} is not a gpt2scratch model class.")
 
 
 # --- streamed safetensors ----------------------------------------------------------------------------
@@ -225,7 +204,6 @@ def write_model_folder(
 
     The tokenizer files are written meanwhile by :func:`tokenizer_writer` (``fork``: see there); everything
     else that runs Python (config, code files, the weights' layout) is done before it starts."""
-    prepare_for_save(model)
     if weights is not None:
         with quiet_progress_bars():  # its "Writing model shards" bar would count 0 shards
             model.save_pretrained(folder, state_dict={})  # config, generation config, code

@@ -259,8 +259,10 @@ def project(linear: nn.Linear, x: torch.Tensor, head: bool = False) -> torch.Ten
 
     Same values up to float rounding; anything else (GPU, other dtypes, autocast, column-major weights with
     autograd) is ``F.linear`` (``plain_linear``)."""
+    if not _plain_cpu_fp32(linear.weight, x):  # first: under compilation or export, no size is looked at
+        return plain_linear(x, linear)
     rows = x.shape[:-1].numel()
-    if rows == 0 or not _plain_cpu_fp32(linear.weight, x):
+    if rows == 0:
         return plain_linear(x, linear)
     flat, weight = x.reshape(rows, x.shape[-1]), linear.weight
     if rows == 1 and BAG_PRODUCTS and not weight.is_contiguous() and not torch.is_grad_enabled():
@@ -547,6 +549,12 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
             set_weight_layout(self, column_major=False)
         return self
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``, with ``auto_map`` naming every Auto class (``AUTO_MAP``) and the
+        two code files beside the weights."""
+        self.config.auto_map = dict(AUTO_MAP)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def resize_token_embeddings(
         self,
         new_num_tokens: int | None = None,
@@ -676,7 +684,8 @@ def _token_types(token_type_ids: torch.Tensor, shape: tuple[int, int], vocab_siz
         raise ValueError(
             f"token_type_ids has shape {tuple(token_type_ids.shape)} but must be (batch, new tokens) = {shape}."
         )
-    if not torch.compiler.is_compiling() and (token_type_ids.min() < 0 or token_type_ids.max() >= vocab_size):
+    readable = not torch.compiler.is_compiling() and token_type_ids.device.type != "meta"
+    if readable and (token_type_ids.min() < 0 or token_type_ids.max() >= vocab_size):
         raise ValueError(
             f"token_type_ids must be token ids in [0, {vocab_size}) (GPT-2 embeds them with its token "
             f"embeddings), got values from {token_type_ids.min().item()} to {token_type_ids.max().item()}."
@@ -895,7 +904,8 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
         # as in transformers' GPT-2, a cache given with use_cache=False is still read and filled, not returned
 
         past_length = cache.get_seq_length() if cache is not None else 0
-        sync_checks = not (self._skip_input_checks or torch.compiler.is_compiling())
+        on_meta = (input_ids if input_ids is not None else inputs_embeds).device.type == "meta"  # no values
+        sync_checks = not (self._skip_input_checks or torch.compiler.is_compiling() or on_meta)
         _check_inputs(self.config, input_ids, attention_mask, position_ids, past_length, sync_checks)
 
         if inputs_embeds is None:
@@ -1172,6 +1182,22 @@ def last_one(mask: torch.Tensor) -> torch.Tensor:
     idx = torch.arange(mask.shape[1], device=mask.device)
     return (mask.long() * (idx + 1)).argmax(-1, keepdim=True)
 
+
+# Every model class ships its code when saved, however it was imported (this package, or a folder's remote code):
+# save_pretrained copies this file and configuration_gpt2scratch.py beside the weights, and ``auto_map`` names
+# every Auto class, so the folder opens anywhere with trust_remote_code=True.
+AUTO_CLASSES = {
+    "AutoModel": GPT2ScratchModel,
+    "AutoModelForCausalLM": GPT2ScratchForCausalLM,
+    "AutoModelForSequenceClassification": GPT2ScratchForSequenceClassification,
+}
+AUTO_MAP = {
+    "AutoConfig": f"configuration_gpt2scratch.{GPT2ScratchConfig.__name__}",
+    **{auto: f"modeling_gpt2scratch.{cls.__name__}" for auto, cls in AUTO_CLASSES.items()},
+}
+GPT2ScratchConfig.register_for_auto_class()
+for _auto, _cls in AUTO_CLASSES.items():
+    _cls.register_for_auto_class(_auto)
 
 __all__ = [
     "GPT2ScratchPreTrainedModel",
