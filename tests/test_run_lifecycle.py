@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_finetune import one_thread, sms_subset, train  # noqa: F401 (one_thread: autouse)
+from test_finetune import instruction_subset, one_thread, sms_subset, train  # noqa: F401 (one_thread: autouse)
 
 from gpt2scratch.cli import main as cli_main
 from gpt2scratch.training.args import TrainArgs, load_yaml
@@ -374,6 +374,28 @@ def test_lm_samples_continue_the_sample_prompt(shared_data, vocab_dir, tmp_path,
     assert [s.split("\n", 1)[0] for s in samples] == ["0", "2"]
     assert all(s.split("\n", 1)[1].startswith("Every effort moves you|>") for s in samples)
     assert "step 2 sample: Every effort moves you|>" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--max-new-tokens", "128"], "leaves no room for a prompt in n_positions=128"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be a positive integer"),
+        (["--task", "lm", "--max-length", "1"], "predicts N - 1 of them; give 2 or more"),
+    ],
+)
+def test_generation_and_block_lengths_that_cannot_work_are_refused_before_training(
+    shared_data, vocab_dir, bad, message, tmp_path, capsys
+):
+    """An instruction run's test responses (generated at the very end) that would not fit the context, no new
+    tokens at all, or LM blocks of one token (nothing to predict: loss 0, perplexity 1) are refused before the
+    run trains or writes anything, not after training (which lost the trained model)."""
+    data = instruction_subset(shared_data, tmp_path, n=8)
+    out = tmp_path / "new"
+    options = ["--task", "instruction", "--train-file", str(data), "--tokenizer-dir", str(vocab_dir)]
+    assert finetune(out, *options, "--max-steps", "1", "--max-length", "64", *bad) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -228,7 +228,14 @@ class TrainArgs:
             raise ValueError("Give --train-file FILE (or --dataset HUB_ID) with the training data.")
         if self.train_file and self.dataset:
             raise ValueError("Give either --train-file or --dataset, not both.")
-        for name in ("batch_size", "gradient_accumulation_steps", "log_every", "lora_r", "last_n_blocks"):
+        for name in (
+            "batch_size",
+            "gradient_accumulation_steps",
+            "log_every",
+            "lora_r",
+            "last_n_blocks",
+            "max_new_tokens",
+        ):
             _check_positive(name, getattr(self, name))
         for name in (
             "max_steps",
@@ -242,6 +249,11 @@ class TrainArgs:
         ):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
+        if self.task == "lm" and self.max_length is not None and self.max_length < 2:
+            raise ValueError(
+                f"--max-length {self.max_length}: a language-model block of N tokens predicts N - 1 of them; give 2 "
+                "or more."
+            )
         if self.max_steps is None and self.epochs <= 0:
             raise ValueError(f"--epochs must be > 0, got {self.epochs} (or give --max-steps).")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:

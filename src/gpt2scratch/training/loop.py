@@ -188,6 +188,10 @@ def load_for_task(args: TrainArgs, label_names: list[str]):
         args.max_length = n_positions
     elif args.max_length > n_positions:
         raise ValueError(f"--max-length {args.max_length} exceeds the model's n_positions={n_positions}.")
+    if args.task == "instruction" and args.max_new_tokens >= n_positions:  # the test responses, at the end
+        raise ValueError(
+            f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in n_positions={n_positions}."
+        )
     return model.train(), loaded.tokenizer_dir
 
 
