@@ -372,6 +372,26 @@ def test_existing_output_is_kept_without_force(capsys, tmp_path, classifier_dir)
     assert out.read_text(encoding="utf-8").startswith("text,label,score")
 
 
+@pytest.mark.parametrize("bad_row", [["hello"], ["hello", "ham", "7", "extra"]], ids=["short", "long"])
+@pytest.mark.parametrize("command", ["classify", "evaluate"])
+def test_a_row_with_too_few_or_too_many_fields_is_refused_and_writes_nothing(
+    capsys, tmp_path, classifier_dir, command, bad_row
+):
+    """A CSV row whose field count is not the header's is an error naming the line (as finetune's), not an
+    output row whose prediction lands under another column."""
+    src = tmp_path / "in.csv"
+    src.write_text("text,label,id\nfree prize,spam,1\n" + ",".join(bad_row) + "\n", encoding="utf-8")
+    out = tmp_path / "out.csv"
+    options = (
+        ["--input-file", src, "--output-file", out]
+        if command == "classify"
+        else ["--task", "classification", "--data", src]
+    )
+    code, _, err = _cli(capsys, command, classifier_dir, *options)
+    assert code == 2 and f"in.csv, line 3: the row has {len(bad_row)} fields but the header names 3" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [

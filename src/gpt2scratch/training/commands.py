@@ -285,7 +285,7 @@ def _classify_file(args, batch_size: int) -> int:
             writer = csv.writer(fh, delimiter=_delimiter(out))
             writer.writerow(table.header + _output_columns(table.header))
             for batch in _progress(_batches(table.rows, batch_size), "classify", "texts"):
-                texts = [table.cell(line, row, text_index) for line, row in batch]
+                texts = [table.full_row(line, row)[text_index] for line, row in batch]
                 probs = classifier.probabilities(texts, [f"{table.path}, line {line}" for line, _ in batch])
                 for (_, row), p in zip(batch, probs, strict=True):
                     score, class_id = p.max(dim=-1)
@@ -373,8 +373,9 @@ def evaluate_classification(args) -> dict:
         classifier = load_classifier(args)
         to_id = label_mapper(classifier.model.config, table)
         for batch in _progress(_batches(table.rows, batch_size), "evaluate", "texts"):
-            references += [to_id(table.cell(line, row, label_index), line) for line, row in batch]
-            texts = [table.cell(line, row, text_index) for line, row in batch]
+            rows = [(line, table.full_row(line, row)) for line, row in batch]
+            references += [to_id(row[label_index], line) for line, row in rows]
+            texts = [row[text_index] for _, row in rows]
             probs = classifier.probabilities(texts, [f"{table.path}, line {line}" for line, _ in batch])
             predictions += probs.argmax(dim=-1).tolist()
     if not references:

@@ -190,14 +190,6 @@ class Table:
             )
         return self.header.index(name)
 
-    def cell(self, line: int, row: list[str], index: int) -> str:
-        """The value in column ``index`` of ``row``; an error naming the line when the row is too short."""
-        if index >= len(row):
-            raise ValueError(
-                f"{self.path}, line {line}: the row has {len(row)} fields, no {self.header[index]!r} value."
-            )
-        return row[index]
-
     def full_row(self, line: int, row: list[str]) -> list[str]:
         """``row``, once it is known to have exactly one value per column (a dataset needs every one)."""
         if len(row) != len(self.header):
@@ -525,11 +517,11 @@ def standardise(ds, args, source: str):
     ds = ds.select_columns([*keep, ROW])
     if args.task == "classification":
         _check_no_missing(ds, args.label_column, source)
-        ds = ds.map(
-            lambda b: {"label": [str(v).strip() for v in b[args.label_column]]},
-            batched=True,
-            remove_columns=[args.label_column] if args.label_column != "label" else None,
-        )
+        # labels as text, whatever their JSON type (1 → "1", true → "True"), so that a JSON file names its
+        # classes as the equivalent CSV file does. A new column, not ``map``: that casts an overwritten
+        # column back to its old type, and the labels came back as ints or bools.
+        labels = [str(v).strip() for v in ds[args.label_column]]
+        ds = ds.remove_columns([args.label_column]).add_column("label", labels)
     if text_col != "text":
         ds = ds.rename_column(text_col, "text")
     if args.task == "lm":
@@ -548,6 +540,19 @@ def _check_text_type(ds, column: str, source: str) -> None:
         )
 
 
+def _check_strings(ds, column: str, source: str) -> None:
+    """Every value of an Alpaca field must be a string (or null): a number or a record is an error naming the
+    record, as a number in the text column is for classification (a one-line error, not tiktoken's TypeError)."""
+    if getattr(ds.features[column], "dtype", None) in ("string", "large_string", "null"):
+        return
+    for row, value in zip(ds[ROW], ds[column], strict=True):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(
+                f"{source}, record {row}, field {column!r}: the value {value!r} ({type(value).__name__}) is not "
+                f'text; every value of it must be a string (in JSON, quote numbers: "{column}": "42").'
+            )
+
+
 def _check_no_missing(ds, column: str, source: str) -> None:
     for row, value in zip(ds[ROW], ds[column], strict=True):
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -564,6 +569,8 @@ def _check_instruction(ds, source: str):
         _check_no_missing(ds, col, source)
     if "input" not in ds.column_names:
         ds = ds.add_column("input", [""] * len(ds))
+    for col in ("instruction", "input", "output"):
+        _check_strings(ds, col, source)
     ds = ds.map(lambda b: {"input": [v or "" for v in b["input"]]}, batched=True)
     return ds.select_columns(["instruction", "input", "output", ROW])
 
