@@ -140,6 +140,38 @@ def test_convert_hf_refuses_a_gpt2scratch_folder_naming_its_model_type(ours_fold
     assert not (tmp_path / "y").exists()
 
 
+def test_export_hf_refuses_a_classifier_instead_of_dropping_its_head(ours_folders, tmp_path, cli):
+    code, _, err = cli("export-hf", str(ours_folders["classifier"]), str(tmp_path / "x"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "GPT2ScratchForSequenceClassification" in err and "drop its head" in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("cut", ["header", "tail"])
+@pytest.mark.parametrize("command", ["generate", "export-hf"])
+def test_a_damaged_weights_file_is_one_line_naming_the_folder(ours_folders, tmp_path, cli, command, cut):
+    """A model.safetensors cut short (a copy or download interrupted) is a one-line error naming the folder
+    (exit 2), not safetensors' traceback."""
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(ours_folders["lm"], folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:1000] if cut == "header" else data[:-100])
+    args = {
+        "generate": ["--prompt", "hi", "--max-new-tokens", "2"],
+        "export-hf": [str(tmp_path / "x")],
+        "info": [],
+    }
+    code, _, err = cli(command, str(folder), *args[command])
+    if command == "info" and code == 0:
+        return  # info reads the config only
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{folder}: a weights file is damaged or incomplete" in err
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("src", ["runs/nope", "/no/such/folder"])
 def test_export_hf_of_a_missing_folder_does_not_try_the_hub(src, tmp_path, cli, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,16 +140,31 @@ def load_model(
     adapter = (folder / "adapter_config.json").exists()  # kind "adapter", or a LoRA run's checkpoint
     if not adapter and kind != "openai":
         _check_weights(folder)
-    if adapter:
-        model = _load_adapter(folder, task, extra)
-    elif kind == "hf-gpt2":
-        model = _load_hf_gpt2(folder, cls, extra)
-    elif kind == "openai":
-        model = _load_openai(folder, cls, extra)
-    else:
-        model = cls.from_pretrained(folder, **extra)
+    with weights_read(folder):
+        if adapter:
+            model = _load_adapter(folder, task, extra)
+        elif kind == "hf-gpt2":
+            model = _load_hf_gpt2(folder, cls, extra)
+        elif kind == "openai":
+            model = _load_openai(folder, cls, extra)
+        else:
+            model = cls.from_pretrained(folder, **extra)
     vocab = _tokenizer_dir([given_vocab, folder, _adapter_base(folder) if adapter else None])
     return LoadedModel(_placed(model, dtype, device), vocab, kind)
+
+
+@contextmanager
+def weights_read(folder: Path):
+    """Within: a safetensors file of ``folder`` that cannot be read (cut short, damaged) is a one-line
+    ValueError naming the folder, not safetensors' own error without a path."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as err:
+        raise ValueError(
+            f"{folder}: a weights file is damaged or incomplete ({err}); save, convert or download the model again."
+        ) from None
 
 
 def _placed(model: torch.nn.Module, dtype: torch.dtype | None, device) -> torch.nn.Module:

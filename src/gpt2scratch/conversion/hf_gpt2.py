@@ -148,8 +148,17 @@ def convert_hf(
 def export_hf(src: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
     """A model folder of this package (or a training checkpoint) → a folder plain
     ``GPT2LMHeadModel.from_pretrained`` loads."""
+    from ..loading import weights_read
+
     src = local_folder(src, "folder", "checkpoint")
-    model = GPT2ScratchForCausalLM.from_pretrained(src)
+    architectures = json.loads((src / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    if any(name != GPT2ScratchForCausalLM.__name__ for name in architectures):
+        raise ValueError(
+            f"{src} holds a {', '.join(architectures)}: export-hf writes a language model (GPT2LMHeadModel) and "
+            "would drop its head; export a causal-LM folder."
+        )
+    with weights_read(src):
+        model = GPT2ScratchForCausalLM.from_pretrained(src)
     hf = to_hf_model(model)
     with atomic_folder(out, force=force) as tmp:
         hf.save_pretrained(tmp)
