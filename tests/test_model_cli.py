@@ -172,6 +172,28 @@ def test_a_damaged_weights_file_is_one_line_naming_the_folder(ours_folders, tmp_
     assert not (tmp_path / "x").exists()
 
 
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused_before_anything_runs(
+    tmp_path, vocab_dir, tiny_config, cli, shared_data
+):
+    """Another model's tokenizer (GPT-2's 50,257 tokens for a model of 1,000) is refused up front, naming it:
+    finetune wrote its run files and then failed at the first batch, leaving a folder that blocked the rerun."""
+    from gpt2scratch import GPT2ScratchConfig, GPT2ScratchForCausalLM
+
+    small = tmp_path / "small"
+    GPT2ScratchForCausalLM(
+        GPT2ScratchConfig(**{**tiny_config.to_dict(), "vocab_size": 1000})
+    ).save_pretrained(small)
+    message = f"the tokenizer in {vocab_dir} has 50257 tokens, more than this model's vocab_size=1000"
+    code, _, err = cli("generate", str(small), "--prompt", "hi", "--tokenizer-dir", str(vocab_dir))
+    assert code == 2 and message in err, err
+    text = shared_data / "corpora" / "the-verdict.txt"
+    out = tmp_path / "run"
+    code, _, err = cli("finetune", "--task", "lm", "--model", str(small), "--tokenizer-dir", str(vocab_dir),
+                       "--train-file", str(text), "--output-dir", str(out), "--max-steps", "1")  # fmt: skip
+    assert code == 2 and message in err, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("src", ["runs/nope", "/no/such/folder"])
 def test_export_hf_of_a_missing_folder_does_not_try_the_hub(src, tmp_path, cli, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -150,7 +150,19 @@ def load_model(
         else:
             model = cls.from_pretrained(folder, **extra)
     vocab = _tokenizer_dir([given_vocab, folder, _adapter_base(folder) if adapter else None])
+    _check_vocab_fits(model.config.vocab_size, vocab)
     return LoadedModel(_placed(model, dtype, device), vocab, kind)
+
+
+def _check_vocab_fits(vocab_size: int, vocab: Path) -> None:
+    """Refuse a tokenizer with more tokens than the model embeds (another model's: its ids would be out of
+    range at the first forward, or dropped from decoded text)."""
+    tokens = load_encoding(vocab).n_vocab
+    if tokens > vocab_size:
+        raise ValueError(
+            f"the tokenizer in {vocab} has {tokens} tokens, more than this model's vocab_size={vocab_size}: it is "
+            "not this model's tokenizer. Give the one the model was trained with (--tokenizer-dir)."
+        )
 
 
 @contextmanager
