@@ -4,6 +4,8 @@ the one table reader (:func:`gpt2scratch.training.data.open_table`) that ``finet
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from datasets import Dataset
 from test_classify_evaluate import classifier_dir  # noqa: F401 (a fixture)
@@ -162,3 +164,109 @@ def test_a_column_named_twice_in_the_header_is_refused(tmp_path):
         ValueError, match=r"t.csv: the header names the column\(s\) \['text'\] more than once"
     ):
         data.read_table(path)
+
+
+# ----------------------------------------------------------------------------------------- JSON values that are not strings
+
+
+def _records(path, records: list[dict]):
+    """``records`` as a JSON array (.json) or JSON lines (.jsonl), by the suffix of ``path``."""
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, label_of, names",
+    [
+        ("ints.json", lambda i: i % 2, ["0", "1"]),
+        ("ints.jsonl", lambda i: i % 2, ["0", "1"]),
+        ("mixed.json", lambda i: i % 2 if i % 3 else str(i % 2), ["0", "1"]),
+        ("mixed.jsonl", lambda i: str(i % 2) if i % 3 else i % 2, ["0", "1"]),
+        ("tens.json", lambda i: 10 * (i % 3) - 10, ["-10", "0", "10"]),
+        ("bools.jsonl", lambda i: bool(i % 2), ["False", "True"]),
+    ],
+)
+def test_json_labels_that_are_numbers_or_booleans_are_read_as_their_text(tmp_path, name, label_of, names):
+    """The usual JSONL layout ``{"text": ..., "label": 1}``: the labels are the same as in the equivalent CSV
+    file (``1`` as ``"1"``, ``true`` as ``"True"``), never ints that ``label_names`` cannot sort."""
+    rows = [{"text": f"text number {i}", "label": label_of(i)} for i in range(12)]
+    csv_path = tmp_path / "same.csv"
+    csv_path.write_text(
+        "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows), encoding="utf-8"
+    )
+    from_json = data.load_splits(_args(train_file=str(_records(tmp_path / name, rows))))
+    from_csv = data.load_splits(_args(train_file=str(csv_path)))
+    assert from_json.label_names == from_csv.label_names == names
+    for split, ds in from_json.splits.items():
+        assert ds["label"] == from_csv.splits[split]["label"]
+        assert all(isinstance(label, str) for label in ds["label"])
+
+
+def test_a_label_column_of_another_name_holding_ints_is_read_as_text(tmp_path):
+    rows = [{"text": f"t{i}", "spam": i % 2} for i in range(12)]
+    raw = data.load_splits(_args(train_file=str(_records(tmp_path / "t.jsonl", rows)), label_column="spam"))
+    assert raw.label_names == ["0", "1"] and set(raw.splits["train"]["label"]) == {"0", "1"}
+
+
+def test_finetune_on_jsonl_with_integer_labels_trains(tmp_path, capsys, vocab_dir):
+    path = _records(tmp_path / "cint.jsonl", [{"text": f"win cash {i}", "label": i % 2} for i in range(10)])
+    out = tmp_path / "run"
+    code = cli_main(
+        ["finetune", "--task", "classification", "--model", "init:tiny", "--train-file", str(path)]
+        + ["--tokenizer-dir", str(vocab_dir), "--max-length", "32", "--batch-size", "2"]
+        + ["--output-dir", str(out), "--max-steps", "1"]
+    )
+    assert code == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["id2label"] == {"0": "0", "1": "1"}
+
+
+def _alpaca(n: int = 6) -> list[dict]:
+    return [{"instruction": f"Add {i} and 1", "input": "", "output": f"{i + 1}"} for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "name, change, where",
+    [
+        ("all.json", lambda r, i: r.update(output=i + 1), r"record 1, field 'output': the value 1 \(int\)"),
+        # a column of mixed types: datasets reads the strings "1" and "null" back as 1 and None
+        ("one.json", lambda r, i: i == 3 and r.update(output=4), r"record 4, field 'output': the value 4"),
+        (
+            "mix.json",
+            lambda r, i: r.update(output=["2", "null", 4][i % 3]),
+            r"record 3, field 'output': the value 4",
+        ),
+        ("one.jsonl", lambda r, i: i == 2 and r.update(input=5), r"record 3, field 'input': the value 5"),
+        ("ins.jsonl", lambda r, i: i == 4 and r.update(instruction=1.5), r"record 5, field 'instruction'"),
+        ("list.json", lambda r, i: i == 0 and r.update(output=["a"]), r"record 1, field 'output'"),
+    ],
+)
+def test_an_alpaca_field_that_is_not_a_string_names_the_record(tmp_path, name, change, where):
+    """As an int text column is refused for classification: a one-line error, not tiktoken's TypeError."""
+    records = _alpaca()
+    for i, record in enumerate(records):
+        change(record, i)
+    path = _records(tmp_path / name, records)
+    with pytest.raises(ValueError, match=rf"{name}, {where}.*not text.*quote numbers"):
+        data.load_splits(_args(task="instruction", train_file=str(path)))
+
+
+@pytest.mark.parametrize("command", ["finetune", "evaluate"])
+def test_finetune_and_evaluate_refuse_a_numeric_alpaca_output_with_exit_2(
+    tmp_path, capsys, vocab_dir, command
+):
+    path = _records(tmp_path / "alpaca.json", [{"instruction": "Add 1 and 1", "input": "", "output": 2}] * 6)
+    out = tmp_path / "run"
+    common = ["--task", "instruction", "--tokenizer-dir", str(vocab_dir), "--max-length", "32"]
+    if command == "finetune":
+        argv = ["finetune", "--model", "init:tiny", "--train-file", str(path), "--output-dir", str(out)]
+    else:
+        argv = ["evaluate", "init:tiny", "--data", str(path)]
+    code = cli_main(argv + common)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "alpaca.json, record 1, field 'output': the value 2 (int) is not text" in err
+    assert not out.exists()

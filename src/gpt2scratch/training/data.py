@@ -543,14 +543,41 @@ def _check_text_type(ds, column: str, source: str) -> None:
 def _check_strings(ds, column: str, source: str) -> None:
     """Every value of an Alpaca field must be a string (or null): a number or a record is an error naming the
     record, as a number in the text column is for classification (a one-line error, not tiktoken's TypeError)."""
-    if getattr(ds.features[column], "dtype", None) in ("string", "large_string", "null"):
+    feature = ds.features[column]
+    if getattr(feature, "dtype", None) in ("string", "large_string", "null"):
         return
-    for row, value in zip(ds[ROW], ds[column], strict=True):
+    values = ds[column]
+    if type(feature).__name__ == "Json":  # mixed types, decoded lossily ("1" comes back as 1): ask the file
+        values = _json_field(Path(source), column, len(ds)) or values
+    for row, value in zip(ds[ROW], values, strict=True):
         if value is not None and not isinstance(value, str):
             raise ValueError(
                 f"{source}, record {row}, field {column!r}: the value {value!r} ({type(value).__name__}) is not "
                 f'text; every value of it must be a string (in JSON, quote numbers: "{column}": "42").'
             )
+    raise ValueError(
+        f"{source}: field {column!r} was read as {feature}, not as text; every value of it must be a string "
+        f'(in JSON, quote numbers: "{column}": "42").'
+    )
+
+
+def _json_field(path: Path, column: str, n_rows: int) -> list | None:
+    """The values of ``column`` in the records of a .json/.jsonl file as Python's json reads them (None when
+    ``path`` is no such file or its records do not line up with the ``n_rows`` rows read)."""
+    if not path.is_file() or file_kind(path) != "json":
+        return None
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:  # JSON lines (_check_json has parsed each one already)
+        document = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if isinstance(document, dict):  # one object of columns
+        values = document.get(column)
+    elif isinstance(document, list):
+        values = [r.get(column) if isinstance(r, dict) else None for r in document]
+    else:
+        values = None
+    return values if isinstance(values, list) and len(values) == n_rows else None
 
 
 def _check_no_missing(ds, column: str, source: str) -> None:
@@ -566,11 +593,12 @@ def _check_instruction(ds, source: str):
             raise ValueError(
                 f"{source}: the records have no {col!r} field; Alpaca records need instruction and output."
             )
-        _check_no_missing(ds, col, source)
     if "input" not in ds.column_names:
         ds = ds.add_column("input", [""] * len(ds))
     for col in ("instruction", "input", "output"):
-        _check_strings(ds, col, source)
+        _check_strings(ds, col, source)  # first: a column of mixed types reads "null" as None
+    for col in ("instruction", "output"):
+        _check_no_missing(ds, col, source)
     ds = ds.map(lambda b: {"input": [v or "" for v in b["input"]]}, batched=True)
     return ds.select_columns(["instruction", "input", "output", ROW])
 
