@@ -676,3 +676,21 @@ def test_forward_on_the_meta_device_gives_shapes(tiny_config):
     ids = torch.randint(0, 50257, (2, 12), device="meta")
     out = model(ids, labels=ids, token_type_ids=ids)
     assert out.logits.shape == (2, 12, 50257) and out.logits.is_meta and out.loss.is_meta
+
+
+def test_continuous_batching_generates_what_generate_does(odd_pair):
+    """transformers' continuous batching (``generate_batch``: a paged cache, many requests packed into one
+    row) gives each request the tokens ``generate()`` gives it alone."""
+    _, ours = odd_pair
+    from transformers import GenerationConfig
+
+    prompts = [
+        torch.randint(0, 50257, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (5, 9, 3)
+    ]
+    config = GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    out = ours.generate_batch(prompts, generation_config=config, warmup=False)
+    got = [out[key].generated_tokens for key in sorted(out)]
+    expected = [
+        ours.generate(torch.tensor([p]), generation_config=config)[0, len(p) :].tolist() for p in prompts
+    ]
+    assert got == expected

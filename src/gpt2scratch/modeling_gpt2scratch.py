@@ -388,6 +388,11 @@ def _row_major(model: nn.Module) -> None:
                 param.data = data.contiguous()
 
 
+def _row_major_state(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    """State-dict pre-hook (a module-level function, so that a pickled model keeps it): ``_row_major``."""
+    _row_major(module)
+
+
 def _own_memory(model: nn.Module, skip: list[torch.Tensor]) -> None:
     """Copy ``model``'s CPU parameters and buffers but ``skip`` (each alone in its storage, ``_owns_storage``)
     into memory of their own: same objects, same values. After ``from_pretrained`` every tensor is a view
@@ -439,8 +444,8 @@ class GPT2ScratchAttention(nn.Module):
         v = v.view(B, T, -1, self.head_dim).transpose(1, 2)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)
+        if cache is not None:  # kwargs: a paged cache (continuous batching) reads and fills them
+            k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
         chosen = kwargs.pop("attn_implementation", None)  # a call may pick its own (fast.greedy_loop does)
         impl = "eager" if output_attentions else chosen or self.config._attn_implementation
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention)
@@ -533,7 +538,7 @@ class GPT2ScratchPreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: GPT2ScratchConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: _row_major(module))
+        self.register_state_dict_pre_hook(_row_major_state)
 
     @property
     def is_gradient_checkpointing(self) -> bool:
@@ -903,10 +908,13 @@ class GPT2ScratchModel(GPT2ScratchPreTrainedModel):
             cache = growing_cache(DynamicCache(config=self.config))
         # as in transformers' GPT-2, a cache given with use_cache=False is still read and filled, not returned
 
-        past_length = cache.get_seq_length() if cache is not None else 0
+        # a paged cache (continuous batching) packs many sequences into one row, with their positions given
+        packed = cache is not None and not hasattr(cache, "get_seq_length")
+        past_length = cache.get_seq_length() if cache is not None and not packed else 0
         on_meta = (input_ids if input_ids is not None else inputs_embeds).device.type == "meta"  # no values
         sync_checks = not (self._skip_input_checks or torch.compiler.is_compiling() or on_meta)
-        _check_inputs(self.config, input_ids, attention_mask, position_ids, past_length, sync_checks)
+        if not packed:
+            _check_inputs(self.config, input_ids, attention_mask, position_ids, past_length, sync_checks)
 
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
