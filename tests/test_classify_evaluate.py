@@ -269,12 +269,13 @@ def test_evaluate_lm_stride_gives_transformers_sliding_window_perplexity(stride,
 
 def test_evaluate_lm_stride_outside_the_window_is_refused(capsys, tmp_path, lm_dir):
     (tmp_path / "t.txt").write_text("some text to score " * 10, encoding="utf-8")
-    for stride, message in [
-        (0, "--stride must be at least 1"),
-        (17, "--stride 17 is longer than the windows"),
+    for length, stride, message in [
+        (16, 0, "--stride must be at least 1"),
+        (16, 17, "--stride 17 is longer than the windows"),
+        (1, 1, "--max-length 1: a window of N tokens scores N - 1 of them"),  # not "the file is too short"
     ]:
         code, out, err = _cli(capsys, "evaluate", lm_dir, "--task", "lm", "--data", tmp_path / "t.txt",
-                              "--max-length", 16, "--stride", stride)  # fmt: skip
+                              "--max-length", length, "--stride", stride)  # fmt: skip
         assert code == 2 and out == "" and message in err and err.count("\n") == 1, err
 
 

@@ -169,12 +169,16 @@ def test_yaml_config_is_overridden_by_the_command_line(tmp_path):
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
         (["--merge"], "--merge only applies to --method lora"),
         (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["--resume-from", "runs/x/checkpoint-99"], "--resume-from runs/x/checkpoint-99: no such checkpoint"),
     ],
 )
 def test_invalid_options_name_the_option(options, message):
-    with pytest.raises(ValueError) as e:
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
         parse_args(["--train-file", "a.csv", "--output-dir", "o", *options])
     assert message in str(e.value)
+    if "--resume-from" in options:  # named first, even without the options a resume takes from its run
+        with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+            parse_args(["--output-dir", "o", *options])
 
 
 def test_every_config_file_loads():
@@ -323,3 +327,13 @@ def test_dataset_uci_sms_spam_downloads_once_into_the_cache(sms_bytes, tmp_path,
         assert sum(1 for r in url.requests if r[0] == "GET") == 2  # the 404 and the backup, once
     assert {k: len(v) for k, v in raw.splits.items()} == {"train": 1045, "validation": 149, "test": 300}
     assert raw.splits["test"]["_row"] == again.splits["test"]["_row"]
+
+
+def test_an_unknown_uci_dataset_names_the_one_known():
+    """``--dataset uci:foo`` is not looked for as a file (nor on the Hub): the error names ``uci:sms_spam``."""
+    from types import SimpleNamespace
+
+    from gpt2scratch.training.data import load_splits
+
+    with pytest.raises(ValueError, match="the one UCI dataset known here is uci:sms_spam"):
+        load_splits(SimpleNamespace(dataset="uci:foo"))

@@ -218,6 +218,11 @@ class TrainArgs:
 
     def validate(self) -> TrainArgs:
         """Raise a ValueError naming the option for any value that cannot work; return self."""
+        if self.resume_from and self.resume_from != "latest" and not Path(self.resume_from).is_dir():
+            raise FileNotFoundError(
+                f"--resume-from {self.resume_from}: no such checkpoint folder. Give a checkpoint-<step> folder "
+                "or 'latest' (the newest checkpoint in --output-dir)."
+            )
         _check_choice("task", self.task, TASKS)
         _check_choice("method", self.method, METHODS)
         _check_choice("mixed-precision", self.mixed_precision, PRECISIONS)
@@ -276,11 +281,6 @@ class TrainArgs:
             raise ValueError(
                 "--sample-prompt takes some text, and only with --task lm (instruction runs generate responses "
                 "to their test split)."
-            )
-        if self.resume_from and self.resume_from != "latest" and not Path(self.resume_from).is_dir():
-            raise FileNotFoundError(
-                f"--resume-from {self.resume_from}: no such checkpoint folder. Give a checkpoint-<step> folder "
-                "or 'latest' (the newest checkpoint in --output-dir)."
             )
         return self
 

@@ -426,6 +426,8 @@ def evaluate_lm(args) -> dict:
     text = read_text(args.data)
     loaded = load_language_model(args.model, args.tokenizer_dir, command="evaluate", device=device)
     block = _max_length(loaded.model.config, args.max_length)
+    if block < 2:
+        raise ValueError(f"--max-length {block}: a window of N tokens scores N - 1 of them; give 2 or more.")
     stride = block if args.stride is None else args.stride
     if stride > block:
         raise ValueError(

@@ -362,6 +362,8 @@ def load_splits(args) -> RawSplits:
     if args.dataset == SMS_DATASET:
         path = download_sms_spam(cache_dir() / "sms_spam")
         splits, sources = {"train": read_table(path)}, {"train": str(path)}
+    elif args.dataset and args.dataset.startswith("uci:"):
+        raise ValueError(f"--dataset {args.dataset}: the one UCI dataset known here is {SMS_DATASET}.")
     elif args.dataset:
         splits, sources = _hub_splits(args.dataset)
     else:
