@@ -1110,7 +1110,7 @@ def test_onednn_trains_with_the_linears_loss_and_gradients(model, ids, onednn_ca
 @pytest.mark.parametrize("every", [False, True], ids=["mkl-backward", "onednn-backward"])
 def test_onednn_linear_function_gives_the_linears_gradients(monkeypatch, every):
     """``OneDNNLinear``: output and the gradients of x, W and b equal ``F.linear``'s, only those asked for
-    are computed (a frozen weight gets none), and a second derivative is refused, not silently wrong."""
+    are computed (a frozen weight gets none), and a second derivative (a gradient penalty) is F.linear's."""
     monkeypatch.setattr(modeling, "ONEDNN_EVERY_PRODUCT", every)
     gen = torch.Generator().manual_seed(3)
     x, weight, bias = (torch.randn(*shape, generator=gen) for shape in ((12, 20), (36, 20), (36,)))
@@ -1131,12 +1131,13 @@ def test_onednn_linear_function_gives_the_linears_gradients(monkeypatch, every):
             assert (g is None) == (e is None)
             if g is not None:
                 torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
-    w = weight.clone().requires_grad_()
-    (gx,) = torch.autograd.grad(
-        modeling.OneDNNLinear.apply(x.requires_grad_(), w, None).sum(), x, create_graph=True
-    )
-    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
-        gx.sum().backward()
+    second = []  # a gradient penalty: d/dW of |d(y . upstream)/dx|^2, for each implementation
+    for fn in (modeling.OneDNNLinear.apply, torch.nn.functional.linear):
+        xg, w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        (gx,) = torch.autograd.grad((fn(xg, w, None) * upstream).sum(), xg, create_graph=True)
+        gx.pow(2).sum().backward()
+        second.append(w.grad)
+    torch.testing.assert_close(second[0], second[1], atol=1e-4, rtol=1e-5)
 
 
 @needs_onednn

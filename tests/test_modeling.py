@@ -694,3 +694,20 @@ def test_continuous_batching_generates_what_generate_does(odd_pair):
         ours.generate(torch.tensor([p]), generation_config=config)[0, len(p) :].tolist() for p in prompts
     ]
     assert got == expected
+
+
+def test_a_gradient_penalty_second_derivative_matches_transformers():
+    """``create_graph=True`` through the whole model (eager attention: torch's CPU flash SDPA has no double
+    backward, for either model), as a gradient penalty takes it: the penalty and the weights' gradients equal
+    transformers' (the LM head's oneDNN product was once-differentiable and refused this)."""
+    hf, ours = make_pair(seed=8, attn="eager", n_embd=64, n_layer=2, n_head=4, n_positions=32)
+    ids = torch.randint(0, 50257, (2, 12))
+    results = []
+    for model in (hf, ours):
+        embeds = model.transformer.wte(ids).detach().requires_grad_()
+        (grad,) = torch.autograd.grad(model(inputs_embeds=embeds, labels=ids).loss, embeds, create_graph=True)
+        penalty = grad.pow(2).sum()
+        penalty.backward()
+        results.append((penalty.item(), model.transformer.h[0].attn.c_attn.weight.grad))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1].t(), atol=1e-5, rtol=1e-4)

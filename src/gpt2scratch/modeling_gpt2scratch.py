@@ -161,7 +161,8 @@ def _backward_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class OneDNNLinear(torch.autograd.Function):
     """x Wᵀ + b with autograd, forward through ``onednn_linear``, the backward products through
-    ``_backward_product``: grad_x = grad W, grad_W = gradᵀ x, grad_b = Σ grad. Not twice differentiable."""
+    ``_backward_product``: grad_x = grad W, grad_W = gradᵀ x, grad_b = Σ grad. Under ``create_graph=True``
+    (a gradient penalty, a second derivative) the backward products are torch's own, differentiable ones."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -170,12 +171,12 @@ class OneDNNLinear(torch.autograd.Function):
         return onednn_linear(x, weight, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad, needs = grad.contiguous(), ctx.needs_input_grad
-        grad_x = _backward_product(grad, weight.t()) if needs[0] else None
-        grad_weight = _backward_product(grad.t(), x.t()) if needs[1] else None
+        product = (lambda a, b: a @ b.t()) if torch.is_grad_enabled() else _backward_product
+        grad_x = product(grad, weight.t()) if needs[0] else None
+        grad_weight = product(grad.t(), x.t()) if needs[1] else None
         grad_bias = grad.sum(0) if ctx.has_bias and needs[2] else None
         return grad_x, grad_weight, grad_bias
 
