@@ -176,7 +176,7 @@ def test_classify_reader_on_junk_bytes_gives_rows_or_a_user_error(tmp_path_facto
     try:
         with open_table(path) as table:
             index = table.column("text", "--text-column")
-            texts = [table.cell(line, row, index) for line, row in table.rows]
+            texts = [table.full_row(line, row)[index] for line, row in table.rows]
     except USER_ERRORS:
         return
     assert all(isinstance(t, str) for t in texts)
