@@ -170,6 +170,7 @@ def test_yaml_config_is_overridden_by_the_command_line(tmp_path):
         (["--merge"], "--merge only applies to --method lora"),
         (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
         (["--resume-from", "runs/x/checkpoint-99"], "--resume-from runs/x/checkpoint-99: no such checkpoint"),
+        (["--push-to-hub", "not a repo"], "--push-to-hub 'not a repo' is not a Hub repository id"),
     ],
 )
 def test_invalid_options_name_the_option(options, message):

@@ -259,6 +259,10 @@ class TrainArgs:
                 f"--max-length {self.max_length}: a language-model block of N tokens predicts N - 1 of them; give 2 "
                 "or more."
             )
+        if self.push_to_hub is not None:  # checked here, not after the training it would follow
+            from ..hub import check_repo_id
+
+            check_repo_id(self.push_to_hub, "--push-to-hub")
         if self.max_steps is None and self.epochs <= 0:
             raise ValueError(f"--epochs must be > 0, got {self.epochs} (or give --max-steps).")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
